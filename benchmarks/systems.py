@@ -1,0 +1,218 @@
+"""The systems under test and their peers, each a child process on a free loopback port.
+
+- upstream: the distribution registry holding the test images (the "real registry");
+- hop: the counting proxy in front of it (see ``counting_proxy``); both caches pull through it;
+- distribution: the distribution registry in proxy mode (the baseline);
+- cachesvc: the daemon under test, when it can be run;
+- nginx: static files with ``sendfile on`` (the ceiling for a hit).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.ports import LOOPBACK, free_port
+from benchmarks.processes import Child
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REGISTRY_BINARY = "docker-registry"
+NGINX_BINARY = "nginx"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A started child and the base URL it serves on."""
+
+    name: str
+    host: str
+    child: Child
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` without a trailing slash."""
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        """Stop the child process."""
+        self.child.stop()
+
+
+def start_registry(name: str, workdir: Path, remote_url: str | None = None) -> Service:
+    """The distribution registry; with ``remote_url`` it runs in pull-through proxy mode."""
+    port = free_port()
+    root = workdir / f"{name}-storage"
+    root.mkdir(parents=True)
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: error",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  cache:",
+        "    blobdescriptor: inmemory",
+        "  filesystem:",
+        f"    rootdirectory: {root}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: {LOOPBACK}:{port}",
+    ]
+    if remote_url is not None:
+        lines += ["proxy:", f"  remoteurl: {remote_url}"]
+    config = workdir / f"{name}.yml"
+    config.write_text("\n".join(lines) + "\n")
+    child = Child(name, [REGISTRY_BINARY, "serve", str(config)], workdir / f"{name}.log")
+    service = Service(name, f"{LOOPBACK}:{port}", child)
+    _ready(service, f"{service.url}/v2/")
+    return service
+
+
+def start_hop(workdir: Path, upstream: Service) -> Service:
+    """The counting proxy in front of ``upstream``."""
+    port = free_port()
+    child = Child(
+        "hop",
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.counting_proxy",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream.url,
+        ],
+        workdir / "hop.log",
+        env=_python_env(),
+        cwd=REPO_ROOT,
+    )
+    service = Service("hop", f"{LOOPBACK}:{port}", child)
+    _ready(service, f"{service.url}/__hop__/counts")
+    return service
+
+
+def start_nginx(workdir: Path, root: Path) -> Service:
+    """nginx serving the files under ``root`` with sendfile on, one worker, no access log."""
+    port = free_port()
+    base = workdir / "nginx"
+    base.mkdir()
+    temp_paths = "\n".join(
+        f"  {kind}_temp_path {base / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = base / "nginx.conf"
+    config.write_text(
+        f"""
+worker_processes 1;
+pid {base / "nginx.pid"};
+error_log {base / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  default_type application/octet-stream;
+{temp_paths}
+  server {{
+    listen {LOOPBACK}:{port};
+    root {root};
+    location / {{ }}
+  }}
+}}
+"""
+    )
+    user_line = ["-g", "daemon off; user root;"] if os.geteuid() == 0 else ["-g", "daemon off;"]
+    child = Child(
+        "nginx",
+        [NGINX_BINARY, "-c", str(config), "-p", str(base), *user_line],
+        base / "stdout.log",
+    )
+    service = Service("nginx", f"{LOOPBACK}:{port}", child)
+    _ready(service, f"{service.url}/", ok_status=404)
+    return service
+
+
+def cachesvc_unavailable_reason() -> str | None:
+    """None when ``python -m cachesvc serve --help`` works, otherwise why not."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cachesvc", "serve", "--help"],
+            capture_output=True,
+            timeout=30,
+            cwd=REPO_ROOT,
+            env=_python_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run: {exc}"
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
+        return last[-1] if last else f"exit {result.returncode}"
+    return None
+
+
+def write_cachesvc_config(
+    workdir: Path, name: str, storage_root: Path, upstream: Service
+) -> tuple[Path, int, int]:
+    """Write a cachesvc YAML config; returns (path, mirror port, admin port)."""
+    port, admin_port = free_port(), free_port()
+    config = workdir / f"{name}.yml"
+    config.write_text(
+        "\n".join(
+            [
+                f'listen: "{LOOPBACK}:{port}"',
+                "admin:",
+                f'  listen: "{LOOPBACK}:{admin_port}"',
+                "storage:",
+                f'  root: "{storage_root}"',
+                f'default_registry: "{upstream.host}"',
+                "registries:",
+                f'  "{upstream.host}":',
+                f'    endpoints: ["{upstream.url}"]',
+                '    tag_ttl: "60s"',
+                "",
+            ]
+        )
+    )
+    return config, port, admin_port
+
+
+def spawn_cachesvc(workdir: Path, name: str, config: Path) -> Child:
+    """Start cachesvc without waiting for it (the start-up scenario times readiness itself)."""
+    return Child(
+        name,
+        [sys.executable, "-m", "cachesvc", "serve", "--config", str(config)],
+        workdir / f"{name}.log",
+        env=_python_env(),
+        cwd=REPO_ROOT,
+    )
+
+
+def start_cachesvc(workdir: Path, upstream: Service, name: str = "cachesvc") -> Service:
+    """cachesvc with a fresh storage root, pulling from ``upstream`` (the hop)."""
+    storage = workdir / f"{name}-storage"
+    storage.mkdir()
+    config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream)
+    child = spawn_cachesvc(workdir, name, config)
+    service = Service(name, f"{LOOPBACK}:{port}", child)
+    _ready(service, f"http://{LOOPBACK}:{admin_port}/readyz")
+    return service
+
+
+def _ready(service: Service, url: str, ok_status: int = 200) -> None:
+    try:
+        service.child.wait_http(url, ok_status=ok_status)
+    except BaseException:
+        service.stop()
+        raise
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
