@@ -9,9 +9,9 @@ line per HTTP request once its response has finished::
 
     127.0.0.1 - - [26/Nov/2026:07:16:07 +0000] "GET /v2/r/blobs/sha256:.. HTTP/1.1" 200 5 "" "curl"
 
-(the third field is the Basic-auth user, when one was sent). stdout goes to ``access.log``
-and is parsed by :meth:`DistributionRegistry.access_log`; the application log (logrus text,
-stderr) goes to ``registry.log``.
+(the third field is always ``-``: it comes from URL userinfo, not from Basic auth).
+stdout goes to ``access.log`` and is parsed by :meth:`DistributionRegistry.access_log`;
+the application log (logrus text, stderr) goes to ``registry.log``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class AccessLogEntry:
     status: int
     size: int
     user: str
-    """Basic-auth user name, or ``-``."""
+    """The user field; ``-`` in practice (the registry does not log Basic-auth users)."""
     user_agent: str
 
     @property
