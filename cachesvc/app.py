@@ -1,0 +1,191 @@
+"""The composition root: build every part from a ``Config``, start, stop.
+
+``Daemon`` owns the object graph (store, upstream session, fills, mirror) and the
+two listeners. ``serve`` runs it until SIGTERM/SIGINT and then shuts down within
+``shutdown_grace``: stop accepting, let running responses and fills finish, then
+cancel what remains (a cancelled fill leaves only a temp file, removed at start-up
+and by the fill itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from cachesvc import admin, handlers
+from cachesvc.auth import TokenCache
+from cachesvc.blobs import Blobs
+from cachesvc.config import Config, ListenAddress
+from cachesvc.fill import FillManager
+from cachesvc.manifests import Manifests
+from cachesvc.metrics import Metrics
+from cachesvc.mirror import Mirror
+from cachesvc.routing import Router
+from cachesvc.store import Store
+from cachesvc.upstream import Upstream
+
+log = logging.getLogger("cachesvc")
+
+
+@dataclass(slots=True)
+class _Parts:
+    store: Store
+    session: aiohttp.ClientSession
+    fills: FillManager
+    mirror: Mirror
+
+
+class Daemon:
+    """One running cachesvc: the mirror listener and the admin listener."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        self._parts: _Parts | None = None
+        self._runners: list[web.AppRunner] = []
+        self._ready: dict[str, bool] = {"ready": False}
+        self.mirror_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    @property
+    def mirror_url(self) -> str:
+        """``http://host:port`` of the bound mirror listener."""
+        assert self.mirror_address is not None
+        return _url(self.mirror_address)
+
+    @property
+    def admin_url(self) -> str:
+        """``http://host:port`` of the bound admin listener."""
+        assert self.admin_address is not None
+        return _url(self.admin_address)
+
+    @property
+    def parts(self) -> _Parts:
+        """The running object graph (after ``start``)."""
+        assert self._parts is not None
+        return self._parts
+
+    def _build(self, store: Store) -> _Parts:
+        config = self.config
+        connector = aiohttp.TCPConnector(
+            limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            headers={"User-Agent": "cachesvc/0.1"},
+            trust_env=False,
+        )
+        tokens = TokenCache(session, self.metrics, timeout=config.timeouts.first_byte)
+        upstreams = {
+            name: Upstream(registry, session, tokens, config.timeouts, self.metrics)
+            for name, registry in config.registries.items()
+        }
+        fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
+        mirror = Mirror(
+            config,
+            Router(config.registries, config.default_registry),
+            Manifests(store, upstreams),
+            Blobs(store, fills, upstreams),
+            upstreams,
+        )
+        return _Parts(store, session, fills, mirror)
+
+    def mirror_app(self) -> web.Application:
+        """The aiohttp application of the mirror API."""
+        app = web.Application(middlewares=[handlers.errors_and_access_log])
+        app[handlers.MIRROR_KEY] = self.parts.mirror
+        app[handlers.METRICS_KEY] = self.metrics
+        handlers.add_routes(app)
+        return app
+
+    def admin_app(self) -> web.Application:
+        """The aiohttp application of the admin listener."""
+        app = web.Application()
+        app[admin.ADMIN_METRICS_KEY] = self.metrics
+        app[admin.READY_KEY] = self._ready
+        admin.add_routes(app)
+        return app
+
+    async def start(self) -> None:
+        """Open the store, bind both listeners, and become ready."""
+        store = await asyncio.to_thread(Store, self.config.storage.root)
+        self._parts = self._build(store)
+        if self._parts.store.removed_temp_files:
+            log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)
+        self.admin_address = await self._listen(self.admin_app(), self.config.admin.listen)
+        self.mirror_address = await self._listen(self.mirror_app(), self.config.listen)
+        self._ready["ready"] = True
+
+    async def _listen(self, app: web.Application, address: ListenAddress) -> tuple[str, int]:
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=self.config.shutdown_grace,
+            handle_signals=False,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[-1]
+        return str(bound[0]), int(bound[1])
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new work, finish what runs within the grace period."""
+        self._ready["ready"] = False
+        self._ready["stopping"] = True
+        parts = self._parts
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        if parts is not None:
+            await parts.fills.wait_idle(self.config.shutdown_grace)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if parts is not None:
+            await parts.fills.close()
+            await parts.session.close()
+            parts.store.close()
+        self._parts = None
+
+
+def _url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(config: Config, *, announce: bool = True) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then shut down gracefully."""
+    daemon = Daemon(config)
+    await daemon.start()
+    if announce:
+        log.info(
+            "cachesvc listening",
+            extra={
+                "fields": {
+                    "mirror": daemon.mirror_url,
+                    "admin": daemon.admin_url,
+                    "storage": str(config.storage.root),
+                    "registries": sorted(config.registries),
+                }
+            },
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down (grace %.0fs)", config.shutdown_grace)
+    finally:
+        await daemon.stop()
+    log.info("stopped")

@@ -1,0 +1,105 @@
+"""Blobs: served from disk on a hit, from a single-flight fill on a miss.
+
+``get`` decides everything a response needs before its status line: a cached file
+and its size, or a fill whose upstream answered 200 (and so has a size, or is
+chunked). Upstream 404 or failure surfaces here as a ``RegistryError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cachesvc.errors import BlobUnknown, UpstreamError
+from cachesvc.fill import BlobBody, Fill, FillManager
+from cachesvc.oci import Digest
+from cachesvc.routing import Target
+from cachesvc.store import Store
+from cachesvc.upstream import Upstream
+
+Result = Literal["hit", "miss", "coalesced"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlob:
+    """A verified blob on disk."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FillingBlob:
+    """A blob being fetched; stream it with ``fill.stream``."""
+
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class BlobAnswer:
+    """The source of a blob response and how the cache got it."""
+
+    source: CachedBlob | FillingBlob
+    result: Result
+
+
+class Blobs:
+    """Blob lookups for the mirror."""
+
+    def __init__(self, store: Store, fills: FillManager, upstreams: Mapping[str, Upstream]) -> None:
+        self._store = store
+        self._fills = fills
+        self._upstreams = upstreams
+
+    def cached(self, digest: Digest) -> CachedBlob | None:
+        """The stored blob, if there is one."""
+        size = self._store.size(digest)
+        if size is None:
+            return None
+        self._store.touch(digest)
+        return CachedBlob(self._store.path(digest), size)
+
+    async def get(self, target: Target, digest: Digest) -> BlobAnswer:
+        """A blob to stream: cached, joined to a running fill, or a new fill."""
+        cached = self.cached(digest)
+        if cached is not None:
+            return BlobAnswer(cached, "hit")
+        upstream = self._upstreams[target.registry]
+
+        @asynccontextmanager
+        async def opener() -> AsyncIterator[BlobBody]:
+            async with upstream.blob(target.repository, str(digest)) as body:
+                if body is None:
+                    raise BlobUnknown(
+                        f"blob {digest} not found in {target.registry}/{target.repository}"
+                    )
+                yield body
+
+        fill, started = self._fills.start(digest, target.registry, opener)
+        await fill.wait_ready()
+        return BlobAnswer(FillingBlob(fill), "miss" if started else "coalesced")
+
+    async def stat(self, target: Target, digest: Digest) -> tuple[int, Result]:
+        """A blob's size for HEAD; never starts a download."""
+        cached = self.cached(digest)
+        if cached is not None:
+            return cached.size, "hit"
+        fill = self._fills.get(digest)
+        if fill is not None and fill.ready.done() and fill.size is not None and not fill.finished:
+            return fill.size, "coalesced"
+        answer = await self._upstreams[target.registry].fetch(
+            "HEAD",
+            f"/v2/{target.repository}/blobs/{digest}",
+            scope=f"repository:{target.repository}:pull",
+        )
+        if answer.status == 404:
+            raise BlobUnknown(f"blob {digest} not found in {target.registry}/{target.repository}")
+        length = answer.headers.get("Content-Length", "")
+        if answer.status != 200 or not length.isdigit():
+            raise UpstreamError(
+                f"{target.registry} answered a blob HEAD with {answer.status} and no size"
+            )
+        return int(length), "miss"

@@ -1,0 +1,154 @@
+"""The one exception root of cachesvc and its hierarchy.
+
+::
+
+    CachesvcError                      anything cachesvc raises on purpose
+    ├── ConfigError                    bad configuration file, key or CLI value
+    ├── StoreError                     the storage root cannot be used
+    └── RegistryError                  an answer for a client, in OCI error terms
+        ├── NameInvalid, NameUnknown, DigestInvalid, TagInvalid
+        ├── BlobUnknown, ManifestUnknown, ManifestInvalid
+        ├── RangeNotSatisfiable        416 with the blob's size
+        ├── Unsupported
+        └── UpstreamError              upstream failed; decided before any status line
+            ├── UpstreamUnreachable    502: connection refused, DNS, TLS, 5xx
+            ├── UpstreamTimeout        504: connect, first byte or stall timeout
+            ├── UpstreamUnauthorized   401 from upstream: the mirror's credentials
+            ├── UpstreamDenied         403 from upstream
+            ├── UpstreamRateLimited    429 from upstream or our own limiter
+            └── DigestMismatch         upstream bytes do not match their digest
+
+``aiohttp.ClientError`` and ``OSError`` are translated into these where they arise
+(``upstream.py``, ``store.py``); handlers only ever map ``RegistryError`` to a response.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class CachesvcError(Exception):
+    """Root of every exception cachesvc raises on purpose."""
+
+
+class ConfigError(CachesvcError):
+    """The configuration is invalid; ``key`` names the offending key path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class StoreError(CachesvcError):
+    """The storage root cannot be used (permissions, disk full, not a directory)."""
+
+
+class RegistryError(CachesvcError):
+    """An error a client sees as an OCI error body ``{"errors": [...]}``."""
+
+    code = "UNKNOWN"
+    status = 500
+
+    def __init__(self, message: str, *, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (for example ``Retry-After``)."""
+        return {}
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    status = 400
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    status = 404
+
+
+class TagInvalid(RegistryError):
+    code = "TAG_INVALID"
+    status = 400
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    status = 400
+
+
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    status = 404
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    status = 404
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    status = 502
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    status = 405
+
+
+class RangeNotSatisfiable(RegistryError):
+    code = "RANGE_INVALID"
+    status = 416
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class UpstreamError(RegistryError):
+    """Upstream could not give us what the client asked for."""
+
+    code = "UNAVAILABLE"
+    status = 502
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+
+class UpstreamUnauthorized(UpstreamError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class UpstreamDenied(UpstreamError):
+    code = "DENIED"
+    status = 403
+
+
+class UpstreamRateLimited(UpstreamError):
+    code = "TOOMANYREQUESTS"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = max(1.0, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.retry_after))}
+
+
+class DigestMismatch(UpstreamError):
+    code = "DIGEST_INVALID"
+    status = 502

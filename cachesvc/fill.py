@@ -1,0 +1,286 @@
+"""Single-flight blob fills: one upstream fetch per digest, however many clients ask.
+
+A ``Fill`` is a task of its own. It opens upstream, writes the body to a temp file
+while hashing it, and only after the digest matched does it fsync, rename the file
+into place and release the last bytes. Clients never own the fill: they *follow*
+it, reading the temp file as bytes are released, so one that disconnects leaves the
+fill running and one that joins late starts from whatever is on disk.
+
+Release rule (the heart of "nothing unverified is served as complete"): while a fill
+runs, followers may read ``released`` bytes, which is at most ``size - 1`` when the
+size is known and lags the newest chunk when it is not. The final bytes are released
+only after verification; on any failure followers get ``FillFailed`` and their
+connections are aborted, so no client ever holds a complete, wrong body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachesvc.errors import DigestMismatch, RegistryError, UpstreamError, UpstreamTimeout
+from cachesvc.metrics import Metrics
+from cachesvc.oci import Digest
+from cachesvc.store import Store
+
+log = logging.getLogger("cachesvc.fill")
+
+WRITE_CHUNK = 1024 * 1024  # bytes handed to the hashing/writing thread at once
+READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
+
+
+@dataclass(slots=True)
+class BlobBody:
+    """An upstream blob response as a fill consumes it."""
+
+    size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+BodyOpener = Callable[[], AbstractAsyncContextManager[BlobBody]]
+
+
+class FillFailed(Exception):
+    """Raised into followers when the fill they stream from failed after headers."""
+
+    def __init__(self, cause: RegistryError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Fill:
+    """One in-progress fetch of one blob; see the module docstring for the rules."""
+
+    def __init__(self, digest: Digest, temp: Path, registry: str) -> None:
+        self.digest = digest
+        self.temp = temp
+        self.registry = registry
+        self.size: int | None = None
+        self.written = 0
+        self.released = 0
+        self.final: Path | None = None
+        self.error: RegistryError | None = None
+        self.followers = 0
+        self.started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self._changed: asyncio.Future[None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the fill committed or failed."""
+        return self.final is not None or self.error is not None
+
+    def _notify(self) -> None:
+        fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        if not fut.done():
+            fut.set_result(None)
+
+    async def wait_ready(self) -> None:
+        """Wait for upstream's response headers; raises the error if the fill failed first."""
+        await asyncio.wait((self.ready,))
+        if self.ready.exception() is not None:
+            raise self.ready.exception()  # type: ignore[misc]
+
+    async def _wait_beyond(self, offset: int) -> None:
+        while self.released <= offset and not self.finished:
+            await asyncio.wait((self._changed,))
+
+    def _open_reader(self) -> int:
+        if self.final is not None:
+            return os.open(self.final, os.O_RDONLY)
+        try:
+            return os.open(self.temp, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.final is not None:  # committed between the two checks
+                return os.open(self.final, os.O_RDONLY)
+            raise FillFailed(self.error or UpstreamError("fill ended")) from None
+
+    async def stream(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` (``end=None``: to the end) as they are released."""
+        self.followers += 1
+        fd = -1
+        try:
+            fd = self._open_reader()
+            pos = start
+            while end is None or pos < end:
+                await self._wait_beyond(pos)
+                if self.error is not None:
+                    raise FillFailed(self.error)
+                limit = self.released if end is None else min(self.released, end)
+                if pos >= limit:
+                    if self.final is not None:
+                        break  # verified and everything up to ``end`` is sent
+                    continue
+                data = os.pread(fd, min(READ_CHUNK, limit - pos), pos)
+                if not data:
+                    raise FillFailed(UpstreamError("temp file shorter than released bytes"))
+                pos += len(data)
+                yield data
+        finally:
+            self.followers -= 1
+            if fd >= 0:
+                os.close(fd)
+
+
+class FillManager:
+    """Owns every running fill; at most one per digest."""
+
+    def __init__(self, store: Store, metrics: Metrics, *, stall_timeout: float) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._stall = stall_timeout
+        self._fills: dict[str, Fill] = {}
+
+    def get(self, digest: Digest) -> Fill | None:
+        """The running fill for ``digest``, if any."""
+        return self._fills.get(str(digest))
+
+    def running(self) -> list[Fill]:
+        """Every running fill (for status and metrics)."""
+        return list(self._fills.values())
+
+    def start(self, digest: Digest, registry: str, opener: BodyOpener) -> tuple[Fill, bool]:
+        """Join the running fill for ``digest`` or start one; returns (fill, started)."""
+        existing = self._fills.get(str(digest))
+        if existing is not None:
+            return existing, False
+        fill = Fill(digest, self._store.new_temp(digest), registry)
+        self._fills[str(digest)] = fill
+        fill.task = asyncio.get_running_loop().create_task(
+            self._run(fill, opener), name=f"fill {digest}"
+        )
+        self._metrics.fills_in_flight.inc()
+        return fill, True
+
+    async def close(self) -> None:
+        """Cancel every running fill (their temp files are removed)."""
+        tasks = [f.task for f in self._fills.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_idle(self, grace: float) -> None:
+        """Let running fills finish, up to ``grace`` seconds (graceful shutdown)."""
+        tasks = [f.task for f in self._fills.values() if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    async def _run(self, fill: Fill, opener: BodyOpener) -> None:
+        result = "error"
+        try:
+            await self._fetch(fill, opener)
+            result = "ok"
+        except RegistryError as exc:
+            self._fail(fill, exc)
+        except asyncio.CancelledError:
+            self._fail(fill, UpstreamError("fill cancelled: cachesvc is shutting down"))
+            raise
+        except OSError as exc:
+            log.error("fill %s: storage error: %s", fill.digest, exc)
+            self._fail(fill, UpstreamError(f"storage error while caching the blob: {exc}"))
+        finally:
+            self._fills.pop(str(fill.digest), None)
+            self._metrics.fills_in_flight.dec()
+            self._metrics.fill_seconds.labels(result).observe(time.monotonic() - fill.started)
+            if fill.final is None:
+                self._store.discard(fill.temp)
+
+    def _fail(self, fill: Fill, error: RegistryError) -> None:
+        fill.error = error
+        if not fill.ready.done():
+            fill.ready.set_exception(error)
+            fill.ready.exception()  # retrieved: followers may all be gone
+        fill._notify()
+        if not isinstance(error, RegistryError) or error.status >= 500:
+            log.warning("fill %s from %s failed: %s", fill.digest, fill.registry, error)
+
+    async def _fetch(self, fill: Fill, opener: BodyOpener) -> None:
+        loop = asyncio.get_running_loop()
+        hasher = fill.digest.hasher()
+        async with opener() as body:
+            fill.size = body.size
+            fd = os.open(fill.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fill.ready.set_result(None)
+
+                def absorb(data: bytes) -> None:
+                    hasher.update(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+
+                pending: asyncio.Future[None] | None = None
+                pending_len = 0
+                buffer = bytearray()
+                chunks = body.chunks.__aiter__()
+                while True:
+                    try:
+                        async with asyncio.timeout(self._stall):
+                            chunk = await anext(chunks, None)
+                    except TimeoutError:
+                        raise UpstreamTimeout(
+                            f"upstream stalled: no bytes for {self._stall:g}s"
+                        ) from None
+                    if chunk is not None:
+                        buffer += chunk
+                        self._metrics.upstream_bytes.labels(fill.registry).inc(len(chunk))
+                        if (
+                            fill.size is not None
+                            and fill.written + pending_len + len(buffer) > fill.size
+                        ):
+                            raise DigestMismatch("upstream sent more bytes than its Content-Length")
+                    if len(buffer) >= WRITE_CHUNK or (chunk is None and buffer):
+                        if pending is not None:
+                            await pending
+                            self._advance(fill, pending_len)
+                        pending_len = len(buffer)
+                        pending = loop.run_in_executor(None, absorb, bytes(buffer))
+                        buffer.clear()
+                    if chunk is None:
+                        break
+                if pending is not None:
+                    await pending
+                    self._advance(fill, pending_len)
+                if fill.size is not None and fill.written != fill.size:
+                    raise UpstreamError(
+                        f"upstream body ended after {fill.written} of {fill.size} bytes"
+                    )
+                if hasher.hexdigest() != fill.digest.hex:
+                    self._metrics.digest_mismatches.labels(fill.registry).inc()
+                    raise DigestMismatch(
+                        f"upstream bytes for {fill.digest} have digest "
+                        f"{fill.digest.algorithm}:{hasher.hexdigest()}; nothing was kept"
+                    )
+                await loop.run_in_executor(None, os.fsync, fd)
+            finally:
+                os.close(fd)
+        fill.size = fill.written
+        fill.final = await loop.run_in_executor(None, self._store.commit, fill.temp, fill.digest)
+        fill.released = fill.written
+        fill._notify()
+
+    @staticmethod
+    def _advance(fill: Fill, count: int) -> None:
+        fill.written += count
+        if fill.size is not None:
+            fill.released = min(fill.written, fill.size - 1)
+        else:
+            fill.released = fill.written - count  # hold the newest chunk back
+        fill._notify()
+
+
+async def drain(fill: Fill) -> None:
+    """Wait for a fill to end, whatever its outcome."""
+    if fill.task is not None:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(fill.task)

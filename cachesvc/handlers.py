@@ -1,0 +1,249 @@
+"""The /v2 routes: parse the request, make one mirror call, translate the answer.
+
+No disk or upstream I/O happens here beyond streaming what the mirror hands back.
+Every ``RegistryError`` becomes an OCI error body; anything else is a bug, logged
+with its traceback and answered 500 without details.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cachesvc.blobs import CachedBlob, FillingBlob
+from cachesvc.byterange import parse_range
+from cachesvc.errors import RegistryError, Unsupported
+from cachesvc.fill import FillFailed, drain
+from cachesvc.manifests import ManifestAnswer
+from cachesvc.metrics import Metrics
+from cachesvc.mirror import Mirror, Passthrough
+from cachesvc.oci import Digest, normalize_accept, parse_api_path
+from cachesvc.routing import Target
+
+log = logging.getLogger("cachesvc.handlers")
+access_log = logging.getLogger("cachesvc.access")
+
+MIRROR_KEY = web.AppKey("mirror", Mirror)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: RegistryError, *, head: bool = False) -> web.Response:
+    """An OCI error answer for ``error`` (no body for HEAD)."""
+    body = {"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]}
+    headers = {**API_HEADERS, **error.headers()}
+    if head:
+        return web.Response(status=error.status, headers=headers)
+    return web.json_response(body, status=error.status, headers=headers)
+
+
+@web.middleware
+async def errors_and_access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map errors to OCI answers and write one JSON access-log line per request."""
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except RegistryError as exc:
+        request["error"] = exc.message
+        response = error_response(exc, head=request.method == "HEAD")
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[METRICS_KEY]
+        metrics.http_responses.labels(request.method, str(status)).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "client": request.remote,
+                        "method": request.method,
+                        "path": request.path[:512],
+                        "registry": request.get("registry"),
+                        "repository": request.get("repository"),
+                        "reference": request.get("reference"),
+                        "status": status,
+                        "bytes": request.get("bytes", 0),
+                        "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                        "cache": request.get("cache"),
+                        "error": request.get("error"),
+                    }
+                },
+            )
+
+
+async def api_root(request: web.Request) -> web.Response:
+    """``GET /v2/``: the API version check."""
+    return web.json_response({}, headers=API_HEADERS)
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    """Every ``/v2/<name>/...`` request."""
+    mirror = request.app[MIRROR_KEY]
+    if request.method not in ("GET", "HEAD"):
+        raise Unsupported("this is a pull-through mirror: only GET and HEAD are supported")
+    path = parse_api_path(request.match_info["tail"])
+    ns = request.query.get("ns")
+    target = mirror.router.route(ns, path.name)
+    request["registry"], request["repository"] = target.registry, target.repository
+    request["reference"] = path.reference or None
+    headers = dict(API_HEADERS)
+    if ns is not None:
+        headers["OCI-Namespace"] = target.registry
+    kind_label = {"manifests": "manifest", "blobs": "blob"}.get(path.kind, path.kind)
+    response: web.StreamResponse
+    try:
+        if path.kind == "manifests":
+            response = await _manifest(request, mirror, target, path.reference, headers)
+        elif path.kind == "blobs":
+            response = await _blob(request, mirror, target, Digest.parse(path.reference), headers)
+        elif path.kind == "tags":
+            answer = await mirror.tags(target, request.query.get("n"), request.query.get("last"))
+            request["cache"] = "passthrough"
+            response = _passthrough(answer, headers)
+        else:
+            answer = await mirror.referrers(
+                target, Digest.parse(path.reference), request.query.get("artifactType")
+            )
+            request["cache"] = "passthrough"
+            response = _passthrough(answer, headers)
+    except RegistryError:
+        request["cache"] = "error"
+        _count(request, kind_label, "error", target.registry)
+        raise
+    _count(request, kind_label, request.get("cache") or "error", target.registry)
+    return response
+
+
+def _count(request: web.Request, kind: str, result: str, registry: str) -> None:
+    request.app[METRICS_KEY].requests.labels(kind, result, registry).inc()
+
+
+def _passthrough(answer: Passthrough, headers: dict[str, str]) -> web.Response:
+    if answer.link:
+        headers["Link"] = answer.link
+    headers["Content-Type"] = answer.content_type
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+async def _manifest(
+    request: web.Request, mirror: Mirror, target: Target, reference: str, headers: dict[str, str]
+) -> web.Response:
+    head = request.method == "HEAD"
+    accept = normalize_accept(request.headers.getall("Accept", []))
+    answer: ManifestAnswer = await mirror.manifest(target, reference, accept, head=head)
+    request["cache"] = answer.result
+    record = answer.record
+    headers.update(
+        {
+            "Content-Type": record.media_type,
+            "Docker-Content-Digest": str(record.digest),
+            "ETag": f'"{record.digest}"',
+        }
+    )
+    if answer.stale_age is not None:
+        headers["Warning"] = (
+            f'110 cachesvc "stale: upstream unavailable, tag last confirmed '
+            f'{int(answer.stale_age)}s ago"'
+        )
+    if head:
+        return await _head(request, headers, record.size)
+    body = answer.body or b""
+    request["bytes"] = len(body)
+    request.app[METRICS_KEY].served_bytes.labels("cache").inc(len(body))
+    return web.Response(body=body, headers=headers)
+
+
+async def _blob(
+    request: web.Request, mirror: Mirror, target: Target, digest: Digest, headers: dict[str, str]
+) -> web.StreamResponse:
+    headers.update(
+        {
+            "Docker-Content-Digest": str(digest),
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{digest}"',
+        }
+    )
+    metrics = request.app[METRICS_KEY]
+    if request.method == "HEAD":
+        size, result = await mirror.blob_size(target, digest)
+        request["cache"] = result
+        return await _head(request, headers, size)
+    range_header = request.headers.get("Range")
+    answer = await mirror.blob(target, digest)
+    request["cache"] = answer.result
+    source = answer.source
+    if isinstance(source, FillingBlob) and source.fill.size is None and range_header:
+        # A chunked upstream body has no size to answer a range against yet: wait for it.
+        await drain(source.fill)
+        if source.fill.error is not None:
+            raise source.fill.error
+        cached = mirror.blobs.cached(digest)
+        if cached is None:
+            raise source.fill.error or Unsupported("blob vanished after its fill")
+        source = cached
+    if isinstance(source, CachedBlob):
+        span = parse_range(range_header, source.size)
+        request["bytes"] = source.size if span is None else span[1] - span[0]
+        metrics.served_bytes.labels("cache").inc(request["bytes"])
+        return web.FileResponse(source.path, headers=headers)
+    fill = source.fill
+    start, end = 0, fill.size
+    streaming = web.StreamResponse(status=200, headers=headers)
+    if fill.size is not None:
+        span = parse_range(range_header, fill.size)
+        if span is not None:
+            start, end = span
+            streaming.set_status(206)
+            streaming.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fill.size}"
+        streaming.content_length = end - start if end is not None else None
+    else:
+        streaming.enable_chunked_encoding()
+    await streaming.prepare(request)
+    sent = 0
+    try:
+        async for chunk in fill.stream(start, end):
+            await streaming.write(chunk)
+            sent += len(chunk)
+    except FillFailed as exc:
+        # The status line is out: the only honest signal left is to cut the connection,
+        # so the client never mistakes a short or wrong body for a complete one.
+        request["bytes"] = sent
+        request["error"] = f"aborted mid-body: {exc.cause.message}"
+        request["cache"] = "error"
+        metrics.served_bytes.labels("upstream").inc(sent)
+        if request.transport is not None:
+            request.transport.abort()
+        return streaming
+    request["bytes"] = sent
+    metrics.served_bytes.labels("upstream").inc(sent)
+    await streaming.write_eof()
+    return streaming
+
+
+async def _head(request: web.Request, headers: dict[str, str], size: int) -> web.StreamResponse:
+    """A HEAD answer with the exact ``Content-Length`` a GET would have, and no body."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the /v2 routes on ``app``."""
+    app.router.add_route("GET", "/v2/", api_root)
+    app.router.add_route("GET", "/v2", api_root)
+    app.router.add_route("*", "/v2/{tail:.+}", api)

@@ -1,0 +1,282 @@
+"""Manifests: exact upstream bytes, verified by digest, tags cached per Accept set.
+
+By digest a manifest is immutable: fetched once, checked against its digest, kept
+like a blob. By tag, the tag -> digest mapping is cached per (registry, repository,
+tag, Accept set) for the registry's ``tag_ttl`` and revalidated with HEAD, which
+Docker Hub does not count against its pull limit. When upstream fails, the last
+known mapping is served (``stale``) instead of an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from cachesvc.errors import (
+    DigestInvalid,
+    DigestMismatch,
+    ManifestInvalid,
+    ManifestUnknown,
+    UpstreamError,
+)
+from cachesvc.oci import MEDIA_OCI_MANIFEST, Digest, validate_tag
+from cachesvc.routing import Target
+from cachesvc.singleflight import SingleFlight
+from cachesvc.store import ManifestRecord, Store, TagRecord
+from cachesvc.upstream import Answer, Upstream
+
+log = logging.getLogger("cachesvc.manifests")
+
+Result = Literal["hit", "miss", "coalesced", "stale"]
+# Bodies kept in memory for fast hits; manifests are small (a few KiB) and hot.
+MEMORY_BUDGET = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestAnswer:
+    """What the handler sends: the record, the body (None for HEAD) and how we got it."""
+
+    record: ManifestRecord
+    body: bytes | None
+    result: Result
+    stale_age: float | None = None  # seconds since upstream last confirmed a stale tag
+
+
+class _BodyCache:
+    """A small LRU of manifest bodies bounded by total bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._used = 0
+        self._items: OrderedDict[str, tuple[ManifestRecord, bytes]] = OrderedDict()
+
+    def get(self, digest: Digest) -> tuple[ManifestRecord, bytes] | None:
+        item = self._items.get(str(digest))
+        if item is not None:
+            self._items.move_to_end(str(digest))
+        return item
+
+    def put(self, record: ManifestRecord, body: bytes) -> None:
+        key = str(record.digest)
+        if key in self._items or len(body) > self._budget // 4:
+            return
+        self._items[key] = (record, body)
+        self._used += len(body)
+        while self._used > self._budget:
+            _, (_, old) = self._items.popitem(last=False)
+            self._used -= len(old)
+
+    def drop(self, digest: Digest) -> None:
+        item = self._items.pop(str(digest), None)
+        if item is not None:
+            self._used -= len(item[1])
+
+
+def _media_type(answer: Answer) -> str:
+    """The manifest's media type: upstream's Content-Type, else the body's mediaType."""
+    content_type = answer.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    if content_type and content_type not in (
+        "application/json",
+        "text/plain",
+        "application/octet-stream",
+    ):
+        return content_type[:200]
+    try:
+        declared = json.loads(answer.body).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    if isinstance(declared, str) and declared:
+        return declared[:200]
+    return content_type or MEDIA_OCI_MANIFEST
+
+
+def _header_digest(answer: Answer) -> Digest | None:
+    value = answer.headers.get("Docker-Content-Digest")
+    if not value:
+        return None
+    try:
+        return Digest.parse(value.strip())
+    except DigestInvalid:
+        return None
+
+
+class Manifests:
+    """Manifest lookups for the mirror."""
+
+    def __init__(self, store: Store, upstreams: Mapping[str, Upstream]) -> None:
+        self._store = store
+        self._upstreams = upstreams
+        self._bodies = _BodyCache(MEMORY_BUDGET)
+        self._tags: dict[str, TagRecord] = {}
+        self._by_digest: SingleFlight[str, ManifestRecord] = SingleFlight()
+        self._by_tag: SingleFlight[str, tuple[TagRecord, Result, float | None]] = SingleFlight()
+
+    # -- by digest -------------------------------------------------------------------
+
+    def cached(self, digest: Digest) -> tuple[ManifestRecord, bytes] | None:
+        """A stored manifest (memory first, then disk)."""
+        item = self._bodies.get(digest)
+        if item is None:
+            item = self._store.get_manifest(digest)
+            if item is not None:
+                self._bodies.put(*item)
+        return item
+
+    async def by_digest(self, target: Target, digest: Digest, *, head: bool) -> ManifestAnswer:
+        """A manifest by digest: stored, or fetched once and verified."""
+        item = self.cached(digest)
+        if item is not None:
+            return ManifestAnswer(item[0], None if head else item[1], "hit")
+        record, joined = await self._by_digest.do(
+            f"{target.registry}\0{digest}", lambda: self._fetch_digest(target, digest)
+        )
+        item = self.cached(digest)
+        if item is None:  # removed in between; extremely unlikely
+            raise ManifestUnknown(f"manifest {digest} vanished from the cache")
+        return ManifestAnswer(record, None if head else item[1], "coalesced" if joined else "miss")
+
+    async def _fetch_digest(self, target: Target, digest: Digest) -> ManifestRecord:
+        upstream = self._upstreams[target.registry]
+        answer = await upstream.fetch(
+            "GET",
+            f"/v2/{target.repository}/manifests/{digest}",
+            scope=f"repository:{target.repository}:pull",
+            headers={"Accept": _ACCEPT_ALL},
+        )
+        if answer.status == 404:
+            raise ManifestUnknown(
+                f"manifest {digest} not found in {target.registry}/{target.repository}"
+            )
+        if answer.status != 200:
+            raise UpstreamError(f"{target.registry} answered {answer.status} for a manifest")
+        actual = Digest.of(answer.body, digest.algorithm)
+        if actual != digest:
+            raise DigestMismatch(
+                f"{target.registry} sent a manifest for {digest} whose digest is {actual}; "
+                "nothing was kept"
+            )
+        record = self._store.put_manifest(digest, _media_type(answer), answer.body)
+        self._bodies.put(record, answer.body)
+        return record
+
+    # -- by tag ----------------------------------------------------------------------
+
+    async def by_tag(
+        self, target: Target, tag: str, accept: tuple[str, ...], *, head: bool, ttl: float
+    ) -> ManifestAnswer:
+        """A manifest by tag, through the tag cache."""
+        validate_tag(tag)
+        key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
+        record = self._tags.get(key) or self._store.get_tag(key)
+        if record is not None and time.time() - record.checked_at < ttl:
+            self._tags[key] = record
+            answer = await self._answer(target, record, head, "hit")
+            if answer is not None:
+                return answer
+        (record, result, stale_age), joined = await self._by_tag.do(
+            key, lambda: self._resolve(target, tag, accept, key, record)
+        )
+        if joined and result == "miss":
+            result = "coalesced"
+        answer = await self._answer(target, record, head, result, stale_age)
+        if answer is None:
+            raise ManifestUnknown(f"manifest for {tag} is not available")
+        return answer
+
+    async def _answer(
+        self,
+        target: Target,
+        record: TagRecord,
+        head: bool,
+        result: Result,
+        stale_age: float | None = None,
+    ) -> ManifestAnswer | None:
+        manifest = ManifestRecord(record.digest, record.media_type, record.size)
+        item = self.cached(record.digest)
+        if item is not None:
+            manifest = item[0]
+            return ManifestAnswer(manifest, None if head else item[1], result, stale_age)
+        if head:
+            return ManifestAnswer(manifest, None, result, stale_age)
+        if result == "stale":
+            return None
+        fetched = await self.by_digest(target, record.digest, head=False)
+        return ManifestAnswer(fetched.record, fetched.body, result, stale_age)
+
+    async def _resolve(
+        self,
+        target: Target,
+        tag: str,
+        accept: tuple[str, ...],
+        key: str,
+        previous: TagRecord | None,
+    ) -> tuple[TagRecord, Result, float | None]:
+        upstream = self._upstreams[target.registry]
+        path = f"/v2/{target.repository}/manifests/{tag}"
+        scope = f"repository:{target.repository}:pull"
+        headers = {"Accept": ", ".join(accept)}
+        try:
+            if previous is not None:
+                head = await upstream.fetch("HEAD", path, scope=scope, headers=headers)
+                if head.status == 404:
+                    raise ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+                digest = _header_digest(head)
+                if head.status == 200 and digest == previous.digest:
+                    record = TagRecord(
+                        previous.digest, previous.media_type, previous.size, time.time()
+                    )
+                    self._remember(key, record)
+                    return record, "hit", None
+            answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
+        except ManifestUnknown:
+            raise
+        except UpstreamError as exc:
+            if previous is not None and self.cached(previous.digest) is not None:
+                age = time.time() - previous.checked_at
+                log.warning(
+                    "serving stale %s/%s:%s (%.0fs old): %s",
+                    target.registry, target.repository, tag, age, exc,
+                )  # fmt: skip
+                return previous, "stale", age
+            raise
+        if answer.status == 404:
+            raise ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+        if answer.status != 200:
+            raise UpstreamError(f"{target.registry} answered {answer.status} for a manifest")
+        declared = _header_digest(answer)
+        algorithm = declared.algorithm if declared is not None else "sha256"
+        digest = Digest.of(answer.body, algorithm)
+        if declared is not None and declared != digest:
+            raise DigestMismatch(
+                f"{target.registry} sent {target.repository}:{tag} with Docker-Content-Digest "
+                f"{declared} but the bytes hash to {digest}; nothing was kept"
+            )
+        if not answer.body:
+            raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
+        manifest = self._store.put_manifest(digest, _media_type(answer), answer.body)
+        self._bodies.put(manifest, answer.body)
+        record = TagRecord(digest, manifest.media_type, manifest.size, time.time())
+        self._remember(key, record)
+        return record, "miss", None
+
+    def _remember(self, key: str, record: TagRecord) -> None:
+        if len(self._tags) > 100_000:
+            self._tags.clear()
+        self._tags[key] = record
+        self._store.put_tag(key, record)
+
+
+_ACCEPT_ALL = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "*/*",
+    )
+)

@@ -1,0 +1,68 @@
+"""Which configured registry, and which repository there, a request is for.
+
+1. ``?ns=<registry>`` (what containerd sends to a mirror) picks the registry;
+2. else a first path component that names a configured registry
+   (``/v2/ghcr.io/org/app/...``), so skopeo, crane and curl can reach any of them;
+3. else ``default_registry``.
+
+A registry that is not configured is never contacted: cachesvc mirrors named
+registries and is not an open proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cachesvc.config import RegistryConfig
+from cachesvc.errors import NameInvalid, NameUnknown
+from cachesvc.oci import is_registry_host, validate_name
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A repository at a configured registry, as upstream names it."""
+
+    registry: str
+    repository: str
+    via_ns: bool  # the client named the registry with ?ns= (affects Link rewriting)
+    client_name: str  # the name as the client wrote it in the path
+
+
+class Router:
+    """Maps (ns, path name) to a ``Target``."""
+
+    def __init__(self, registries: Mapping[str, RegistryConfig], default: str | None) -> None:
+        self._registries = registries
+        self._default = default
+
+    def route(self, ns: str | None, name: str) -> Target:
+        """Resolve a request's registry and repository; validates the repository name."""
+        if ns is not None:
+            if not is_registry_host(ns):
+                raise NameInvalid(f"invalid ns parameter {ns[:80]!r}: expected a registry host")
+            registry = self._known(ns.lower())
+            repository = name
+        else:
+            first, sep, rest = name.partition("/")
+            if sep and first in self._registries:
+                registry, repository = first, rest
+            elif self._default is not None:
+                registry, repository = self._default, name
+            else:
+                raise NameUnknown(
+                    "no registry named: send ?ns=<registry>, prefix the name with a "
+                    "configured registry, or set default_registry"
+                )
+        validate_name(repository)
+        if registry == "docker.io" and "/" not in repository:
+            repository = f"library/{repository}"
+        return Target(registry, repository, ns is not None, name)
+
+    def _known(self, registry: str) -> str:
+        if registry not in self._registries:
+            raise NameUnknown(
+                f"registry {registry!r} is not mirrored by this cachesvc; add it under "
+                "'registries:' in the configuration"
+            )
+        return registry
