@@ -169,6 +169,26 @@ def test_containerd_pulls_through_a_mirror_only(
     assert containerd.list_images() == []
 
 
+def test_containerd_falls_back_to_the_server_when_the_mirror_404s(
+    containerd: Containerd,
+    registry: DistributionRegistry,
+    pushed: tuple[OCIImage, OCIImage],
+    tmp_path: Path,
+) -> None:
+    image, _ = pushed
+    with DistributionRegistry(tmp_path / "empty") as empty:
+        hosts = tmp_path / "hosts"
+        write_hosts_toml(hosts, registry.host_port, empty.url, registry.url)
+        before = registry.count_blob_gets("app", image.layers[0].digest)
+        containerd.pull(registry.ref("app", "v1"), hosts)
+        containerd.reset()
+        misses = empty.requests("GET", blob_path("app", image.layers[0].digest), status=404)
+        assert len(misses) == 1
+        assert registry.count_blob_gets("app", image.layers[0].digest) == before + 1
+        server_gets = registry.requests("GET", blob_path("app", image.layers[0].digest))
+        assert server_gets[-1].query == ""  # ns goes to mirrors only
+
+
 def test_proxy_mode_registry_caches_after_a_double_fetch(
     containerd: Containerd,
     registry: DistributionRegistry,

@@ -15,6 +15,10 @@ Facts about containerd 1.6.20 (Debian) checked against a distribution registry:
   ``override_path = true``.
 - Every request to a mirror carries ``?ns=<registry>`` (URL-encoded, e.g.
   ``ns=127.0.0.1%3A5000``): manifests by tag (HEAD) and digest (GET), and blobs (GET).
+- A mirror answering 404 (or any error) is skipped per request: the same request goes to the
+  ``server``, without ``ns``. Once a 200 body streams there is no fallback.
+- With no hosts.toml for a loopback registry (``127.0.0.1:PORT``), or a ``server`` without
+  scheme, containerd talks plain http to it.
 - ``ctr content fetch`` fetches without unpacking; content already present is not fetched again,
   so re-download tests must remove images and content first (:meth:`Containerd.reset`).
 """

@@ -21,7 +21,8 @@ def require(binary: str, package: str) -> str:
     When it is missing: ``pytest.fail`` if the environment has ``CI=true``, else ``pytest.skip``;
     both messages name the Debian ``package`` and ``scripts/install-peers.sh``.
     """
-    found = shutil.which(binary)
+    # /usr/sbin (nginx) is often missing from a non-root PATH.
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
     if found is not None:
         return found
     message = (
