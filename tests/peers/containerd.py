@@ -193,6 +193,9 @@ class Containerd:
         self._startup_timeout = startup_timeout
         self._process: ManagedProcess | None = None
 
+    write_hosts_toml = staticmethod(write_hosts_toml)
+    """The module function :func:`write_hosts_toml`, for callers holding only the instance."""
+
     # -- paths -----------------------------------------------------------------------------
 
     @property
