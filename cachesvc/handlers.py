@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -26,6 +27,20 @@ from cachesvc.routing import Target
 log = logging.getLogger("cachesvc.handlers")
 access_log = logging.getLogger("cachesvc.access")
 
+
+@dataclass(slots=True)
+class Audit:
+    """What one request did, for its access-log line and metrics."""
+
+    registry: str | None = None
+    repository: str | None = None
+    reference: str | None = None
+    cache: str | None = None
+    bytes: int = 0
+    error: str | None = None
+
+
+AUDIT_KEY = web.RequestKey("audit", Audit)
 MIRROR_KEY = web.AppKey("mirror", Mirror)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -45,6 +60,7 @@ def error_response(error: RegistryError, *, head: bool = False) -> web.Response:
 async def errors_and_access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map errors to OCI answers and write one JSON access-log line per request."""
     started = time.monotonic()
+    audit = request[AUDIT_KEY] = Audit()
     response: web.StreamResponse | None = None
     status = 500
     try:
@@ -52,7 +68,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     except RegistryError as exc:
-        request["error"] = exc.message
+        audit.error = exc.message
         response = error_response(exc, head=request.method == "HEAD")
         status = response.status
         return response
@@ -70,14 +86,14 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
                         "client": request.remote,
                         "method": request.method,
                         "path": request.path[:512],
-                        "registry": request.get("registry"),
-                        "repository": request.get("repository"),
-                        "reference": request.get("reference"),
+                        "registry": audit.registry,
+                        "repository": audit.repository,
+                        "reference": audit.reference,
                         "status": status,
-                        "bytes": request.get("bytes", 0),
+                        "bytes": audit.bytes,
                         "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                        "cache": request.get("cache"),
-                        "error": request.get("error"),
+                        "cache": audit.cache,
+                        "error": audit.error,
                     }
                 },
             )
@@ -96,8 +112,9 @@ async def api(request: web.Request) -> web.StreamResponse:
     path = parse_api_path(request.match_info["tail"])
     ns = request.query.get("ns")
     target = mirror.router.route(ns, path.name)
-    request["registry"], request["repository"] = target.registry, target.repository
-    request["reference"] = path.reference or None
+    audit = request[AUDIT_KEY]
+    audit.registry, audit.repository = target.registry, target.repository
+    audit.reference = path.reference or None
     headers = dict(API_HEADERS)
     if ns is not None:
         headers["OCI-Namespace"] = target.registry
@@ -110,19 +127,19 @@ async def api(request: web.Request) -> web.StreamResponse:
             response = await _blob(request, mirror, target, Digest.parse(path.reference), headers)
         elif path.kind == "tags":
             answer = await mirror.tags(target, request.query.get("n"), request.query.get("last"))
-            request["cache"] = "passthrough"
+            request[AUDIT_KEY].cache = "passthrough"
             response = _passthrough(answer, headers)
         else:
             answer = await mirror.referrers(
                 target, Digest.parse(path.reference), request.query.get("artifactType")
             )
-            request["cache"] = "passthrough"
+            request[AUDIT_KEY].cache = "passthrough"
             response = _passthrough(answer, headers)
     except RegistryError:
-        request["cache"] = "error"
+        request[AUDIT_KEY].cache = "error"
         _count(request, kind_label, "error", target.registry)
         raise
-    _count(request, kind_label, request.get("cache") or "error", target.registry)
+    _count(request, kind_label, audit.cache or "error", target.registry)
     return response
 
 
@@ -139,11 +156,11 @@ def _passthrough(answer: Passthrough, headers: dict[str, str]) -> web.Response:
 
 async def _manifest(
     request: web.Request, mirror: Mirror, target: Target, reference: str, headers: dict[str, str]
-) -> web.Response:
+) -> web.StreamResponse:
     head = request.method == "HEAD"
     accept = normalize_accept(request.headers.getall("Accept", []))
     answer: ManifestAnswer = await mirror.manifest(target, reference, accept, head=head)
-    request["cache"] = answer.result
+    request[AUDIT_KEY].cache = answer.result
     record = answer.record
     headers.update(
         {
@@ -160,7 +177,7 @@ async def _manifest(
     if head:
         return await _head(request, headers, record.size)
     body = answer.body or b""
-    request["bytes"] = len(body)
+    request[AUDIT_KEY].bytes = len(body)
     request.app[METRICS_KEY].served_bytes.labels("cache").inc(len(body))
     return web.Response(body=body, headers=headers)
 
@@ -179,11 +196,11 @@ async def _blob(
     metrics = request.app[METRICS_KEY]
     if request.method == "HEAD":
         size, result = await mirror.blob_size(target, digest)
-        request["cache"] = result
+        request[AUDIT_KEY].cache = result
         return await _head(request, headers, size)
     range_header = request.headers.get("Range")
     answer = await mirror.blob(target, digest)
-    request["cache"] = answer.result
+    request[AUDIT_KEY].cache = answer.result
     source = answer.source
     if isinstance(source, FillingBlob) and source.fill.size is None and range_header:
         # A chunked upstream body has no size to answer a range against yet: wait for it.
@@ -196,8 +213,8 @@ async def _blob(
         source = cached
     if isinstance(source, CachedBlob):
         span = parse_range(range_header, source.size)
-        request["bytes"] = source.size if span is None else span[1] - span[0]
-        metrics.served_bytes.labels("cache").inc(request["bytes"])
+        request[AUDIT_KEY].bytes = source.size if span is None else span[1] - span[0]
+        metrics.served_bytes.labels("cache").inc(request[AUDIT_KEY].bytes)
         return web.FileResponse(source.path, headers=headers)
     fill = source.fill
     start, end = 0, fill.size
@@ -220,14 +237,14 @@ async def _blob(
     except FillFailed as exc:
         # The status line is out: the only honest signal left is to cut the connection,
         # so the client never mistakes a short or wrong body for a complete one.
-        request["bytes"] = sent
-        request["error"] = f"aborted mid-body: {exc.cause.message}"
-        request["cache"] = "error"
+        request[AUDIT_KEY].bytes = sent
+        request[AUDIT_KEY].error = f"aborted mid-body: {exc.cause.message}"
+        request[AUDIT_KEY].cache = "error"
         metrics.served_bytes.labels("upstream").inc(sent)
         if request.transport is not None:
             request.transport.abort()
         return streaming
-    request["bytes"] = sent
+    request[AUDIT_KEY].bytes = sent
     metrics.served_bytes.labels("upstream").inc(sent)
     await streaming.write_eof()
     return streaming

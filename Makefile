@@ -1,0 +1,48 @@
+# cachesvc — the two commands that matter: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit peers bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+## run: start cachesvc on the embedded default configuration (127.0.0.1:5000, admin :5050)
+run: $(STAMP)
+	$(VENV)/bin/cachesvc serve $(if $(CONFIG),--config $(CONFIG))
+
+## test: install everything (venv, real peers when root) and run lint, types and the suite
+test: $(STAMP)
+	bash scripts/install-peers.sh
+	$(MAKE) --no-print-directory lint typecheck
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory bench-smoke
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cachesvc tests benchmarks
+	$(VENV)/bin/ruff format --check cachesvc
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy cachesvc tests/peers benchmarks
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not peers"
+
+peers: $(STAMP)
+	$(PY) -m pytest -q -m peers
+
+## bench: the side-by-side benchmark (cachesvc vs distribution proxy vs nginx)
+bench: $(STAMP)
+	bash scripts/install-peers.sh
+	$(PY) -m benchmarks
+
+bench-smoke: $(STAMP)
+	$(PY) -m benchmarks --smoke --out $(VENV)/bench-smoke
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real cachesvc daemon in-process, fake upstreams, HTTP clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cachesvc.app import Daemon
+from cachesvc.config import Config, parse_config
+from tests.fakes.registry import FakeRegistry, running
+
+
+def make_config(storage: Path, upstreams: dict[str, list[str]], **extra: Any) -> Config:
+    """A config with port 0 listeners; registry names map to endpoint URL lists."""
+    registries: dict[str, Any] = {}
+    for name, endpoints in upstreams.items():
+        registries[name] = {"endpoints": endpoints, **extra.pop(f"registry:{name}", {})}
+    data: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "storage": {"root": str(storage)},
+        "default_registry": next(iter(upstreams)),
+        "registries": registries,
+        "log": {"level": "warning"},
+        "shutdown_grace": "2s",
+        "timeouts": {"connect": "2s", "first_byte": "5s", "stall": "2s"},
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+@asynccontextmanager
+async def daemon_for(config: Config) -> AsyncIterator[Daemon]:
+    """A started daemon on its own metrics registry; stopped afterwards."""
+    daemon = Daemon(config, CollectorRegistry())
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+DaemonFactory = Callable[..., AbstractAsyncContextManager[Daemon]]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeRegistry]:
+    async with running(FakeRegistry()) as registry:
+        yield registry
+
+
+@pytest.fixture
+def start_daemon(storage: Path) -> Callable[..., AbstractAsyncContextManager[Daemon]]:
+    """``async with start_daemon({"reg": [url]}, **config) as d``."""
+
+    def factory(upstreams: dict[str, list[str]], **extra: Any) -> AbstractAsyncContextManager[Daemon]:
+        return daemon_for(make_config(storage, upstreams, **extra))
+
+    return factory
+
+
+@pytest.fixture
+async def mirror(
+    fake: FakeRegistry, start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]]
+) -> AsyncIterator[Daemon]:
+    """cachesvc in front of the fake upstream, registered as registry ``fake.test``."""
+    async with start_daemon({"fake.test": [fake.url]}) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+Fetch = Callable[..., Awaitable[tuple[int, dict[str, str], bytes]]]

@@ -1,0 +1,218 @@
+"""A fake upstream registry: a real aiohttp server on loopback with fault switches.
+
+It serves manifests and blobs from memory, counts every request it gets, and can
+be told to misbehave: wrong bytes, a cut mid-body, a stall, a status (503, 429
+with Retry-After), no Content-Length (chunked), a Bearer token requirement with
+its own token endpoint, or a 307 redirect of blob GETs to another server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass
+class Faults:
+    """Switches; each applies to blob GETs unless its name says otherwise."""
+
+    wrong_bytes: bool = False  # flip one byte in the body (same length)
+    cut_after: int | None = None  # close the connection after this many body bytes
+    stall_after: int | None = None  # stop sending (keep the socket open) after N bytes
+    status: int | None = None  # answer every /v2/<name>/... request with this status
+    retry_after: str | None = None  # Retry-After header with ``status``
+    chunked: bool = False  # no Content-Length on blob bodies
+    slow_chunk_delay: float = 0.0  # sleep between body chunks
+    redirect_blobs_to: str | None = None  # 307 blob GETs to this base URL
+    manifest_delay: float = 0.0  # sleep before answering manifest requests
+    extra_bytes: int = 0  # append garbage after the real body (Content-Length grows)
+
+
+@dataclass
+class FakeRegistry:
+    """In-memory content plus request counting and faults."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # ref -> (type, body)
+    faults: Faults = field(default_factory=Faults)
+    require_token: bool = False
+    tokens_issued: int = 0
+    token_expires_in: int = 300
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    auth_seen: list[str | None] = field(default_factory=list)
+    url: str = ""
+
+    def add_blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return digest
+
+    def add_manifest(self, repo: str, tag: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.manifests[f"{repo}:{tag}"] = (media_type, body)
+        self.manifests[f"{repo}@{digest}"] = (media_type, body)
+        return digest
+
+    def add_image(self, repo: str, tag: str, layers: list[bytes]) -> tuple[str, list[str]]:
+        """A minimal image: config + layers + manifest; returns (manifest digest, blob digests)."""
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        config_digest = self.add_blob(config)
+        layer_digests = [self.add_blob(layer) for layer in layers]
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config_digest,
+                    "size": len(config),
+                },
+                "layers": [
+                    {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len(b)}
+                    for d, b in zip(layer_digests, layers, strict=True)
+                ],
+            }
+        ).encode()
+        return self.add_manifest(repo, tag, manifest), [config_digest, *layer_digests]
+
+    def count(self, method: str, fragment: str) -> int:
+        """Requests whose method matches and whose path contains ``fragment``."""
+        return sum(n for (m, p), n in self.requests.items() if m == method and fragment in p)
+
+    # -- the server ------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2/", self._root)
+        app.router.add_get("/token", self._token)
+        app.router.add_route("*", "/v2/{tail:.+}", self._api)
+        return app
+
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.tokens_issued += 1
+        self.requests[("GET", "/token")] += 1
+        return web.json_response(
+            {"token": f"tok-{self.tokens_issued}", "expires_in": self.token_expires_in}
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization")
+        self.auth_seen.append(header)
+        return not self.require_token or (header or "").startswith("Bearer tok-")
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info["tail"]
+        self.requests[(request.method, "/v2/" + tail)] += 1
+        if not self._authorized(request):
+            return web.json_response(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "auth required"}]},
+                status=401,
+                headers={
+                    "WWW-Authenticate": f'Bearer realm="{self.url}/token",service="fake",'
+                    f'scope="repository:{tail.split("/blobs/")[0].split("/manifests/")[0]}:pull"'
+                },
+            )
+        faults = self.faults
+        if faults.status is not None:
+            headers = {"Retry-After": faults.retry_after} if faults.retry_after else {}
+            return web.json_response(
+                {"errors": [{"code": "UNAVAILABLE", "message": "fault"}]},
+                status=faults.status,
+                headers=headers,
+            )
+        if "/manifests/" in tail:
+            repo, _, ref = tail.rpartition("/manifests/")
+            return await self._manifest(request, repo, ref)
+        if "/blobs/" in tail:
+            return await self._blob(request, tail.rpartition("/blobs/")[2])
+        if tail.endswith("/tags/list"):
+            repo = tail[: -len("/tags/list")]
+            tags = sorted(k.split(":", 1)[1] for k in self.manifests if k.startswith(repo + ":"))
+            return web.json_response({"name": repo, "tags": tags})
+        return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
+
+    async def _manifest(self, request: web.Request, repo: str, ref: str) -> web.Response:
+        if self.faults.manifest_delay:
+            await asyncio.sleep(self.faults.manifest_delay)
+        key = f"{repo}@{ref}" if ":" in ref else f"{repo}:{ref}"
+        item = self.manifests.get(key)
+        if item is None:
+            return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
+        media_type, body = item
+        headers = {
+            "Content-Type": media_type,
+            "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+        }
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return web.Response(headers=headers)
+        return web.Response(body=body, headers=headers)
+
+    async def _blob(self, request: web.Request, digest: str) -> web.StreamResponse:
+        data = self.blobs.get(digest)
+        if data is None:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        faults = self.faults
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        if faults.redirect_blobs_to:
+            raise web.HTTPTemporaryRedirect(f"{faults.redirect_blobs_to}{request.path_qs}")
+        if faults.wrong_bytes:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        data += b"x" * faults.extra_bytes
+        response = web.StreamResponse()
+        if not faults.chunked:
+            response.content_length = len(data)
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = 64 * 1024
+        for at in range(0, len(data), chunk):
+            piece = data[at : at + chunk]
+            if faults.cut_after is not None and at + len(piece) > faults.cut_after:
+                await response.write(piece[: max(0, faults.cut_after - at)])
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if faults.stall_after is not None and at + len(piece) > faults.stall_after:
+                await response.write(piece[: max(0, faults.stall_after - at)])
+                await asyncio.sleep(3600)
+            await response.write(piece)
+            if faults.slow_chunk_delay:
+                await asyncio.sleep(faults.slow_chunk_delay)
+        await response.write_eof()
+        return response
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run ``app`` on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def running(registry: FakeRegistry) -> AsyncIterator[FakeRegistry]:
+    """Serve ``registry`` and set its ``url``."""
+    async with serve(registry.app()) as url:
+        registry.url = url
+        yield registry

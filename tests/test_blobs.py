@@ -1,0 +1,269 @@
+"""Blob path against a fake upstream: hits, misses, coalescing, verification, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+import pytest
+
+from cachesvc.app import Daemon
+from cachesvc.oci import Digest
+from tests.fakes.registry import FakeRegistry
+
+
+def blob_url(daemon: Daemon, digest: str, repo: str = "team/app") -> str:
+    return f"{daemon.mirror_url}/v2/{repo}/blobs/{digest}?ns=fake.test"
+
+
+def stored(daemon: Daemon, digest: str) -> bool:
+    return daemon.parts.store.size(Digest.parse(digest)) is not None
+
+
+def temp_files(daemon: Daemon) -> list[str]:
+    return os.listdir(daemon.parts.store.tmp_root)
+
+
+async def test_miss_then_hit_serves_exact_bytes_and_asks_upstream_once(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(300_000)
+    digest = fake.add_blob(data)
+    for _ in range(3):
+        async with http.get(blob_url(mirror, digest)) as resp:
+            assert resp.status == 200
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert resp.headers["Content-Length"] == str(len(data))
+            assert await resp.read() == data
+    assert fake.count("GET", "/blobs/") == 1
+    assert stored(mirror, digest)
+
+
+async def test_twenty_concurrent_cold_requests_make_one_upstream_get(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.002  # keep the fill running while all 20 join
+
+    async def pull() -> tuple[int, str]:
+        async with http.get(blob_url(mirror, digest)) as resp:
+            return resp.status, hashlib.sha256(await resp.read()).hexdigest()
+
+    results = await asyncio.gather(*(pull() for _ in range(20)))
+    assert results == [(200, digest.split(":")[1])] * 20
+    assert fake.count("GET", "/blobs/") == 1
+
+
+async def test_followers_stream_before_the_fill_ends(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.02  # 64 chunks: about 1.3 s upstream
+    async with http.get(blob_url(mirror, digest)) as resp:
+        first = await resp.content.readexactly(64 * 1024)
+        fill = mirror.parts.fills.get(Digest.parse(digest))
+        assert fill is not None, "bytes arrived only after the fill ended"
+        assert not fill.finished, "bytes arrived only after the fill ended"
+        rest = await resp.read()
+    assert first + rest == data
+
+
+async def test_fill_outlives_the_client_that_started_it(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.01
+    async with http.get(blob_url(mirror, digest)) as resp:
+        await resp.content.readexactly(1000)
+    # The client hung up; the fill goes on and commits.
+    for _ in range(200):
+        if stored(mirror, digest):
+            break
+        await asyncio.sleep(0.02)
+    assert stored(mirror, digest)
+    assert fake.count("GET", "/blobs/") == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["wrong_bytes", "cut", "stall", "chunked_wrong_bytes", "extra_bytes"],
+)
+async def test_a_bad_upstream_body_is_never_served_whole_nor_kept(
+    fault: str, fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(1024 * 1024)
+    digest = fake.add_blob(data)
+    if fault == "wrong_bytes":
+        fake.faults.wrong_bytes = True
+    elif fault == "cut":
+        fake.faults.cut_after = 500_000
+    elif fault == "stall":
+        fake.faults.stall_after = 500_000
+    elif fault == "chunked_wrong_bytes":
+        fake.faults.chunked = fake.faults.wrong_bytes = True
+    else:
+        fake.faults.extra_bytes = 10
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(blob_url(mirror, digest)) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                received += chunk
+    assert received != data
+    assert len(received) < len(data) + 10
+    assert hashlib.sha256(received).hexdigest() != digest.split(":")[1]
+    assert not stored(mirror, digest)
+    await asyncio.sleep(0.05)
+    assert temp_files(mirror) == []
+    # The fault clears: the next request fetches again and gets the right bytes.
+    fake.faults = type(fake.faults)()
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert await resp.read() == data
+    assert fake.count("GET", "/blobs/") == 2
+    assert stored(mirror, digest)
+
+
+async def test_digest_mismatch_is_counted(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = fake.add_blob(os.urandom(1000))
+    fake.faults.wrong_bytes = True
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(blob_url(mirror, digest)) as resp:
+            await resp.read()
+    value = mirror.metrics.registry.get_sample_value(
+        "cachesvc_digest_mismatches_total", {"registry": "fake.test"}
+    )
+    assert value == 1
+
+
+async def test_chunked_upstream_body_is_served_and_verified(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(700_000)
+    digest = fake.add_blob(data)
+    fake.faults.chunked = True
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert resp.status == 200
+        assert await resp.read() == data
+    assert stored(mirror, digest)
+
+
+async def test_head_never_downloads(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(5000)
+    digest = fake.add_blob(data)
+    async with http.head(blob_url(mirror, digest)) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == "5000"
+        assert resp.headers["Docker-Content-Digest"] == digest
+        assert await resp.read() == b""
+    assert fake.count("GET", "/blobs/") == 0
+    assert fake.count("HEAD", "/blobs/") == 1
+    assert not stored(mirror, digest)
+
+
+async def test_upstream_404_is_blob_unknown(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = "sha256:" + "ab" * 32
+    for method in ("GET", "HEAD"):
+        async with http.request(method, blob_url(mirror, digest)) as resp:
+            assert resp.status == 404
+            if method == "GET":
+                body = await resp.json()
+                assert body["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+async def test_upstream_unreachable_is_502_quickly(
+    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    http: aiohttp.ClientSession,
+    unused_tcp_port: int,
+) -> None:
+    async with start_daemon({"fake.test": [f"http://127.0.0.1:{unused_tcp_port}"]}) as daemon:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with http.get(blob_url(daemon, "sha256:" + "cd" * 32)) as resp:
+            assert resp.status == 502
+            assert (await resp.json())["errors"][0]["code"] == "UNAVAILABLE"
+        assert loop.time() - started < 3
+
+
+async def test_upstream_5xx_is_a_gateway_error_not_a_body(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = fake.add_blob(b"hello")
+    fake.faults.status = 503
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert resp.status == 502
+    fake.faults.status = 429
+    fake.faults.retry_after = "7"
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "7"
+        assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "expected", "content_range"),
+    [
+        ("bytes=0-9", 206, slice(0, 10), "bytes 0-9/1000"),
+        ("bytes=990-", 206, slice(990, 1000), "bytes 990-999/1000"),
+        ("bytes=-5", 206, slice(995, 1000), "bytes 995-999/1000"),
+        ("bytes=500-99999", 206, slice(500, 1000), "bytes 500-999/1000"),
+        ("bytes=1000-", 416, None, "bytes */1000"),
+        ("bytes=5-2", 416, None, "bytes */1000"),
+        ("bytes=0-1,4-5", 416, None, "bytes */1000"),
+        ("bytes=-0", 416, None, "bytes */1000"),
+        ("items=0-5", 416, None, "bytes */1000"),
+        ("bytes=99999999999999999999999-", 416, None, "bytes */1000"),
+    ],
+)
+@pytest.mark.parametrize("warm", [True, False], ids=["cached", "filling"])
+async def test_ranges(
+    header: str,
+    status: int,
+    expected: slice | None,
+    content_range: str,
+    warm: bool,
+    fake: FakeRegistry,
+    mirror: Daemon,
+    http: aiohttp.ClientSession,
+) -> None:
+    data = os.urandom(1000)
+    digest = fake.add_blob(data)
+    if warm:
+        async with http.get(blob_url(mirror, digest)) as resp:
+            await resp.read()
+    async with http.get(blob_url(mirror, digest), headers={"Range": header}) as resp:
+        assert resp.status == status
+        assert resp.headers["Content-Range"] == content_range
+        body = await resp.read()
+        if expected is not None:
+            assert body == data[expected]
+
+
+async def test_range_during_a_fill_is_served_from_the_growing_file(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.01
+    async with http.get(blob_url(mirror, digest)) as first:
+        await first.content.readexactly(100)
+        async with http.get(
+            blob_url(mirror, digest), headers={"Range": "bytes=1000-1999"}
+        ) as ranged:
+            assert ranged.status == 206
+            assert ranged.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+            assert await ranged.read() == data[1000:2000]
+        await first.read()
+    assert fake.count("GET", "/blobs/") == 1
