@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from cachesvc import admin, handlers
+from cachesvc import admin, adminapi, handlers
 from cachesvc.auth import TokenCache
 from cachesvc.blobs import Blobs
 from cachesvc.config import Config, ListenAddress
+from cachesvc.eviction import Evictor
 from cachesvc.fill import FillManager
+from cachesvc.inventory import Inventory
+from cachesvc.lease import Leases
 from cachesvc.manifests import Manifests
 from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror
+from cachesvc.pins import Pins
+from cachesvc.prewarm import Prewarmer
 from cachesvc.routing import Router
 from cachesvc.store import Store
 from cachesvc.upstream import Upstream
@@ -40,6 +47,11 @@ class _Parts:
     session: aiohttp.ClientSession
     fills: FillManager
     mirror: Mirror
+    leases: Leases
+    pins: Pins
+    evictor: Evictor
+    inventory: Inventory
+    prewarm: Prewarmer
 
 
 class Daemon:
@@ -89,14 +101,33 @@ class Daemon:
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
+        leases = Leases()
+        manifests = Manifests(store, upstreams)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
-            Manifests(store, upstreams),
-            Blobs(store, fills, upstreams),
+            manifests,
+            Blobs(store, fills, upstreams, leases),
             upstreams,
         )
-        return _Parts(store, session, fills, mirror)
+        pins = Pins(store, self.metrics)
+        evictor = Evictor(store, config.storage, pins, leases, fills, self.metrics)
+        inventory = Inventory(store, manifests, pins, leases, fills, self.metrics)
+        prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
+        self._watch_gauges(store, fills)
+        return _Parts(store, session, fills, mirror, leases, pins, evictor, inventory, prewarm)
+
+    def _watch_gauges(self, store: Store, fills: FillManager) -> None:
+        """Gauges read at scrape time from the objects that know the value."""
+        m = self.metrics
+        m.cache_bytes.set_function(lambda: store.usage_bytes)
+        m.cache_entries.set_function(lambda: store.usage_entries)
+        m.cache_capacity.set(self.config.storage.max_size or 0)
+        m.fills_in_flight.set_function(lambda: len(fills.running()))
+        m.fill_waiters.set_function(lambda: sum(f.followers for f in fills.running()))
+        root = self.config.storage.root
+        m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
+        m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
 
     def mirror_app(self) -> web.Application:
         """The aiohttp application of the mirror API."""
@@ -112,6 +143,18 @@ class Daemon:
         app[admin.ADMIN_METRICS_KEY] = self.metrics
         app[admin.READY_KEY] = self._ready
         admin.add_routes(app)
+        parts = self.parts
+        adminapi.add_routes(
+            app,
+            adminapi.AdminServices(
+                prewarm=parts.prewarm,
+                pins=parts.pins,
+                inventory=parts.inventory,
+                tokens=adminapi.TokenFile(self.config.admin.token_file),
+                metrics=self.metrics,
+                default_registry=self.config.default_registry,
+            ),
+        )
         return app
 
     async def start(self) -> None:
@@ -122,6 +165,7 @@ class Daemon:
             log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)
         self.admin_address = await self._listen(self.admin_app(), self.config.admin.listen)
         self.mirror_address = await self._listen(self.mirror_app(), self.config.listen)
+        self._parts.evictor.start()
         self._ready["ready"] = True
 
     async def _listen(self, app: web.Application, address: ListenAddress) -> tuple[str, int]:
@@ -139,7 +183,14 @@ class Daemon:
         return str(bound[0]), int(bound[1])
 
     async def stop(self) -> None:
-        """Graceful stop: refuse new work, finish what runs within the grace period."""
+        """Graceful stop within ONE deadline of ``shutdown_grace`` seconds.
+
+        Stop accepting; cancel prewarm jobs (their fills are ordinary fills and get
+        the same deadline); let running responses and fills finish until the
+        deadline; then abort responses and cancel fills (a cancelled fill removes its
+        temp file, so nothing unverified stays behind).
+        """
+        deadline = time.monotonic() + self.config.shutdown_grace
         self._ready["ready"] = False
         self._ready["stopping"] = True
         parts = self._parts
@@ -147,8 +198,13 @@ class Daemon:
             for site in list(runner.sites):
                 await site.stop()
         if parts is not None:
-            await parts.fills.wait_idle(self.config.shutdown_grace)
+            await parts.prewarm.close()
+            await parts.evictor.stop()
+            await parts.fills.wait_idle(max(0.0, deadline - time.monotonic()))
         for runner in reversed(self._runners):
+            # Responses still running get what is left of the deadline, then are cancelled.
+            # aiohttp reads the timeout from this attribute at cleanup; it has no setter.
+            runner._shutdown_timeout = max(0.1, deadline - time.monotonic())
             await runner.cleanup()
         self._runners.clear()
         if parts is not None:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from cachesvc.errors import BlobUnknown, UpstreamError
 from cachesvc.fill import BlobBody, Fill, FillManager
+from cachesvc.lease import Lease, Leases
 from cachesvc.oci import Digest
 from cachesvc.routing import Target
 from cachesvc.store import Store
@@ -29,6 +30,7 @@ class CachedBlob:
 
     path: Path
     size: int
+    lease: Lease | None = None  # held until the response is sent; release() when done
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +51,25 @@ class BlobAnswer:
 class Blobs:
     """Blob lookups for the mirror."""
 
-    def __init__(self, store: Store, fills: FillManager, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        fills: FillManager,
+        upstreams: Mapping[str, Upstream],
+        leases: Leases | None = None,
+    ) -> None:
         self._store = store
         self._fills = fills
         self._upstreams = upstreams
+        self.leases = leases if leases is not None else Leases()
 
     def cached(self, digest: Digest) -> CachedBlob | None:
-        """The stored blob, if there is one."""
+        """The stored blob, if there is one, leased to the caller (release it when sent)."""
         size = self._store.size(digest)
         if size is None:
             return None
         self._store.touch(digest)
-        return CachedBlob(self._store.path(digest), size)
+        return CachedBlob(self._store.path(digest), size, self.leases.take(digest))
 
     async def get(self, target: Target, digest: Digest) -> BlobAnswer:
         """A blob to stream: cached, joined to a running fill, or a new fill."""
@@ -82,14 +91,15 @@ class Blobs:
         await fill.wait_ready()
         return BlobAnswer(FillingBlob(fill), "miss" if started else "coalesced")
 
-    async def stat(self, target: Target, digest: Digest) -> tuple[int, Result]:
-        """A blob's size for HEAD; never starts a download."""
-        cached = self.cached(digest)
-        if cached is not None:
-            return cached.size, "hit"
+    async def stat(self, target: Target, digest: Digest) -> tuple[int, Result, str | None]:
+        """A blob's size for HEAD (and the upstream endpoint asked, if any); never downloads."""
+        size = self._store.size(digest)
+        if size is not None:
+            self._store.touch(digest)
+            return size, "hit", None
         fill = self._fills.get(digest)
         if fill is not None and fill.ready.done() and fill.size is not None and not fill.finished:
-            return fill.size, "coalesced"
+            return fill.size, "coalesced", fill.endpoint
         answer = await self._upstreams[target.registry].fetch(
             "HEAD",
             f"/v2/{target.repository}/blobs/{digest}",
@@ -102,4 +112,4 @@ class Blobs:
             raise UpstreamError(
                 f"{target.registry} answered a blob HEAD with {answer.status} and no size"
             )
-        return int(length), "miss"
+        return int(length), "miss", answer.endpoint

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cachesvc import __version__, logs
-from cachesvc.config import Config, StorageConfig, default_config, load_config
+from cachesvc.config import Config, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
 
@@ -32,9 +32,7 @@ def _load(args: argparse.Namespace) -> Config:
     if not _writable(root):
         # The embedded default on a workstation: keep data beside the working directory.
         fallback = Path.cwd() / "data"
-        config = replace(
-            config, storage=StorageConfig(root=fallback, max_size=config.storage.max_size)
-        )
+        config = replace(config, storage=replace(config.storage, root=fallback))
     return config
 
 

@@ -104,7 +104,17 @@ class StorageConfig:
     """Where blobs, manifests, temp files and the index live."""
 
     root: Path = Path("/var/lib/cachesvc")
-    max_size: int | None = None  # bytes; unset: no size bound (eviction off)
+    max_size: int | None = None  # bytes; unset: no size bound (size eviction off)
+    max_age: float | None = None  # seconds since last access; unset: no age limit
+    sweep_interval: float = 60.0  # seconds between full eviction sweeps of the store
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmConfig:
+    """Prewarm jobs: how many blobs they fetch at once and how long finished jobs stay."""
+
+    concurrency: int = 4  # blob fetches at once, across all jobs
+    retention: float = 3600.0  # seconds a finished job stays visible in /admin/v1/jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +138,8 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     log: LogConfig = field(default_factory=LogConfig)
     event_loop: str = "asyncio"  # or "uvloop"; see README "Event loop" for the measurements
-    shutdown_grace: float = 20.0
+    shutdown_grace: float = 20.0  # SIGTERM: seconds in-flight responses and fills may take
+    prewarm: PrewarmConfig = field(default_factory=PrewarmConfig)
 
 
 def parse_duration(value: object, key: str) -> float:
@@ -242,7 +253,7 @@ def parse_config(data: object) -> Config:
     _reject_unknown(
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
-         "event_loop", "shutdown_grace"},
+         "event_loop", "shutdown_grace", "prewarm"},
         "",
     )  # fmt: skip
     listen = parse_listen(root.get("listen", "127.0.0.1:5000"), "listen")
@@ -258,11 +269,28 @@ def parse_config(data: object) -> Config:
         raise ConfigError("admin.listen", "must differ from listen")
 
     storage_raw = _mapping(root.get("storage"), "storage")
-    _reject_unknown(storage_raw, {"root", "max_size"}, "storage")
+    _reject_unknown(storage_raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
     max_size = storage_raw.get("max_size")
+    max_age = storage_raw.get("max_age")
     storage = StorageConfig(
         root=Path(_string(storage_raw.get("root", "/var/lib/cachesvc"), "storage.root")),
         max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
+        max_age=_positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
+        sweep_interval=_positive(storage_raw.get("sweep_interval"), "storage.sweep_interval", 60.0),
+    )
+
+    prewarm_raw = _mapping(root.get("prewarm"), "prewarm")
+    _reject_unknown(prewarm_raw, {"concurrency", "retention"}, "prewarm")
+    concurrency = prewarm_raw.get("concurrency", 4)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= 64
+    ):
+        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
+    prewarm = PrewarmConfig(
+        concurrency=concurrency,
+        retention=_positive(prewarm_raw.get("retention"), "prewarm.retention", 3600.0),
     )
 
     registries: dict[str, RegistryConfig] = {}
@@ -316,6 +344,7 @@ def parse_config(data: object) -> Config:
         log=LogConfig(level=level, format=fmt, access_log=access_log),
         event_loop=event_loop,
         shutdown_grace=_positive(root.get("shutdown_grace"), "shutdown_grace", 20.0),
+        prewarm=prewarm,
     )
 
 

@@ -5,6 +5,9 @@
     CachesvcError                      anything cachesvc raises on purpose
     ├── ConfigError                    bad configuration file, key or CLI value
     ├── StoreError                     the storage root cannot be used
+    ├── AdminError                     an /admin/v1 request cannot be done (400)
+    │   ├── NotFound                   no such job, pin or cached image (404)
+    │   └── Conflict                   e.g. purging a pinned image (409)
     └── RegistryError                  an answer for a client, in OCI error terms
         ├── NameInvalid, NameUnknown, DigestInvalid, TagInvalid
         ├── BlobUnknown, ManifestUnknown, ManifestInvalid
@@ -42,6 +45,20 @@ class ConfigError(CachesvcError):
 
 class StoreError(CachesvcError):
     """The storage root cannot be used (permissions, disk full, not a directory)."""
+
+
+class AdminError(CachesvcError):
+    """An admin API request that cannot be carried out; ``status`` is its HTTP status."""
+
+    status = 400
+
+
+class NotFound(AdminError):
+    status = 404
+
+
+class Conflict(AdminError):
+    status = 409
 
 
 class RegistryError(CachesvcError):

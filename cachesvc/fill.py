@@ -42,6 +42,7 @@ class BlobBody:
 
     size: int | None
     chunks: AsyncIterator[bytes]
+    endpoint: str | None = None  # the upstream endpoint that answered (for the access log)
 
 
 BodyOpener = Callable[[], AbstractAsyncContextManager[BlobBody]]
@@ -68,6 +69,8 @@ class Fill:
         self.final: Path | None = None
         self.error: RegistryError | None = None
         self.followers = 0
+        self.peak_followers = 0
+        self.endpoint: str | None = None
         self.started = time.monotonic()
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -107,6 +110,7 @@ class Fill:
     async def stream(self, start: int, end: int | None) -> AsyncIterator[bytes]:
         """Yield bytes ``[start, end)`` (``end=None``: to the end) as they are released."""
         self.followers += 1
+        self.peak_followers = max(self.peak_followers, self.followers)
         fd = -1
         try:
             fd = self._open_reader()
@@ -167,6 +171,7 @@ class FillManager:
         for task in tasks:
             task.cancel()
         if tasks:
+            self._metrics.shutdown_aborted.inc(len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def wait_idle(self, grace: float) -> None:
@@ -192,6 +197,7 @@ class FillManager:
             self._fills.pop(str(fill.digest), None)
             self._metrics.fills_in_flight.dec()
             self._metrics.fill_seconds.labels(result).observe(time.monotonic() - fill.started)
+            self._metrics.fill_waiters_per_fill.observe(fill.peak_followers)
             if fill.final is None:
                 self._store.discard(fill.temp)
 
@@ -209,6 +215,7 @@ class FillManager:
         hasher = fill.digest.hasher()
         async with opener() as body:
             fill.size = body.size
+            fill.endpoint = body.endpoint
             fd = os.open(fill.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 fill.ready.set_result(None)

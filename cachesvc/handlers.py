@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from cachesvc.blobs import CachedBlob, FillingBlob
 from cachesvc.byterange import parse_range
@@ -35,6 +36,8 @@ class Audit:
     registry: str | None = None
     repository: str | None = None
     reference: str | None = None
+    digest: str | None = None  # the content digest served (a tag's resolved digest too)
+    upstream: str | None = None  # the upstream endpoint this request caused or joined
     cache: str | None = None
     bytes: int = 0
     error: str | None = None
@@ -89,10 +92,12 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
                         "registry": audit.registry,
                         "repository": audit.repository,
                         "reference": audit.reference,
+                        "digest": audit.digest,
                         "status": status,
                         "bytes": audit.bytes,
                         "duration_ms": round((time.monotonic() - started) * 1000, 2),
                         "cache": audit.cache,
+                        "upstream": audit.upstream,
                         "error": audit.error,
                     }
                 },
@@ -128,12 +133,14 @@ async def api(request: web.Request) -> web.StreamResponse:
         elif path.kind == "tags":
             answer = await mirror.tags(target, request.query.get("n"), request.query.get("last"))
             request[AUDIT_KEY].cache = "passthrough"
+            request[AUDIT_KEY].upstream = answer.upstream
             response = _passthrough(answer, headers)
         else:
             answer = await mirror.referrers(
                 target, Digest.parse(path.reference), request.query.get("artifactType")
             )
             request[AUDIT_KEY].cache = "passthrough"
+            request[AUDIT_KEY].upstream = answer.upstream
             response = _passthrough(answer, headers)
     except RegistryError:
         request[AUDIT_KEY].cache = "error"
@@ -161,7 +168,9 @@ async def _manifest(
     accept = normalize_accept(request.headers.getall("Accept", []))
     answer: ManifestAnswer = await mirror.manifest(target, reference, accept, head=head)
     request[AUDIT_KEY].cache = answer.result
+    request[AUDIT_KEY].upstream = answer.upstream
     record = answer.record
+    request[AUDIT_KEY].digest = str(record.digest)
     headers.update(
         {
             "Content-Type": record.media_type,
@@ -194,14 +203,18 @@ async def _blob(
         }
     )
     metrics = request.app[METRICS_KEY]
+    audit = request[AUDIT_KEY]
+    audit.digest = str(digest)
     if request.method == "HEAD":
-        size, result = await mirror.blob_size(target, digest)
-        request[AUDIT_KEY].cache = result
+        size, result, audit.upstream = await mirror.blob_size(target, digest)
+        audit.cache = result
         return await _head(request, headers, size)
     range_header = request.headers.get("Range")
     answer = await mirror.blob(target, digest)
-    request[AUDIT_KEY].cache = answer.result
+    audit.cache = answer.result
     source = answer.source
+    if isinstance(source, FillingBlob):
+        audit.upstream = source.fill.endpoint
     if isinstance(source, FillingBlob) and source.fill.size is None and range_header:
         # A chunked upstream body has no size to answer a range against yet: wait for it.
         await drain(source.fill)
@@ -212,10 +225,15 @@ async def _blob(
             raise source.fill.error or Unsupported("blob vanished after its fill")
         source = cached
     if isinstance(source, CachedBlob):
-        span = parse_range(range_header, source.size)
+        try:
+            span = parse_range(range_header, source.size)
+        except RegistryError:
+            if source.lease is not None:
+                source.lease.release()
+            raise
         request[AUDIT_KEY].bytes = source.size if span is None else span[1] - span[0]
         metrics.served_bytes.labels("cache").inc(request[AUDIT_KEY].bytes)
-        return web.FileResponse(source.path, headers=headers)
+        return _LeasedFileResponse(source, headers=headers)
     fill = source.fill
     start, end = 0, fill.size
     streaming = web.StreamResponse(status=200, headers=headers)
@@ -248,6 +266,33 @@ async def _blob(
     metrics.served_bytes.labels("upstream").inc(sent)
     await streaming.write_eof()
     return streaming
+
+
+class _LeasedFileResponse(web.FileResponse):
+    """A zero-copy file answer that holds the blob's lease until the file is sent.
+
+    ``FileResponse.prepare`` opens the file and sends it whole, so releasing there
+    covers exactly the time eviction must keep away.
+    """
+
+    def __init__(self, blob: CachedBlob, *, headers: dict[str, str]) -> None:
+        super().__init__(blob.path, headers=headers)
+        self._lease = blob.lease
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the lease back (also when the response is never sent)."""
+        if self._lease is not None:
+            self._lease.release()
+
+    def __del__(self) -> None:
+        # A response dropped before prepare (client gone, shutdown) must not pin the blob.
+        self.release()
 
 
 async def _head(request: web.Request, headers: dict[str, str], size: int) -> web.StreamResponse:

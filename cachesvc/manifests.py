@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from cachesvc.errors import (
@@ -45,6 +45,7 @@ class ManifestAnswer:
     body: bytes | None
     result: Result
     stale_age: float | None = None  # seconds since upstream last confirmed a stale tag
+    upstream: str | None = None  # the upstream endpoint asked for this answer, if any
 
 
 class _BodyCache:
@@ -113,8 +114,10 @@ class Manifests:
         self._upstreams = upstreams
         self._bodies = _BodyCache(MEMORY_BUDGET)
         self._tags: dict[str, TagRecord] = {}
-        self._by_digest: SingleFlight[str, ManifestRecord] = SingleFlight()
-        self._by_tag: SingleFlight[str, tuple[TagRecord, Result, float | None]] = SingleFlight()
+        self._by_digest: SingleFlight[str, tuple[ManifestRecord, str]] = SingleFlight()
+        self._by_tag: SingleFlight[str, tuple[TagRecord, Result, float | None, str | None]] = (
+            SingleFlight()
+        )
 
     # -- by digest -------------------------------------------------------------------
 
@@ -132,15 +135,22 @@ class Manifests:
         item = self.cached(digest)
         if item is not None:
             return ManifestAnswer(item[0], None if head else item[1], "hit")
-        record, joined = await self._by_digest.do(
+        (record, endpoint), joined = await self._by_digest.do(
             f"{target.registry}\0{digest}", lambda: self._fetch_digest(target, digest)
         )
         item = self.cached(digest)
         if item is None:  # removed in between; extremely unlikely
             raise ManifestUnknown(f"manifest {digest} vanished from the cache")
-        return ManifestAnswer(record, None if head else item[1], "coalesced" if joined else "miss")
+        result: Result = "coalesced" if joined else "miss"
+        return ManifestAnswer(record, None if head else item[1], result, upstream=endpoint)
 
-    async def _fetch_digest(self, target: Target, digest: Digest) -> ManifestRecord:
+    def forget(self, digest: Digest) -> None:
+        """Drop a purged manifest from memory: its body and every tag pointing at it."""
+        self._bodies.drop(digest)
+        for key in [k for k, r in self._tags.items() if r.digest == digest]:
+            del self._tags[key]
+
+    async def _fetch_digest(self, target: Target, digest: Digest) -> tuple[ManifestRecord, str]:
         upstream = self._upstreams[target.registry]
         answer = await upstream.fetch(
             "GET",
@@ -161,8 +171,9 @@ class Manifests:
                 "nothing was kept"
             )
         record = self._store.put_manifest(digest, _media_type(answer), answer.body)
+        self._store.note_origin(digest, target.registry, target.repository)
         self._bodies.put(record, answer.body)
-        return record
+        return record, answer.endpoint
 
     # -- by tag ----------------------------------------------------------------------
 
@@ -178,7 +189,7 @@ class Manifests:
             answer = await self._answer(target, record, head, "hit")
             if answer is not None:
                 return answer
-        (record, result, stale_age), joined = await self._by_tag.do(
+        (record, result, stale_age, endpoint), joined = await self._by_tag.do(
             key, lambda: self._resolve(target, tag, accept, key, record)
         )
         if joined and result == "miss":
@@ -186,6 +197,8 @@ class Manifests:
         answer = await self._answer(target, record, head, result, stale_age)
         if answer is None:
             raise ManifestUnknown(f"manifest for {tag} is not available")
+        if answer.upstream is None and endpoint is not None:
+            answer = replace(answer, upstream=endpoint)
         return answer
 
     async def _answer(
@@ -206,7 +219,7 @@ class Manifests:
         if result == "stale":
             return None
         fetched = await self.by_digest(target, record.digest, head=False)
-        return ManifestAnswer(fetched.record, fetched.body, result, stale_age)
+        return ManifestAnswer(fetched.record, fetched.body, result, stale_age, fetched.upstream)
 
     async def _resolve(
         self,
@@ -215,7 +228,7 @@ class Manifests:
         accept: tuple[str, ...],
         key: str,
         previous: TagRecord | None,
-    ) -> tuple[TagRecord, Result, float | None]:
+    ) -> tuple[TagRecord, Result, float | None, str | None]:
         upstream = self._upstreams[target.registry]
         path = f"/v2/{target.repository}/manifests/{tag}"
         scope = f"repository:{target.repository}:pull"
@@ -231,7 +244,7 @@ class Manifests:
                         previous.digest, previous.media_type, previous.size, time.time()
                     )
                     self._remember(key, record)
-                    return record, "hit", None
+                    return record, "hit", None, head.endpoint
             answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
         except ManifestUnknown:
             raise
@@ -242,7 +255,7 @@ class Manifests:
                     "serving stale %s/%s:%s (%.0fs old): %s",
                     target.registry, target.repository, tag, age, exc,
                 )  # fmt: skip
-                return previous, "stale", age
+                return previous, "stale", age, None
             raise
         if answer.status == 404:
             raise ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
@@ -259,10 +272,11 @@ class Manifests:
         if not answer.body:
             raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
         manifest = self._store.put_manifest(digest, _media_type(answer), answer.body)
+        self._store.note_origin(digest, target.registry, target.repository)
         self._bodies.put(manifest, answer.body)
         record = TagRecord(digest, manifest.media_type, manifest.size, time.time())
         self._remember(key, record)
-        return record, "miss", None
+        return record, "miss", None, answer.endpoint
 
     def _remember(self, key: str, record: TagRecord) -> None:
         if len(self._tags) > 100_000:

@@ -80,6 +80,118 @@ class Metrics:
             ["registry", "result"],
             registry=registry,
         )
+        # -- issue 4: the operator and SRE surface -------------------------------------
+        self.fill_waiters_per_fill = Histogram(
+            "cachesvc_fill_waiters_per_fill",
+            "Most client responses that streamed from one fill at once, observed when it ends.",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
+        self.upstream_last_success = Gauge(
+            "cachesvc_upstream_last_success_timestamp_seconds",
+            "Unix time of the last upstream answer that was not a 5xx or transport error.",
+            ["registry", "endpoint"],
+            registry=registry,
+        )
+        self.upstream_last_error = Gauge(
+            "cachesvc_upstream_last_error_timestamp_seconds",
+            "Unix time of the last upstream 5xx or transport error.",
+            ["registry", "endpoint"],
+            registry=registry,
+        )
+        self.ratelimit_remaining = Gauge(
+            "cachesvc_upstream_ratelimit_remaining",
+            "Pulls left in the registry's rate-limit window, from its ratelimit-remaining header.",
+            ["registry"],
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "cachesvc_cache_size_bytes",
+            "Bytes of verified blobs and manifests in the store.",
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "cachesvc_cache_entries",
+            "Verified blobs and manifests in the store.",
+            registry=registry,
+        )
+        self.cache_capacity = Gauge(
+            "cachesvc_cache_capacity_bytes",
+            "storage.max_size: the size eviction keeps the store under (0: unbounded).",
+            registry=registry,
+        )
+        self.storage_free = Gauge(
+            "cachesvc_storage_free_bytes",
+            "Free bytes on the filesystem holding storage.root.",
+            registry=registry,
+        )
+        self.storage_total = Gauge(
+            "cachesvc_storage_filesystem_size_bytes",
+            "Size of the filesystem holding storage.root.",
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "cachesvc_evictions_total",
+            "Blobs removed from the store, by reason (size, age, purge).",
+            ["reason"],
+            registry=registry,
+        )
+        self.evicted_bytes = Counter(
+            "cachesvc_evicted_bytes_total",
+            "Bytes removed from the store, by reason (size, age, purge).",
+            ["reason"],
+            registry=registry,
+        )
+        self.eviction_skipped = Counter(
+            "cachesvc_eviction_skipped_total",
+            "Eviction candidates kept because they were pinned or in use (reason).",
+            ["reason"],
+            registry=registry,
+        )
+        self.pinned_images = Gauge(
+            "cachesvc_pinned_images",
+            "Images pinned (exempt from eviction).",
+            registry=registry,
+        )
+        self.pinned_bytes = Gauge(
+            "cachesvc_pinned_bytes",
+            "Bytes of stored blobs that pinned images hold.",
+            registry=registry,
+        )
+        self.prewarm_jobs = Counter(
+            "cachesvc_prewarm_jobs_total",
+            "Finished prewarm jobs by result (done, failed, cancelled).",
+            ["result"],
+            registry=registry,
+        )
+        self.prewarm_images = Counter(
+            "cachesvc_prewarm_images_total",
+            "Images prewarm jobs finished, by result (done, failed).",
+            ["result"],
+            registry=registry,
+        )
+        self.prewarm_bytes = Counter(
+            "cachesvc_prewarm_bytes_total",
+            "Blob bytes prewarm jobs made available, by how (fetched, cached: already there).",
+            ["source"],
+            registry=registry,
+        )
+        self.prewarm_jobs_running = Gauge(
+            "cachesvc_prewarm_jobs_running",
+            "Prewarm jobs queued or running.",
+            registry=registry,
+        )
+        self.admin_requests = Counter(
+            "cachesvc_admin_requests_total",
+            "Requests to /admin/v1 by result (ok, unauthorized, disabled, error).",
+            ["result"],
+            registry=registry,
+        )
+        self.shutdown_aborted = Counter(
+            "cachesvc_shutdown_aborted_total",
+            "Fills cancelled because they outlived the shutdown deadline.",
+            registry=registry,
+        )
         self.http_responses = Counter(
             "cachesvc_http_responses_total",
             "Responses of the mirror API by method and status code.",

@@ -31,6 +31,7 @@ class Passthrough:
     content_type: str
     body: bytes
     link: str | None = None
+    upstream: str | None = None  # the endpoint that answered
 
 
 class Mirror:
@@ -63,8 +64,8 @@ class Mirror:
         """A blob to stream (cached or filling)."""
         return await self.blobs.get(target, digest)
 
-    async def blob_size(self, target: Target, digest: Digest) -> tuple[int, str]:
-        """A blob's size for HEAD, without downloading it."""
+    async def blob_size(self, target: Target, digest: Digest) -> tuple[int, str, str | None]:
+        """A blob's size for HEAD (and the upstream endpoint asked), without downloading it."""
         return await self.blobs.stat(target, digest)
 
     async def tags(self, target: Target, n: str | None, last: str | None) -> Passthrough:
@@ -91,6 +92,7 @@ class Mirror:
             "application/json",
             answer.body,
             self._next_link(target, answer.headers.get("Link")),
+            answer.endpoint,
         )
 
     @staticmethod
@@ -116,6 +118,6 @@ class Mirror:
             params=params,
         )
         if answer.status != 200:
-            return Passthrough(200, MEDIA_OCI_INDEX, _EMPTY_INDEX)
+            return Passthrough(200, MEDIA_OCI_INDEX, _EMPTY_INDEX, upstream=answer.endpoint)
         content_type = answer.headers.get("Content-Type", MEDIA_OCI_INDEX)
-        return Passthrough(200, content_type, answer.body)
+        return Passthrough(200, content_type, answer.body, upstream=answer.endpoint)

@@ -6,7 +6,8 @@
       blobs/sha256/<first two hex>/<hex>   verified content: layers, configs, manifests
       tmp/<hex>.<random>                   fills in progress; every one is removed at start-up
       index/                               diskcache: manifest media types, tag mappings,
-                                           coarse last-access times, pins
+                                           coarse last-access times, the repositories a
+                                           manifest was fetched for, the pin list
 
 A file under ``blobs/`` is always complete and its name is its digest: it gets there
 only by ``commit``, an atomic rename of a temp file whose digest was checked (and
@@ -15,6 +16,9 @@ client sends can name a file outside the root.
 
 Sizes come from ``stat`` and last access from the index, so size-bounded LRU
 eviction, age limits and pinning can walk ``iter_blobs`` without a new layout.
+``usage`` (bytes and entries under ``blobs/``) is counted once at start-up and kept
+current by ``commit`` and ``remove``, so metrics and eviction never walk the disk to
+know how full the store is.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import diskcache
 
@@ -82,6 +88,23 @@ class Store:
             raise StoreError(f"cannot use storage root {root}: {exc.strerror or exc}") from None
         self._access: dict[str, float] = {}
         self._last_flush = time.monotonic()
+        self._usage_lock = threading.Lock()
+        self.usage_bytes, self.usage_entries = self._scan_usage()
+        self._origins: set[tuple[str, str, str]] = set()
+
+    def _scan_usage(self) -> tuple[int, int]:
+        total = count = 0
+        for directory, _, files in os.walk(self.blob_root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(directory, name)).st_size
+                    count += 1
+        return total, count
+
+    def _account(self, delta_bytes: int, delta_entries: int) -> None:
+        with self._usage_lock:
+            self.usage_bytes += delta_bytes
+            self.usage_entries += delta_entries
 
     def close(self) -> None:
         """Flush access times and close the index."""
@@ -120,7 +143,10 @@ class Store:
         """Move a verified, fsynced temp file into place (atomic; fsyncs the directory)."""
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
+        previous = self.size(digest)
         os.replace(temp, final)
+        new_size = final.stat().st_size
+        self._account(new_size - (previous or 0), 0 if previous is not None else 1)
         fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -139,10 +165,12 @@ class Store:
         self._index.delete(f"manifest:{digest}")
         self._index.delete(f"atime:{digest}")
         self._access.pop(str(digest), None)
+        size = self.size(digest)
         try:
             os.unlink(self.path(digest))
         except FileNotFoundError:
             return False
+        self._account(-(size or 0), -1)
         return True
 
     def touch(self, digest: Digest) -> None:
@@ -163,8 +191,9 @@ class Store:
     def last_access(self, digest: Digest) -> float:
         """Coarse last access time (falls back to the file's mtime)."""
         key = str(digest)
-        if key in self._access:
-            return self._access[key]
+        recent = self._access.get(key)  # .get: inventory reads this from a thread
+        if recent is not None:
+            return recent
         value = self._index.get(f"atime:{key}")
         if isinstance(value, float):
             return value
@@ -237,3 +266,64 @@ class Store:
             f"tag:{key}",
             (str(record.digest), record.media_type, record.size, record.checked_at),
         )
+
+    def tags(self) -> Iterator[tuple[str, TagRecord]]:
+        """Every remembered tag mapping as (key, record); keys are NUL-joined
+        (registry, repository, tag, accept)."""
+        for key in list(self._index.iterkeys()):
+            if isinstance(key, str) and key.startswith("tag:"):
+                record = self.get_tag(key[4:])
+                if record is not None:
+                    yield key[4:], record
+
+    def delete_tag(self, key: str) -> None:
+        """Forget a tag mapping."""
+        self._index.delete(f"tag:{key}")
+
+    # -- inventory and pins ----------------------------------------------------------
+
+    def note_origin(self, digest: Digest, registry: str, repository: str) -> None:
+        """Remember that a manifest was fetched for ``registry/repository`` (inventory)."""
+        entry = (str(digest), registry, repository)
+        if entry in self._origins:
+            return
+        self._origins.add(entry)
+        key = f"origin:{digest}"
+        known = self._index.get(key)
+        origins = set(known) if isinstance(known, tuple) else set()
+        if (registry, repository) not in origins:
+            origins.add((registry, repository))
+            self._index.set(key, tuple(sorted(origins)))
+
+    def manifests(self) -> Iterator[tuple[ManifestRecord, tuple[tuple[str, str], ...]]]:
+        """Every stored manifest with the (registry, repository) pairs it was fetched for."""
+        for key in list(self._index.iterkeys()):
+            if not (isinstance(key, str) and key.startswith("manifest:")):
+                continue
+            try:
+                digest = Digest.parse(key[len("manifest:") :])
+            except CachesvcError:
+                continue
+            media_type = self._index.get(key)
+            size = self.size(digest)
+            if not isinstance(media_type, str) or size is None:
+                continue
+            origins = self._index.get(f"origin:{digest}")
+            yield (
+                ManifestRecord(digest, media_type, size),
+                tuple(origins) if isinstance(origins, tuple) else (),
+            )
+
+    def forget_origins(self, digest: Digest) -> None:
+        """Drop what ``note_origin`` remembered for a purged manifest."""
+        self._index.delete(f"origin:{digest}")
+        self._origins = {o for o in self._origins if o[0] != str(digest)}
+
+    def load_pins(self) -> list[dict[str, Any]]:
+        """The persisted pin list (JSON-able records; see pins.py)."""
+        value = self._index.get("pins")
+        return list(value) if isinstance(value, list) else []
+
+    def save_pins(self, pins: list[dict[str, Any]]) -> None:
+        """Persist the pin list (survives restarts)."""
+        self._index.set("pins", pins)

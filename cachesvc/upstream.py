@@ -62,6 +62,16 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         return 1.0
 
 
+def _ratelimit_remaining(header: str | None) -> float | None:
+    """``ratelimit-remaining: 76;w=21600`` -> 76 (None when absent or unreadable)."""
+    if not header:
+        return None
+    try:
+        return float(header.split(";", 1)[0].strip())
+    except ValueError:
+        return None
+
+
 class Upstream:
     """Requests to one registry's endpoints."""
 
@@ -194,10 +204,17 @@ class Upstream:
             ) from None
         self._count(endpoint, _status_class(response.status))
         self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)
+        remaining = _ratelimit_remaining(response.headers.get("ratelimit-remaining"))
+        if remaining is not None:
+            self._metrics.ratelimit_remaining.labels(self.name).set(remaining)
         return response
 
     def _count(self, endpoint: str, status_class: str) -> None:
         self._metrics.upstream_requests.labels(self.name, endpoint, status_class).inc()
+        metrics = self._metrics
+        healthy = status_class not in ("5xx", "error")
+        gauge = metrics.upstream_last_success if healthy else metrics.upstream_last_error
+        gauge.labels(self.name, endpoint).set(time.time())
 
     # -- typed operations ------------------------------------------------------------
 
@@ -244,7 +261,8 @@ class Upstream:
                 return
             if resp.status != 200:
                 raise UpstreamError(f"{self.name} answered {resp.status} for a blob GET")
-            yield BlobBody(resp.content_length, self._chunks(resp))
+            first = resp.history[0].url if resp.history else resp.url
+            yield BlobBody(resp.content_length, self._chunks(resp), str(first.origin()))
 
     async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:

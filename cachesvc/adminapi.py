@@ -1,0 +1,233 @@
+"""The /admin/v1 API on the admin listener, behind a Bearer token.
+
+::
+
+    POST   /admin/v1/prewarm          {"images": [...], "platforms": [...], "pin": bool} -> 202
+    GET    /admin/v1/jobs             every job still kept
+    GET    /admin/v1/jobs/<id>        one job: per-image state, bytes/blobs done/total
+    DELETE /admin/v1/jobs/<id>        cancel it
+    GET    /admin/v1/pins             the pin list
+    DELETE /admin/v1/pins/<ref>       unpin
+    GET    /admin/v1/images           the inventory (?registry=&repository=&tag=&platform=&pinned=)
+    DELETE /admin/v1/images/<ref>     purge an image and the blobs no other image uses
+
+The token is the content of ``admin.token_file`` (surrounding whitespace ignored),
+re-read whenever the file's mtime, size or inode changes, so rotating it needs no
+restart. Tokens are compared in constant time. Without a token file the API answers
+403 and says how to enable it; a missing or wrong token is 401. Tokens are never
+logged. The handlers translate only: every action is one call on the domain object.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from cachesvc.errors import AdminError, CachesvcError, NotFound
+from cachesvc.inventory import Inventory
+from cachesvc.metrics import Metrics
+from cachesvc.pins import Pins
+from cachesvc.prewarm import Prewarmer
+from cachesvc.reference import parse_reference
+
+log = logging.getLogger("cachesvc.admin")
+
+PREFIX = "/admin/v1"
+MAX_BODY = 1024 * 1024
+HOW_TO_ENABLE = (
+    "the admin API is disabled: write a secret token to a file readable only by cachesvc "
+    "(e.g. `head -c 32 /dev/urandom | base64 > /etc/cachesvc/admin-token; chmod 600 "
+    "/etc/cachesvc/admin-token`), set `admin.token_file` to its path in the configuration "
+    "and restart; then send `Authorization: Bearer <token>`"
+)
+
+
+class TokenFile:
+    """The admin token, re-read when its file changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._token: bytes | None = None
+
+    def current(self) -> bytes | None:
+        """The token now in effect; None when unset, unreadable or empty."""
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self._stamp:
+                self._token = self.path.read_bytes().strip() or None
+                self._stamp = stamp
+        except OSError:
+            self._stamp, self._token = None, None
+        return self._token
+
+
+@dataclass(frozen=True, slots=True)
+class AdminServices:
+    """What the admin routes act on."""
+
+    prewarm: Prewarmer
+    pins: Pins
+    inventory: Inventory
+    tokens: TokenFile
+    metrics: Metrics
+    default_registry: str | None
+
+
+SERVICES_KEY = web.AppKey("admin_services", AdminServices)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer auth for /admin/v1 and AdminError -> JSON error answers."""
+    if not request.path.startswith(PREFIX + "/") and request.path != PREFIX:
+        return await handler(request)
+    services = request.app[SERVICES_KEY]
+    counter = services.metrics.admin_requests
+    expected = services.tokens.current()
+    if expected is None:
+        counter.labels("disabled").inc()
+        why = (
+            HOW_TO_ENABLE
+            if services.tokens.path is None
+            else f"the admin token file {services.tokens.path} is missing, unreadable or "
+            "empty: write the token into it (it is re-read on change)"
+        )
+        return _error(403, "DISABLED", why)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        counter.labels("unauthorized").inc()
+        response = _error(401, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cachesvc-admin"'
+        return response
+    try:
+        answer = await handler(request)
+    except AdminError as exc:
+        counter.labels("error").inc()
+        return _error(exc.status, type(exc).__name__.upper(), str(exc))
+    except CachesvcError as exc:  # a bad reference, digest or name
+        counter.labels("error").inc()
+        return _error(400, "INVALID", str(exc))
+    counter.labels("ok").inc()
+    return answer
+
+
+async def _json_body(request: web.Request) -> dict[str, object]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise AdminError("request body too large")
+    try:
+        data = json.loads(await request.content.read(MAX_BODY))
+    except ValueError:
+        raise AdminError("expected a JSON object body") from None
+    if not isinstance(data, dict):
+        raise AdminError("expected a JSON object body")
+    return data
+
+
+def _strings(data: dict[str, object], key: str) -> list[str] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AdminError(f"{key} must be a list of strings")
+    return [str(v) for v in value]
+
+
+async def post_prewarm(request: web.Request) -> web.Response:
+    """Start a prewarm job; 202 with its id."""
+    data = await _json_body(request)
+    images = _strings(data, "images") or []
+    pin = data.get("pin", False)
+    if not isinstance(pin, bool):
+        raise AdminError("pin must be true or false")
+    job = request.app[SERVICES_KEY].prewarm.submit(images, _strings(data, "platforms"), pin)
+    return web.json_response(
+        {"id": job.id, "url": f"{PREFIX}/jobs/{job.id}", **job.to_json()}, status=202
+    )
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """Every kept job, newest first."""
+    jobs = request.app[SERVICES_KEY].prewarm.list()
+    return web.json_response({"jobs": [j.to_json() for j in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """One job."""
+    job = request.app[SERVICES_KEY].prewarm.get(request.match_info["id"])
+    return web.json_response(job.to_json())
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel a job."""
+    job = request.app[SERVICES_KEY].prewarm.cancel(request.match_info["id"])
+    return web.json_response(job.to_json(), status=202)
+
+
+async def list_pins(request: web.Request) -> web.Response:
+    """The pin list."""
+    pins = request.app[SERVICES_KEY].pins.list()
+    return web.json_response({"pins": [p.to_json() for p in pins]})
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    """Unpin every pin the reference names."""
+    services = request.app[SERVICES_KEY]
+    reference = parse_reference(
+        request.match_info["ref"], services.prewarm.router, services.default_registry
+    )
+    removed = services.pins.remove(reference)
+    if not removed:
+        raise NotFound(f"{reference} is not pinned")
+    return web.json_response({"unpinned": [p.to_json() for p in removed]})
+
+
+async def list_images(request: web.Request) -> web.Response:
+    """The inventory, with filters from the query string."""
+    filters = {k: v for k, v in request.query.items()
+               if k in ("registry", "repository", "tag", "platform", "pinned", "digest")}  # fmt: skip
+    rows = await request.app[SERVICES_KEY].inventory.images(filters)
+    return web.json_response({"images": rows})
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    """Purge one image."""
+    services = request.app[SERVICES_KEY]
+    reference = parse_reference(
+        request.match_info["ref"], services.prewarm.router, services.default_registry
+    )
+    return web.json_response(await services.inventory.purge(reference))
+
+
+def add_routes(app: web.Application, services: AdminServices) -> None:
+    """Register /admin/v1 on the admin application (its middleware does the auth)."""
+    app[SERVICES_KEY] = services
+    app.middlewares.append(auth_and_errors)
+    app.router.add_post(f"{PREFIX}/prewarm", post_prewarm)
+    app.router.add_get(f"{PREFIX}/jobs", list_jobs)
+    app.router.add_get(f"{PREFIX}/jobs/{{id}}", get_job)
+    app.router.add_delete(f"{PREFIX}/jobs/{{id}}", cancel_job)
+    app.router.add_get(f"{PREFIX}/pins", list_pins)
+    app.router.add_delete(f"{PREFIX}/pins/{{ref:.+}}", delete_pin)
+    app.router.add_get(f"{PREFIX}/images", list_images)
+    app.router.add_delete(f"{PREFIX}/images/{{ref:.+}}", delete_image)
+    app.router.add_route("*", f"{PREFIX}/{{tail:.*}}", _unknown)
+
+
+async def _unknown(request: web.Request) -> web.Response:
+    raise NotFound(f"no admin route {request.method} {request.path[:200]}")

@@ -1,0 +1,270 @@
+"""What the cache holds, image by image, and purging one image.
+
+The store knows blobs, manifests (with the repositories they were fetched for) and
+tag mappings; an *image* is a manifest no cached index refers to (a root): an
+index with the platform manifests that were pulled, or a single manifest. Its blobs
+are the root, the platform manifests, their configs and layers. One inventory row
+per (root, registry, repository)::
+
+    registry, repository, tags (seen), digest, media_type, platforms,
+    size_bytes (of the blobs present), blobs_cached / blobs_total, last_pulled, pinned
+
+Purging an image removes its manifests, its tag mappings and the blobs no other
+cached image uses; a pinned image is refused (unpin first); blobs being read or
+filled right now stay (reported as ``kept_in_use``) and go at the next purge or sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cachesvc.errors import CachesvcError, Conflict, NotFound
+from cachesvc.fill import FillManager
+from cachesvc.lease import Leases
+from cachesvc.manifests import Manifests
+from cachesvc.metrics import Metrics
+from cachesvc.oci import INDEX_MEDIA_TYPES, Digest
+from cachesvc.pins import Pins
+from cachesvc.reference import ImageReference
+from cachesvc.store import Store
+
+MAX_CONFIG_BYTES = 1024 * 1024  # configs read for their platform; bigger ones are skipped
+
+
+@dataclass(slots=True)
+class _Image:
+    digest: str
+    media_type: str
+    blobs: dict[str, int | None] = field(default_factory=dict)  # digest -> declared size
+    manifests: set[str] = field(default_factory=set)
+    platforms: list[str] = field(default_factory=list)
+    origins: set[tuple[str, str]] = field(default_factory=set)
+
+
+def platform_text(data: object) -> str | None:
+    """``os/architecture[/variant]`` from an index entry's platform or an image config."""
+    if not isinstance(data, dict):
+        return None
+    os_name, arch = data.get("os"), data.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(arch, str):
+        return None
+    variant = data.get("variant")
+    return (
+        f"{os_name}/{arch}/{variant}"
+        if isinstance(variant, str) and variant
+        else (f"{os_name}/{arch}")
+    )
+
+
+def _json(data: bytes) -> dict[str, object]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _descriptors(value: object) -> Iterable[dict[str, object]]:
+    if isinstance(value, list):
+        yield from (d for d in value if isinstance(d, dict) and isinstance(d.get("digest"), str))
+    elif isinstance(value, dict) and isinstance(value.get("digest"), str):
+        yield value
+
+
+class Inventory:
+    """Inventory rows and purges over the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        manifests: Manifests,
+        pins: Pins,
+        leases: Leases,
+        fills: FillManager,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._manifests = manifests
+        self._pins = pins
+        self._leases = leases
+        self._fills = fills
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
+
+    # -- reading (runs in a thread: it reads manifest files) -------------------------
+
+    def _read(self, digest: str) -> bytes:
+        try:
+            return self._store.path(Digest.parse(digest)).read_bytes()
+        except (OSError, CachesvcError):
+            return b""
+
+    def _images(self) -> tuple[dict[str, _Image], dict[str, list[tuple[str, str, str]]]]:
+        records = {str(r.digest): (r, origins) for r, origins in self._store.manifests()}
+        children: dict[str, list[tuple[str, str | None]]] = {}
+        for digest, (record, _) in records.items():
+            body = _json(self._read(digest))
+            if record.media_type in INDEX_MEDIA_TYPES or "manifests" in body:
+                children[digest] = [
+                    (str(d["digest"]), platform_text(d.get("platform")))
+                    for d in _descriptors(body.get("manifests"))
+                ]
+        referenced = {child for items in children.values() for child, _ in items}
+        tags: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for key, tag_record in self._store.tags():
+            registry, repository, tag, _ = [*key.split("\0", 3), "", "", ""][:4]
+            entry = (registry, repository, tag)
+            if entry not in tags[str(tag_record.digest)]:
+                tags[str(tag_record.digest)].append(entry)
+        images: dict[str, _Image] = {}
+        for digest, (record, origins) in records.items():
+            if digest in referenced:
+                continue
+            image = _Image(digest, record.media_type, origins=set(origins))
+            image.origins |= {(r, repo) for r, repo, _ in tags.get(digest, [])}
+            image.blobs[digest] = record.size
+            image.manifests.add(digest)
+            if digest in children:
+                for child, platform in children[digest]:
+                    if child in records:
+                        image.manifests.add(child)
+                        image.blobs[child] = records[child][0].size
+                        image.origins |= set(records[child][1])
+                        self._add_manifest(image, child, platform)
+            else:
+                self._add_manifest(image, digest, None)
+            images[digest] = image
+        return images, tags
+
+    def _add_manifest(self, image: _Image, digest: str, platform: str | None) -> None:
+        body = _json(self._read(digest))
+        config = next(iter(_descriptors(body.get("config"))), None)
+        for descriptor in [*([config] if config else []), *_descriptors(body.get("layers"))]:
+            size = descriptor.get("size")
+            image.blobs[str(descriptor["digest"])] = size if isinstance(size, int) else None
+        if platform is None and config is not None:
+            size = config.get("size")
+            if isinstance(size, int) and size <= MAX_CONFIG_BYTES:
+                platform = platform_text(_json(self._read(str(config["digest"]))))
+        image.platforms.append(platform or "unknown")
+
+    def _rows(self, filters: dict[str, str]) -> list[dict[str, object]]:
+        images, tags = self._images()
+        pinned = self._pins.pinned_roots()
+        rows: list[dict[str, object]] = []
+        for image in images.values():
+            present: dict[str, int] = {}
+            last = 0.0
+            for blob in image.blobs:
+                with contextlib.suppress(CachesvcError):
+                    d = Digest.parse(blob)
+                    size = self._store.size(d)
+                    if size is not None:
+                        present[blob] = size
+                        last = max(last, self._store.last_access(d))
+            for registry, repository in sorted(image.origins) or [("", "")]:
+                row: dict[str, object] = {
+                    "registry": registry or None,
+                    "repository": repository or None,
+                    "tags": sorted(
+                        t for r, repo, t in tags.get(image.digest, [])
+                        if (r, repo) == (registry, repository)
+                    ),
+                    "digest": image.digest,
+                    "media_type": image.media_type,
+                    "platforms": sorted(set(image.platforms)),
+                    "size_bytes": sum(present.values()),
+                    "blobs_cached": len(present),
+                    "blobs_total": len(image.blobs),
+                    "last_pulled": last,
+                    "pinned": image.digest in pinned,
+                }  # fmt: skip
+                if _matches(row, filters):
+                    rows.append(row)
+        rows.sort(key=lambda r: (str(r["registry"]), str(r["repository"]), str(r["digest"])))
+        return rows
+
+    async def images(self, filters: dict[str, str] | None = None) -> list[dict[str, object]]:
+        """Inventory rows; ``filters``: registry, repository, tag, platform, pinned."""
+        return await asyncio.to_thread(self._rows, filters or {})
+
+    # -- purge -----------------------------------------------------------------------
+
+    async def purge(self, reference: ImageReference) -> dict[str, object]:
+        """Remove an image's manifests, tags, and the blobs no other cached image uses."""
+        async with self._lock:
+            images, tags = await asyncio.to_thread(self._images)
+            target = reference.target
+            if reference.digest is not None:
+                root = str(reference.digest)
+            else:
+                root = next(
+                    (d for d, entries in tags.items()
+                     if (target.registry, target.repository, reference.tag) in entries
+                     and d in images),
+                    "",
+                )  # fmt: skip
+            image = images.get(root)
+            if image is None:
+                raise NotFound(f"{reference} is not cached")
+            if root in self._pins.pinned_roots():
+                raise Conflict(
+                    f"{reference} is pinned: unpin it first (DELETE /admin/v1/pins/{reference})"
+                )
+            others: set[str] = set()
+            for digest, other in images.items():
+                if digest != root:
+                    others |= set(other.blobs)
+            doomed = [b for b in image.blobs if b not in others]
+            removed, freed, kept = 0, 0, []
+            for blob in doomed:  # no await in here: atomic against new leases
+                blob_digest = Digest.parse(blob)
+                if self._pins.protects(blob):
+                    continue
+                if self._leases.in_use(blob_digest) or self._fills.get(blob_digest) is not None:
+                    kept.append(blob)
+                    continue
+                size = self._store.size(blob_digest) or 0
+                if self._store.remove(blob_digest):
+                    removed += 1
+                    freed += size
+                    self._metrics.evictions.labels("purge").inc()
+                    self._metrics.evicted_bytes.labels("purge").inc(size)
+            for manifest in image.manifests:
+                self._manifests.forget(Digest.parse(manifest))
+                self._store.forget_origins(Digest.parse(manifest))
+            for key, record in list(self._store.tags()):
+                if str(record.digest) == root:
+                    self._store.delete_tag(key)
+            return {
+                "digest": root,
+                "blobs_removed": removed,
+                "bytes_freed": freed,
+                "blobs_shared": len(image.blobs) - len(doomed),
+                "kept_in_use": kept,
+            }
+
+
+def _matches(row: dict[str, object], filters: dict[str, str]) -> bool:
+    for key, wanted in filters.items():
+        if key == "pinned":
+            if str(row["pinned"]).lower() != wanted.lower():
+                return False
+        elif key == "tag":
+            tags = row["tags"]
+            if not isinstance(tags, list) or wanted not in tags:
+                return False
+        elif key == "platform":
+            platforms = row["platforms"]
+            if not isinstance(platforms, list) or not any(
+                p == wanted or p.startswith(wanted + "/") for p in platforms
+            ):
+                return False
+        elif key in ("registry", "repository", "digest") and row[key] != wanted:
+            return False
+    return True

@@ -1,0 +1,361 @@
+"""Prewarm jobs: fetch images into the cache before anyone pulls them.
+
+A job takes image references and, for each, does what a containerd pull through the
+mirror does, through the same ``Mirror`` calls the /v2 handlers make:
+
+1. resolve: HEAD the manifest by tag (containerd's resolve), then GET it by digest;
+2. an index is walked to the manifests of the requested platforms only (default:
+   this node's, ``node_platform()``), which are fetched by digest;
+3. fetch: config and layers through ``Mirror.blob`` - the same single-flight fills,
+   so a prewarm and a pull of the same blob share one upstream GET. At most
+   ``prewarm.concurrency`` blobs are in flight across all jobs; blobs already cached
+   count as done at once.
+
+Each image moves ``queued -> resolving -> fetching -> done`` or ends ``failed`` with
+a reason; bytes and blobs done/total add up to the descriptors' sizes. Cancelling a
+job stops following its fills (the fills themselves run on: other clients may be
+reading them, and the bytes are wanted anyway). Finished jobs are kept in memory
+for ``prewarm.retention``. With ``pin``, a finished image is pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform as host_platform
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cachesvc.blobs import CachedBlob
+from cachesvc.config import PrewarmConfig
+from cachesvc.errors import AdminError, CachesvcError, NotFound, RegistryError
+from cachesvc.inventory import platform_text
+from cachesvc.metrics import Metrics
+from cachesvc.mirror import Mirror
+from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Digest, normalize_accept
+from cachesvc.pins import Pins
+from cachesvc.reference import ImageReference, parse_reference
+from cachesvc.routing import Router
+
+log = logging.getLogger("cachesvc.prewarm")
+
+# What containerd sends when it resolves a reference, so prewarm shares its tag cache.
+CONTAINERD_ACCEPT = normalize_accept([", ".join((*MANIFEST_MEDIA_TYPES, "*/*"))])
+MAX_IMAGES_PER_JOB = 500
+POLL_SECONDS = 0.1  # how often a followed fill's progress is read
+
+ImageState = Literal["queued", "resolving", "fetching", "done", "failed"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+         "armv7l": "arm/v7", "armv6l": "arm/v6", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64", "i686": "386", "i386": "386"}  # fmt: skip
+
+
+def node_platform() -> str:
+    """This node's platform as OCI writes it (``linux/amd64``, ``linux/arm64``)."""
+    machine = host_platform.machine().lower()
+    return f"linux/{_ARCH.get(machine, machine)}"
+
+
+def normalize_platform(text: str) -> str:
+    """``linux/x86_64`` -> ``linux/amd64``; checks the ``os/arch[/variant]`` shape."""
+    parts = text.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise AdminError(f"invalid platform {text[:40]!r}: expected os/arch[/variant]")
+    parts[1] = _ARCH.get(parts[1], parts[1])
+    return "/".join(parts)
+
+
+def platform_matches(wanted: str, offered: str | None) -> bool:
+    """``linux/arm64`` matches any arm64 variant; ``linux/arm64/v8`` only v8."""
+    if offered is None:
+        return False
+    parts = wanted.split("/")
+    return offered.split("/")[: len(parts)] == parts
+
+
+@dataclass(slots=True)
+class ImageProgress:
+    """One image of a job."""
+
+    ref: str
+    reference: ImageReference | None
+    state: ImageState = "queued"
+    reason: str | None = None
+    digest: str | None = None
+    platforms: list[str] = field(default_factory=list)
+    bytes_done: int = 0
+    bytes_total: int = 0
+    blobs_done: int = 0
+    blobs_total: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """As /admin/v1/jobs/<id> shows it."""
+        return {
+            "ref": self.ref, "state": self.state, "reason": self.reason,
+            "digest": self.digest, "platforms": self.platforms,
+            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+            "blobs_done": self.blobs_done, "blobs_total": self.blobs_total,
+            "started": self.started, "finished": self.finished,
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class Job:
+    """A prewarm job: images, requested platforms, whether to pin, and its state."""
+
+    id: str
+    images: list[ImageProgress]
+    platforms: list[str]
+    pin: bool
+    created: float = field(default_factory=time.time)
+    state: JobState = "queued"
+    started: float | None = None
+    finished: float | None = None
+    task: asyncio.Task[None] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """As /admin/v1/jobs/<id> shows it, with totals over its images."""
+        return {
+            "id": self.id, "state": self.state, "platforms": self.platforms, "pin": self.pin,
+            "created": self.created, "started": self.started, "finished": self.finished,
+            "bytes_done": sum(i.bytes_done for i in self.images),
+            "bytes_total": sum(i.bytes_total for i in self.images),
+            "blobs_done": sum(i.blobs_done for i in self.images),
+            "blobs_total": sum(i.blobs_total for i in self.images),
+            "images": [i.to_json() for i in self.images],
+        }  # fmt: skip
+
+
+def _event(event: str, job: Job, **fields: object) -> None:
+    log.info("prewarm %s", event, extra={"fields": {"event": event, "job": job.id, **fields}})
+
+
+class Prewarmer:
+    """Runs prewarm jobs against the mirror."""
+
+    def __init__(
+        self,
+        mirror: Mirror,
+        pins: Pins,
+        metrics: Metrics,
+        config: PrewarmConfig,
+        default_registry: str | None,
+    ) -> None:
+        self._mirror = mirror
+        self._pins = pins
+        self._metrics = metrics
+        self._config = config
+        self._default = default_registry
+        self._jobs: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+
+    @property
+    def router(self) -> Router:
+        """How references are routed (the mirror's router)."""
+        return self._mirror.router
+
+    # -- the API the admin routes use ------------------------------------------------
+
+    def submit(self, refs: list[str], platforms: list[str] | None, pin: bool) -> Job:
+        """Validate and start a job (AdminError names every bad reference)."""
+        if not refs or len(refs) > MAX_IMAGES_PER_JOB:
+            raise AdminError(f"give 1 to {MAX_IMAGES_PER_JOB} image references")
+        wanted = [normalize_platform(p) for p in platforms] if platforms else [node_platform()]
+        images, bad = [], []
+        for ref in refs:
+            try:
+                reference = parse_reference(ref, self._mirror.router, self._default)
+            except (CachesvcError, ValueError) as exc:
+                bad.append(f"{ref[:100]}: {exc}")
+                continue
+            images.append(ImageProgress(str(reference), reference))
+        if bad:
+            raise AdminError("invalid image references: " + "; ".join(bad))
+        self._prune()
+        job = Job(secrets.token_hex(8), images, wanted, pin)
+        self._jobs[job.id] = job
+        self._metrics.prewarm_jobs_running.inc()
+        job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"prewarm {job.id}")
+        _event("submitted", job, images=[i.ref for i in images], platforms=wanted, pin=pin)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """A job by id (NotFound once it has aged out)."""
+        self._prune()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no prewarm job {job_id[:40]!r} (finished jobs are kept for "
+                           f"{self._config.retention:g}s)")  # fmt: skip
+        return job
+
+    def list(self) -> list[Job]:
+        """Every job still kept, newest first."""
+        self._prune()
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job's images that are not finished; a finished job is unchanged."""
+        job = self.get(job_id)
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+        return job
+
+    async def close(self) -> None:
+        """Cancel every running job (shutdown)."""
+        tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _prune(self) -> None:
+        horizon = time.time() - self._config.retention
+        for job_id in [j.id for j in self._jobs.values() if j.finished and j.finished < horizon]:
+            del self._jobs[job_id]
+
+    # -- running -----------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        job.state, job.started = "running", time.time()
+        tasks = [asyncio.ensure_future(self._image(job, image)) for image in job.images]
+        try:
+            await asyncio.gather(*tasks)
+            failed = [i for i in job.images if i.state == "failed"]
+            job.state = "failed" if failed else "done"
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            job.state = "cancelled"
+        finally:
+            job.finished = time.time()
+            self._metrics.prewarm_jobs_running.dec()
+            self._metrics.prewarm_jobs.labels(job.state).inc()
+            summary = job.to_json()
+            _event("finished", job, state=job.state, bytes_total=summary["bytes_total"],
+                   failed=[i.ref for i in job.images if i.state == "failed"],
+                   seconds=round(job.finished - (job.started or job.finished), 3))  # fmt: skip
+
+    async def _image(self, job: Job, image: ImageProgress) -> None:
+        image.started = time.time()
+        try:
+            await self._prewarm(job, image)
+            image.state = "done"
+        except RegistryError as exc:
+            image.state, image.reason = "failed", exc.message
+        except AdminError as exc:
+            image.state, image.reason = "failed", str(exc)
+        except asyncio.CancelledError:
+            image.state, image.reason = "failed", "cancelled"
+            raise
+        finally:
+            image.finished = time.time()
+            if image.state in ("done", "failed"):
+                self._metrics.prewarm_images.labels(image.state).inc()
+                _event(f"image {image.state}", job, image=image.ref, digest=image.digest,
+                       reason=image.reason, bytes=image.bytes_done)  # fmt: skip
+
+    async def _prewarm(self, job: Job, image: ImageProgress) -> None:
+        reference = image.reference
+        assert reference is not None
+        target = reference.target  # routed as containerd's ?ns=<registry> request would be
+        image.state = "resolving"
+        mirror = self._mirror
+        # containerd's resolve: HEAD by tag (or digest), then GET the manifest by digest.
+        head = await mirror.manifest(target, reference.reference, CONTAINERD_ACCEPT, head=True)
+        root = head.record.digest
+        answer = await mirror.manifest(target, str(root), CONTAINERD_ACCEPT, head=False)
+        image.digest = str(root)
+        members: set[str] = {str(root)}
+        manifests: list[tuple[bytes, str | None]] = []
+        body = answer.body or b""
+        if answer.record.media_type in INDEX_MEDIA_TYPES:
+            listed = _parse(body).get("manifests")
+            entries = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+            offered = [platform_text(e.get("platform")) for e in entries]
+            for wanted in job.platforms:
+                choice = next(
+                    (
+                        e
+                        for e, p in zip(entries, offered, strict=True)
+                        if platform_matches(wanted, p)
+                    ),
+                    None,
+                )
+                if choice is None:
+                    raise AdminError(
+                        f"no manifest for {wanted} in the index (it has: "
+                        f"{', '.join(sorted({p or 'unknown' for p in offered}))})"
+                    )
+                child = Digest.parse(str(choice["digest"]))
+                sub = await mirror.manifest(target, str(child), CONTAINERD_ACCEPT, head=False)
+                members.add(str(child))
+                manifests.append((sub.body or b"", platform_text(choice.get("platform"))))
+        else:
+            manifests.append((body, None))
+        blobs: dict[str, int] = {}
+        for manifest_body, platform in manifests:
+            parsed = _parse(manifest_body)
+            image.platforms.append(platform or "unknown")
+            config = parsed.get("config")
+            layers = parsed.get("layers")
+            for descriptor in [config, *(layers if isinstance(layers, list) else [])]:
+                if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str):
+                    size = descriptor.get("size")
+                    blobs[str(descriptor["digest"])] = size if isinstance(size, int) else 0
+        image.blobs_total, image.bytes_total = len(blobs), sum(blobs.values())
+        image.state = "fetching"
+        _event("image resolved", job, image=image.ref, digest=image.digest,
+               platforms=image.platforms, blobs=image.blobs_total,
+               bytes=image.bytes_total)  # fmt: skip
+        progress: dict[str, int] = {}
+
+        def update() -> None:
+            image.bytes_done = sum(progress.values())
+
+        async def fetch(blob: str, size: int) -> None:
+            async with self._slots:
+                digest = Digest.parse(blob)
+                got = await mirror.blob(target, digest)
+                source = got.source
+                if isinstance(source, CachedBlob):
+                    if source.lease is not None:
+                        source.lease.release()
+                    self._metrics.prewarm_bytes.labels("cached").inc(size)
+                else:
+                    fill = source.fill
+                    while not fill.finished:
+                        progress[blob] = min(fill.written, size)
+                        update()
+                        await asyncio.sleep(POLL_SECONDS)
+                    if fill.error is not None:
+                        raise fill.error
+                    self._metrics.prewarm_bytes.labels("fetched").inc(size)
+            progress[blob] = size
+            image.blobs_done += 1
+            update()
+
+        tasks = [asyncio.ensure_future(fetch(b, s)) for b, s in blobs.items()]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if job.pin:
+            self._pins.add(reference, str(root), members | set(blobs), image.platforms)
+
+
+def _parse(body: bytes) -> dict[str, object]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
