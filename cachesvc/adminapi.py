@@ -199,8 +199,8 @@ async def delete_pin(request: web.Request) -> web.Response:
 
 async def list_images(request: web.Request) -> web.Response:
     """The inventory, with filters from the query string."""
-    filters = {k: v for k, v in request.query.items()
-               if k in ("registry", "repository", "tag", "platform", "pinned", "digest")}  # fmt: skip
+    known = ("registry", "repository", "tag", "platform", "pinned", "digest")
+    filters = {k: v for k, v in request.query.items() if k in known}
     rows = await request.app[SERVICES_KEY].inventory.images(filters)
     return web.json_response({"images": rows})
 
