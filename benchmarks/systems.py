@@ -133,7 +133,7 @@ http {{
         base / "stdout.log",
     )
     service = Service("nginx", f"{LOOPBACK}:{port}", child)
-    _ready(service, f"{service.url}/", ok_status=404)
+    _ready(service, f"{service.url}/", ok_status=403)  # a directory without an index
     return service
 
 
