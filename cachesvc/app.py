@@ -28,7 +28,7 @@ from cachesvc.manifests import Manifests
 from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror
 from cachesvc.routing import Router
-from cachesvc.store import Store
+from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream import Upstream
 
 log = logging.getLogger("cachesvc")
@@ -53,6 +53,7 @@ class Daemon:
         self._ready: dict[str, bool] = {"ready": False}
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def mirror_url(self) -> str:
@@ -123,6 +124,16 @@ class Daemon:
         self.admin_address = await self._listen(self.admin_app(), self.config.admin.listen)
         self.mirror_address = await self._listen(self.mirror_app(), self.config.listen)
         self._ready["ready"] = True
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+
+    async def _housekeep(self) -> None:
+        """Periodic work off the request path: flush batched last-access times."""
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.parts.store.flush_access)
+            except OSError as exc:
+                log.warning("could not record access times: %s", exc)
 
     async def _listen(self, app: web.Application, address: ListenAddress) -> tuple[str, int]:
         runner = web.AppRunner(
@@ -142,6 +153,9 @@ class Daemon:
         """Graceful stop: refuse new work, finish what runs within the grace period."""
         self._ready["ready"] = False
         self._ready["stopping"] = True
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         parts = self._parts
         for runner in self._runners:
             for site in list(runner.sites):
