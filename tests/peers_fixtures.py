@@ -284,7 +284,9 @@ class CachesvcProcess:
         total = 0.0
         for family in text_string_to_metric_families(self.metrics_text()):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     total += sample.value
         return total
 
