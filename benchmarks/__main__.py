@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks import scenarios, startup
 from benchmarks.content import PushError
 from benchmarks.lab import Lab, Plan
+from benchmarks.load import download_executor
 from benchmarks.machine import this_machine
 from benchmarks.measurement import Row
 from benchmarks.processes import ChildError
@@ -55,6 +56,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) -> list[Row]:
+    asyncio.get_running_loop().set_default_executor(download_executor())
     async with Lab.open(plan, logs) as lab:
         runs: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
             ("warm", lambda: scenarios.warm_blob(lab, reps)),

@@ -105,7 +105,7 @@ async def _measure(lab: Lab, count: int) -> tuple[float, float]:
     name = f"cachesvc-store-{count}"
     root = lab.workdir / f"{name}-storage"
     digest = populate(root, count)
-    config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.hop)
+    config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.upstream)
     started = time.perf_counter()
     child: Child = spawn_cachesvc(lab.workdir, name, config)
     try:
