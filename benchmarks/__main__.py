@@ -65,7 +65,7 @@ async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) 
             ("manifests", lambda: scenarios.manifest_rates(lab, reps)),
             ("containerd", lambda: scenarios.containerd_fetch(lab, reps)),
             ("memory", lambda: scenarios.peak_memory(lab)),
-            ("store", lambda: startup.store_scale(lab)),
+            ("store", lambda: startup.store_scale(lab, reps)),
         ]
         rows: list[Row] = []
         for name, run in runs:

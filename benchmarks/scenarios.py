@@ -7,10 +7,12 @@ in the notes, rather than stopping the run.
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from benchmarks.containerd import Containerd, containerd_unavailable_reason
 from benchmarks.content import MANIFEST_ACCEPT
@@ -338,7 +340,7 @@ async def _get_ok(lab: Lab, url: str, attempts: int = 3) -> float:
 
 
 async def _ctr_fetch(lab: Lab, reference: str) -> float:
-    daemon = Containerd(lab.workdir / f"containerd-{reference.replace('/', '_').replace(':', '_')}")
+    daemon = Containerd(Path(tempfile.mkdtemp(prefix="ctrd-", dir=lab.workdir)))
     try:
         await daemon.wait_ready()
         return await daemon.fetch_seconds(reference)
