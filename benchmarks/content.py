@@ -1,6 +1,10 @@
 """Test content: OCI image layouts built on disk, pushed to the upstream registry.
 
-Layers are uncompressed tars holding one file of pseudo-random bytes. Bytes come from a small
+Layers are uncompressed tars holding one file of pseudo-random bytes, exactly as large as
+asked. Manifests use the Docker schema 2 media types (what most images on Docker Hub carry):
+the distribution registry 2.8 in proxy mode cannot fetch OCI manifests from its upstream
+("OCI manifest found, but accept header does not support OCI manifests"), and the baseline
+has to work for the comparison to mean anything. Bytes come from a small
 pool of random chunks, so a 256 MiB layer costs a hash and a disk write, not 256 MiB of
 ``os.urandom``; every layer's tar header carries a unique name, so every layer has its own digest.
 Nothing is ever held whole in memory.
@@ -17,21 +21,22 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.processes import run_command
-
 CHUNK = 1 << 20
 POOL_CHUNKS = 16
 TAR_BLOCK = 512
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+TAR_OVERHEAD = 3 * TAR_BLOCK  # one ustar header block, two zero blocks at the end
+LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+CONFIG = "application/vnd.docker.container.image.v1+json"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_ACCEPT = ", ".join(
     [
+        MANIFEST,
+        MANIFEST_LIST,
         OCI_MANIFEST,
         OCI_INDEX,
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
 
@@ -56,13 +61,16 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """An image in an OCI layout directory, and where it was pushed."""
+    """An image (or multi-arch index) in an OCI layout directory, and where it is pushed."""
 
-    layout: Path
     repository: str
     tag: str
     manifest: Descriptor
+    """The top-level manifest or index, pushed by tag."""
     layers: tuple[Descriptor, ...]
+    configs: tuple[Descriptor, ...]
+    children: tuple[Descriptor, ...] = ()
+    """For an index: the per-platform manifests, pushed by digest before the index."""
 
 
 class Layout:
@@ -77,22 +85,27 @@ class Layout:
         self._layers_written = 0
 
     def layer(self, size: int) -> Descriptor:
-        """Write a tar layer whose one file holds ``size`` pseudo-random bytes."""
+        """Write a tar layer of exactly ``size`` bytes (a multiple of 512, at least 1536)."""
+        if size % TAR_BLOCK or size < TAR_OVERHEAD:
+            raise ValueError(
+                f"layer size {size} is not a multiple of {TAR_BLOCK} >= {TAR_OVERHEAD}"
+            )
         self._layers_written += 1
-        info = tarfile.TarInfo(f"data-{os.getpid()}-{self._layers_written}-{os.urandom(8).hex()}")
-        info.size = size
+        info = tarfile.TarInfo(f"data-{self._layers_written}-{os.urandom(8).hex()}")
+        info.size = size - TAR_OVERHEAD
         info.mode = 0o644
-        header = info.tobuf(format=tarfile.PAX_FORMAT)
-        padding = (-size) % TAR_BLOCK
+        header = info.tobuf(format=tarfile.USTAR_FORMAT)
         digest = hashlib.sha256()
         tmp = self.blobs / f".tmp-{self._layers_written}"
         written = 0
         with tmp.open("wb") as out:
-            for piece in (header, *self._payload(size), b"\0" * (padding + 2 * TAR_BLOCK)):
+            for piece in (header, *self._payload(info.size), b"\0" * (2 * TAR_BLOCK)):
                 digest.update(piece)
                 out.write(piece)
                 written += len(piece)
-        return self._place(tmp, OCI_LAYER, digest.hexdigest(), written)
+        if written != size:
+            raise AssertionError(f"layer is {written} bytes, wanted {size}")
+        return self._place(tmp, LAYER, digest.hexdigest(), written)
 
     def json_blob(self, media_type: str, document: object) -> Descriptor:
         """Write a JSON document (config, manifest or index) as a blob."""
@@ -107,30 +120,34 @@ class Layout:
     ) -> Image:
         """Build an image manifest with one layer per size, and tag it in the layout."""
         layers = tuple(self.layer(size) for size in layer_sizes)
-        manifest = self._manifest(layers, arch)
-        self._tag(tag, manifest)
-        return Image(self.root, repository, tag, manifest, layers)
+        manifest, config = self._manifest(layers, arch)
+        self._tag(repository, tag, manifest)
+        return Image(repository, tag, manifest, layers, (config,))
 
     def index(self, repository: str, tag: str, arches: list[str], layer_size: int) -> Image:
         """Build a multi-arch index with one small single-layer image per architecture."""
         entries: list[dict[str, object]] = []
         all_layers: list[Descriptor] = []
+        configs: list[Descriptor] = []
+        children: list[Descriptor] = []
         for arch in arches:
             layers = (self.layer(layer_size),)
             all_layers.extend(layers)
-            manifest = self._manifest(layers, arch)
+            manifest, config = self._manifest(layers, arch)
+            configs.append(config)
+            children.append(manifest)
             entry = manifest.as_json()
             entry["platform"] = {"architecture": arch, "os": "linux"}
             entries.append(entry)
         index = self.json_blob(
-            OCI_INDEX, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+            MANIFEST_LIST, {"schemaVersion": 2, "mediaType": MANIFEST_LIST, "manifests": entries}
         )
-        self._tag(tag, index)
-        return Image(self.root, repository, tag, index, tuple(all_layers))
+        self._tag(repository, tag, index)
+        return Image(repository, tag, index, tuple(all_layers), tuple(configs), tuple(children))
 
-    def _manifest(self, layers: tuple[Descriptor, ...], arch: str) -> Descriptor:
+    def _manifest(self, layers: tuple[Descriptor, ...], arch: str) -> tuple[Descriptor, Descriptor]:
         config = self.json_blob(
-            OCI_CONFIG,
+            CONFIG,
             {
                 "architecture": arch,
                 "os": "linux",
@@ -138,15 +155,16 @@ class Layout:
                 "config": {},
             },
         )
-        return self.json_blob(
-            OCI_MANIFEST,
+        manifest = self.json_blob(
+            MANIFEST,
             {
                 "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
+                "mediaType": MANIFEST,
                 "config": config.as_json(),
                 "layers": [layer.as_json() for layer in layers],
             },
         )
+        return manifest, config
 
     def _payload(self, size: int) -> list[bytes]:
         # A list of views, not copies: chunk k is pool[k % POOL_CHUNKS], the last one cut short.
@@ -161,33 +179,48 @@ class Layout:
         tmp.replace(final)
         return Descriptor(media_type, f"sha256:{hexdigest}", size, final)
 
-    def _tag(self, tag: str, manifest: Descriptor) -> None:
+    def _tag(self, repository: str, tag: str, manifest: Descriptor) -> None:
+        layout_tag = f"{repository.replace('/', '-')}-{tag}"
         index_path = self.root / "index.json"
         if index_path.exists():
             document = json.loads(index_path.read_text())
         else:
             document = {"schemaVersion": 2, "manifests": []}
         entry = manifest.as_json()
-        entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
+        entry["annotations"] = {"org.opencontainers.image.ref.name": layout_tag}
         document["manifests"].append(entry)
         index_path.write_text(json.dumps(document))
 
 
-async def push_image(image: Image, registry: str) -> None:
-    """Copy ``image`` from its layout to ``registry`` (host:port, plain HTTP) with skopeo."""
-    argv = [
-        "skopeo",
-        "copy",
-        "--quiet",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        f"oci:{image.layout}:{image.tag}",
-        f"docker://{registry}/{image.repository}:{image.tag}",
-    ]
-    code, output = await run_command(argv)
-    if code != 0:
-        raise PushError(f"skopeo copy failed ({code}): {output}")
+async def push_image(session: aiohttp.ClientSession, registry_url: str, image: Image) -> None:
+    """Push ``image`` with the distribution API: blobs, then child manifests, then the tag.
+
+    Not ``skopeo copy oci:...``: skopeo 1.9 finds only OCI media types in a layout's index,
+    and these images carry Docker media types (see the module docstring).
+    """
+    for blob in (*image.layers, *image.configs):
+        await upload_blob(session, registry_url, image.repository, blob)
+    for child in image.children:
+        await put_manifest(session, registry_url, image.repository, child.digest, child)
+    await put_manifest(session, registry_url, image.repository, image.tag, image.manifest)
+
+
+async def put_manifest(
+    session: aiohttp.ClientSession,
+    registry_url: str,
+    repository: str,
+    reference: str,
+    manifest: Descriptor,
+) -> None:
+    """PUT a manifest's exact bytes under a tag or its digest."""
+    async with session.put(
+        f"{registry_url}/v2/{repository}/manifests/{reference}",
+        data=manifest.path.read_bytes(),
+        headers={"Content-Type": manifest.media_type},
+    ) as response:
+        if response.status != 201:
+            text = await response.text()
+            raise PushError(f"manifest {repository}:{reference}: {response.status} {text}")
 
 
 async def upload_blob(

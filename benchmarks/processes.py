@@ -87,7 +87,7 @@ class Child:
                 last_error = f"status {exc.code}"
             except OSError as exc:
                 last_error = str(exc)
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise ChildError(f"{self.name} not ready at {url} ({last_error}):\n{self.log_tail()}")
 
     def stop(self) -> None:

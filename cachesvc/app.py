@@ -35,7 +35,7 @@ from cachesvc.mirror import Mirror
 from cachesvc.pins import Pins
 from cachesvc.prewarm import Prewarmer
 from cachesvc.routing import Router
-from cachesvc.store import Store
+from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream import Upstream
 
 log = logging.getLogger("cachesvc")
@@ -65,6 +65,7 @@ class Daemon:
         self._ready: dict[str, bool] = {"ready": False}
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def mirror_url(self) -> str:
@@ -94,6 +95,9 @@ class Daemon:
             auto_decompress=False,
             headers={"User-Agent": "cachesvc/0.1"},
             trust_env=False,
+            # Large reads: fewer, bigger chunks through the fill pipeline (measured: the
+            # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
+            read_bufsize=4 * 1024 * 1024,
         )
         tokens = TokenCache(session, self.metrics, timeout=config.timeouts.first_byte)
         upstreams = {
@@ -167,6 +171,16 @@ class Daemon:
         self.mirror_address = await self._listen(self.mirror_app(), self.config.listen)
         self._parts.evictor.start()
         self._ready["ready"] = True
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+
+    async def _housekeep(self) -> None:
+        """Periodic work off the request path: flush batched last-access times."""
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.parts.store.flush_access)
+            except OSError as exc:
+                log.warning("could not record access times: %s", exc)
 
     async def _listen(self, app: web.Application, address: ListenAddress) -> tuple[str, int]:
         runner = web.AppRunner(
@@ -193,6 +207,9 @@ class Daemon:
         deadline = time.monotonic() + self.config.shutdown_grace
         self._ready["ready"] = False
         self._ready["stopping"] = True
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         parts = self._parts
         for runner in self._runners:
             for site in list(runner.sites):

@@ -87,7 +87,6 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot use storage root {root}: {exc.strerror or exc}") from None
         self._access: dict[str, float] = {}
-        self._last_flush = time.monotonic()
         self._usage_lock = threading.Lock()
         self.usage_bytes, self.usage_entries = self._scan_usage()
         self._origins: set[tuple[str, str, str]] = set()
@@ -176,13 +175,11 @@ class Store:
     def touch(self, digest: Digest) -> None:
         """Note an access (kept in memory; flushed to the index in batches)."""
         self._access[str(digest)] = time.time()
-        if time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS:
-            self.flush_access()
 
     def flush_access(self) -> None:
-        """Write the batched last-access times to the index."""
+        """Write the batched last-access times to the index (the daemon calls this in a
+        worker thread every ``ACCESS_FLUSH_SECONDS``; swapping the dict is atomic)."""
         pending, self._access = self._access, {}
-        self._last_flush = time.monotonic()
         if pending:
             with self._index.transact():
                 for key, when in pending.items():

@@ -38,7 +38,7 @@ from cachesvc.oci import MAX_MANIFEST_BYTES
 log = logging.getLogger("cachesvc.upstream")
 
 MAX_REDIRECTS = 5
-BODY_CHUNK = 256 * 1024
+BODY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class FakeRegistry:
     require_token: bool = False
     tokens_issued: int = 0
     token_expires_in: int = 300
+    token_status: int = 200  # what the token endpoint answers (401: credentials refused)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     auth_seen: list[str | None] = field(default_factory=list)
     url: str = ""
@@ -101,8 +102,10 @@ class FakeRegistry:
         return web.json_response({})
 
     async def _token(self, request: web.Request) -> web.Response:
-        self.tokens_issued += 1
         self.requests[("GET", "/token")] += 1
+        if self.token_status != 200:
+            return web.json_response({"details": "refused"}, status=self.token_status)
+        self.tokens_issued += 1
         return web.json_response(
             {"token": f"tok-{self.tokens_issued}", "expires_in": self.token_expires_in}
         )
@@ -140,7 +143,15 @@ class FakeRegistry:
         if tail.endswith("/tags/list"):
             repo = tail[: -len("/tags/list")]
             tags = sorted(k.split(":", 1)[1] for k in self.manifests if k.startswith(repo + ":"))
-            return web.json_response({"name": repo, "tags": tags})
+            last = request.query.get("last")
+            if last:
+                tags = [t for t in tags if t > last]
+            n = int(request.query.get("n", "1000"))
+            headers = {}
+            if len(tags) > n:
+                tags = tags[:n]
+                headers["Link"] = f'</v2/{repo}/tags/list?last={tags[-1]}&n={n}>; rel="next"'
+            return web.json_response({"name": repo, "tags": tags}, headers=headers)
         return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
 
     async def _manifest(self, request: web.Request, repo: str, ref: str) -> web.Response:

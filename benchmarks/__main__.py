@@ -1,0 +1,112 @@
+"""``python -m benchmarks [--smoke] [--reps N] [--out DIR]``: run every scenario, write the report.
+
+Exit status: 0 when every measurement could be taken (targets may still be missed: they are
+results, not errors); 1 when a scenario failed for some system (see the notes in the report);
+2 when the lab itself could not be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from benchmarks import scenarios, startup
+from benchmarks.content import PushError
+from benchmarks.lab import Lab, Plan
+from benchmarks.load import download_executor
+from benchmarks.machine import this_machine
+from benchmarks.measurement import Row
+from benchmarks.processes import ChildError
+from benchmarks.report import chart, markdown
+
+DEFAULT_REPS = 5
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="cachesvc vs the distribution registry's proxy mode vs nginx, on loopback.",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one repetition (for make test)"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=None, help=f"repetitions per scenario (default {DEFAULT_REPS})"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where latest.md and latest.png go"
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="copy the children's logs here at the end"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        help="run only the named scenario (repeatable): "
+        "warm, cold, herd, manifests, containerd, memory, store",
+    )
+    return parser.parse_args(argv)
+
+
+async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) -> list[Row]:
+    asyncio.get_running_loop().set_default_executor(download_executor())
+    async with Lab.open(plan, logs) as lab:
+        runs: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
+            ("warm", lambda: scenarios.warm_blob(lab, reps)),
+            ("cold", lambda: scenarios.cold_blob(lab, reps)),
+            ("herd", lambda: scenarios.thundering_herd(lab, reps)),
+            ("manifests", lambda: scenarios.manifest_rates(lab, reps)),
+            ("containerd", lambda: scenarios.containerd_fetch(lab, reps)),
+            ("memory", lambda: scenarios.peak_memory(lab)),
+            ("store", lambda: startup.store_scale(lab, reps)),
+        ]
+        rows: list[Row] = []
+        for name, run in runs:
+            if only is not None and name not in only:
+                continue
+            if name == "containerd" and not plan.containerd:
+                continue
+            started = time.perf_counter()
+            new_rows = await run()
+            print(f"[bench] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            rows.extend(new_rows)
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see the module docstring for the exit status."""
+    args = _arguments(argv)
+    plan = Plan.smoke() if args.smoke else Plan.full()
+    reps = args.reps if args.reps is not None else (1 if args.smoke else DEFAULT_REPS)
+    if reps < 1:
+        print("--reps must be at least 1", file=sys.stderr)
+        return 2
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+    machine = this_machine()
+    started = time.perf_counter()
+    try:
+        rows = asyncio.run(_run(plan, reps, set(args.only) if args.only else None, args.logs))
+    except (ChildError, PushError) as exc:
+        print(f"benchmark lab could not start: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    notes = [f"total run time {elapsed:.0f} s"]
+    if not plan.containerd:
+        notes.append("containerd scenario skipped in --smoke")
+    text = markdown(rows, machine, command.strip(), notes, reps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(text)
+    chart(rows, machine, args.out / "latest.png")
+    print(text)
+    return 1 if any(row.failures for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

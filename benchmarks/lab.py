@@ -1,0 +1,174 @@
+"""The lab: every system started side by side, the test content loaded, everything torn down.
+
+One ``Lab`` per run. ``Lab.open`` builds the images, starts the upstream registry, the
+distribution proxy, cachesvc (when it runs) and nginx; closing the lab stops every child
+and removes the work directory, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from benchmarks.access_log import count_requests
+from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
+from benchmarks.systems import (
+    Service,
+    cachesvc_unavailable_reason,
+    start_cachesvc,
+    start_nginx,
+    start_registry,
+)
+
+MIB = 1 << 20
+BIG_REPOSITORY = "bench/big"
+SMALL_REPOSITORY = "bench/small"
+INDEX_REPOSITORY = "bench/multiarch"
+COLD_REPOSITORY = "bench/cold"
+IMAGE_TAG = "latest"
+# The upstream logs a request when its response has finished; a cache may still be finishing
+# its upstream read when its last client is done.
+UPSTREAM_LOG_SETTLE_SECONDS = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Sizes and durations for one run (full or smoke)."""
+
+    blob_size: int
+    double_blob_size: int
+    clients: int
+    connections: int
+    rate_seconds: float
+    store_sizes: tuple[int, ...]
+    latency_samples: int
+    containerd: bool
+
+    @classmethod
+    def full(cls) -> Plan:
+        """The sizes issue 5 asks for."""
+        return cls(256 * MIB, 512 * MIB, 16, 32, 5.0, (1_000, 10_000, 100_000), 300, True)
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        """Tiny sizes so that the whole harness runs in well under a minute."""
+        return cls(4 * MIB, 8 * MIB, 16, 32, 1.0, (100, 1_000), 30, False)
+
+
+@dataclass(slots=True)
+class Lab:
+    """The running systems and the content they serve."""
+
+    plan: Plan
+    workdir: Path
+    layout: Layout
+    session: aiohttp.ClientSession
+    upstream: Service
+    distribution: Service
+    nginx: Service
+    cachesvc: Service | None
+    cachesvc_reason: str | None
+    big: Image
+    small: Image
+    index: Image
+
+    @property
+    def caches(self) -> list[Service]:
+        """The caches under comparison, cachesvc first when it runs: A B A B order."""
+        return [s for s in (self.cachesvc, self.distribution) if s is not None]
+
+    @staticmethod
+    def blob_url(service: Service, repository: str, digest: str) -> str:
+        """The OCI blob URL of ``digest`` on ``service``."""
+        return f"{service.url}/v2/{repository}/blobs/{digest}"
+
+    @staticmethod
+    def manifest_url(service: Service, repository: str, reference: str) -> str:
+        """The OCI manifest URL of a tag or digest on ``service``."""
+        return f"{service.url}/v2/{repository}/manifests/{reference}"
+
+    def nginx_url(self, blob: Descriptor) -> str:
+        """nginx serves the layout's ``blobs/`` directory: ``/sha256/<hex>``."""
+        return f"{self.nginx.url}/sha256/{blob.digest.removeprefix('sha256:')}"
+
+    async def cold_blob(self, size: int, repository: str = COLD_REPOSITORY) -> Descriptor:
+        """A blob nobody has fetched yet: written, pushed straight to the upstream, deleted here."""
+        blob = self.layout.layer(size)
+        try:
+            await upload_blob(self.session, self.upstream.url, repository, blob)
+        finally:
+            blob.path.unlink(missing_ok=True)
+        return blob
+
+    async def cold_image(self, repository: str, tag: str, layer_sizes: list[int]) -> Image:
+        """A fresh image pushed to the upstream; its layer files are then deleted here."""
+        image = self.layout.image(repository, tag, layer_sizes)
+        await push_image(self.session, self.upstream.url, image)
+        for layer in image.layers:
+            layer.path.unlink(missing_ok=True)
+        return image
+
+    async def upstream_gets(self, path: str) -> int:
+        """How many GETs of ``path`` the upstream registry has answered (from its access log)."""
+        await asyncio.sleep(UPSTREAM_LOG_SETTLE_SECONDS)
+        return count_requests(self.upstream.child.log_path, "GET", path)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, plan: Plan, log_dir: Path | None = None) -> AsyncIterator[Lab]:
+        """Start everything; on exit stop every child and remove the work directory."""
+        workdir = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
+        services: list[Service] = []
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+                layout = Layout(workdir / "layout")
+                upstream = start_registry("upstream", workdir, access_log=True)
+                services.append(upstream)
+                distribution = start_registry("distribution", workdir, remote_url=upstream.url)
+                services.append(distribution)
+                nginx = start_nginx(workdir, layout.root / "blobs")
+                services.append(nginx)
+                reason = cachesvc_unavailable_reason()
+                cachesvc = None
+                if reason is None:
+                    cachesvc = start_cachesvc(workdir, upstream)
+                    services.append(cachesvc)
+                half = plan.blob_size
+                big = layout.image(BIG_REPOSITORY, IMAGE_TAG, [half, half])
+                small = layout.image(SMALL_REPOSITORY, IMAGE_TAG, [4096, 8192, 16384])
+                index = layout.index(INDEX_REPOSITORY, IMAGE_TAG, ["amd64", "arm64"], 4096)
+                for image in (big, small, index):
+                    await push_image(session, upstream.url, image)
+                yield cls(
+                    plan=plan,
+                    workdir=workdir,
+                    layout=layout,
+                    session=session,
+                    upstream=upstream,
+                    distribution=distribution,
+                    nginx=nginx,
+                    cachesvc=cachesvc,
+                    cachesvc_reason=reason,
+                    big=big,
+                    small=small,
+                    index=index,
+                )
+        finally:
+            for service in reversed(services):
+                service.stop()
+            if log_dir is not None:
+                _keep_logs(workdir, log_dir)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep_logs(workdir: Path, log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for log in workdir.glob("*.log"):
+        shutil.copyfile(log, log_dir / log.name)

@@ -1,0 +1,126 @@
+"""Render the results: a markdown table (printed and written) and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.machine import Machine
+from benchmarks.measurement import BASELINE, SYSTEMS, Row, Target
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def _verdict(target: Target) -> str:
+    met = target.met
+    value = _number(target.value)
+    if met is None:
+        return f"{target.label}: not measured"
+    return f"{target.label}: {value} {'✅ met' if met else '❌ missed'}"
+
+
+def markdown(rows: list[Row], machine: Machine, command: str, notes: list[str], reps: int) -> str:
+    """The results as a markdown document."""
+    systems = [s for s in SYSTEMS if any(r.values.get(s) is not None for r in rows)]
+    if "cachesvc" not in systems:
+        systems.insert(0, "cachesvc")
+    lines = [
+        "# cachesvc benchmark results",
+        "",
+        f"- machine: {machine.describe()}",
+        f"- command: `{command}`",
+        f"- repetitions: {reps} per scenario and system, interleaved; values are medians",
+        f"- baseline: the distribution registry in proxy mode ({BASELINE}); "
+        "ratio = cachesvc / baseline",
+        "",
+        "| scenario | metric | "
+        + " | ".join(systems)
+        + " | ratio vs baseline | targets (value: met?) |",
+        "|---|---|" + "---:|" * len(systems) + "---:|---|",
+    ]
+    for row in rows:
+        cells = [_number(row.values.get(s)) for s in systems]
+        verdicts = "<br>".join(_verdict(t) for t in row.targets) or "-"
+        if row.note:
+            verdicts += f"<br>_{_cell(row.note)}_"
+        for failure in row.failures:
+            verdicts += f"<br>**failed:** {_cell(failure)}"
+        lines.append(
+            f"| {row.scenario} | {row.metric} ({row.unit}) | "
+            + " | ".join(cells)
+            + f" | {_number(row.ratio())} | {verdicts} |"
+        )
+    met = [t.met for r in rows for t in r.targets]
+    lines += [
+        "",
+        f"Targets met: {met.count(True)}; missed: {met.count(False)}; "
+        f"not measured: {met.count(None)}.",
+    ]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], machine: Machine, path: Path) -> None:
+    """Two panels: each system relative to the baseline, and how far each target is met."""
+    import matplotlib  # benchmark-only dependency: imported when drawing
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # only after selecting the Agg backend
+
+    compared = [r for r in rows if r.values.get(BASELINE)]
+    targets = [(r, t) for r in rows for t in r.targets]
+    height = max(4.0, 0.35 * max(len(compared) * 2, len(targets)) + 1.5)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(16, height))
+
+    labels = [f"{r.scenario}\n{r.metric}" for r in compared]
+    others = [s for s in SYSTEMS if s != BASELINE]
+    bar = 0.8 / max(1, len(others))
+    for k, system in enumerate(others):
+        ys = [i + (k - (len(others) - 1) / 2) * bar for i in range(len(compared))]
+        widths = [r.ratio(system) or 0.0 for r in compared]
+        left.barh(ys, widths, height=bar, label=system)
+    left.axvline(1.0, color="black", linewidth=1, linestyle="--", label=f"{BASELINE} = 1")
+    left.set_yticks(range(len(compared)), labels, fontsize=7)
+    left.invert_yaxis()
+    left.set_xscale("log")
+    left.set_xlabel("median relative to the distribution proxy (log scale)")
+    left.set_title("Each system vs the baseline")
+    left.legend(fontsize=8, loc="lower right")
+
+    scores = [t.score for _, t in targets]
+    colors = [
+        "grey" if t.met is None else ("tab:green" if t.met else "tab:red") for _, t in targets
+    ]
+    right.barh(
+        range(len(targets)),
+        [min(s, 100.0) if s is not None else 0.0 for s in scores],
+        color=colors,
+    )
+    right.axvline(1.0, color="black", linewidth=1, linestyle="--", label="target")
+    right.set_yticks(
+        range(len(targets)), [f"{r.scenario}: {t.label}" for r, t in targets], fontsize=7
+    )
+    right.invert_yaxis()
+    right.set_xscale("log")
+    right.set_xlabel("achieved / required (>= 1 means met; grey = not measured)")
+    right.set_title("cachesvc targets")
+    right.legend(fontsize=8, loc="lower right")
+
+    fig.suptitle(f"cachesvc benchmarks — {machine.describe()}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

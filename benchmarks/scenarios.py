@@ -1,0 +1,352 @@
+"""The scenarios of issue 5, each measured for every system in the same run.
+
+Every scenario repeats its measurement ``reps`` times, interleaving the systems (A B A B ...),
+and reports medians. A system that fails a measurement is reported as missing, with the error
+in the notes, rather than stopping the run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from benchmarks.containerd import Containerd, containerd_unavailable_reason
+from benchmarks.content import MANIFEST_ACCEPT
+from benchmarks.lab import BIG_REPOSITORY, COLD_REPOSITORY, IMAGE_TAG, SMALL_REPOSITORY, Lab
+from benchmarks.load import download, download_together, request_rate
+from benchmarks.machine import sha256_mib_per_second
+from benchmarks.measurement import Row, Target, median, ratio
+from benchmarks.memory import peak_rss_mib, reset_peak_rss
+from benchmarks.systems import Service
+
+MIB = 1 << 20
+RATE_MULTIPLE = 10.0
+RSS_LIMIT_MIB = 150.0
+RSS_FLAT_FACTOR = 1.25
+
+
+@dataclass(slots=True)
+class Samples:
+    """Per-system samples of one quantity, plus the failures met while taking them."""
+
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    failures: list[str] = field(default_factory=list)
+    remarks: list[str] = field(default_factory=list)
+
+    async def take(self, system: str, measure: Callable[[], Awaitable[float]]) -> None:
+        """Run one measurement; a failure is recorded, not raised."""
+        value = await self.check(system, measure)
+        if value is not None:
+            self.values[system].append(value)
+
+    async def check(self, system: str, action: Callable[[], Awaitable[float]]) -> float | None:
+        """Run a step that is not a sample (a warm-up); record a failure, return the value."""
+        try:
+            return await action()
+        except Exception as exc:  # one system's failure must not end the run
+            self.failures.append(f"{system}: {type(exc).__name__}: {exc}"[:500])
+            return None
+
+    def medians(self) -> dict[str, float | None]:
+        """The median per system."""
+        return {system: median(samples) for system, samples in self.values.items()}
+
+
+def _note(lab: Lab) -> str:
+    return f"cachesvc unavailable: {lab.cachesvc_reason}" if lab.cachesvc is None else ""
+
+
+def _failures(*samples: Samples) -> list[str]:
+    return [failure for s in samples for failure in s.failures]
+
+
+async def warm_blob(lab: Lab, reps: int) -> list[Row]:
+    """One client downloads an already-cached blob; nginx serves the same file from disk."""
+    blob = lab.big.layers[0]
+    urls = {s.name: lab.blob_url(s, BIG_REPOSITORY, blob.digest) for s in lab.caches}
+    urls["nginx"] = lab.nginx_url(blob)
+    samples = Samples()
+    for name, url in urls.items():
+        await samples.check(name, partial(_mib_per_second, url, blob.size))
+    for _ in range(reps):
+        for name, url in urls.items():
+            await samples.take(name, partial(_mib_per_second, url, blob.size))
+    values = samples.medians()
+    cachesvc = values.get("cachesvc")
+    return [
+        Row(
+            f"warm blob {_size(blob.size)}, 1 client",
+            "throughput",
+            "MiB/s",
+            values,
+            [
+                Target(
+                    ">= 1.0 x distribution", ratio(cachesvc, values.get("distribution")), ">=", 1.0
+                ),
+                Target(">= 0.8 x nginx", ratio(cachesvc, values.get("nginx")), ">=", 0.8),
+            ],
+            _note(lab),
+            failures=_failures(samples),
+        )
+    ]
+
+
+async def cold_blob(lab: Lab, reps: int) -> list[Row]:
+    """One client downloads a blob no cache has seen (a fresh blob per system and repetition)."""
+    size = lab.plan.blob_size
+    samples = Samples()
+    # The ceiling is measured while the machine is otherwise idle, before any cold transfer.
+    samples.values["sha256"] = [sha256_mib_per_second(size) for _ in range(max(3, reps))]
+    for _ in range(reps):
+        for service in lab.caches:
+            blob = await lab.cold_blob(size)
+            url = lab.blob_url(service, COLD_REPOSITORY, blob.digest)
+            await samples.take(service.name, partial(_mib_per_second, url, size))
+    values = samples.medians()
+    cachesvc = values.get("cachesvc")
+    return [
+        Row(
+            f"cold blob {_size(size)}, 1 client",
+            "throughput",
+            "MiB/s",
+            values,
+            [
+                Target(
+                    ">= 1.0 x distribution", ratio(cachesvc, values.get("distribution")), ">=", 1.0
+                ),
+                Target(">= 0.8 x sha256 ceiling", ratio(cachesvc, values.get("sha256")), ">=", 0.8),
+            ],
+            _note(lab),
+            failures=_failures(samples),
+        )
+    ]
+
+
+async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
+    """``clients`` clients start the same cold blob together; count upstream GETs, time all."""
+    size, clients = lab.plan.blob_size, lab.plan.clients
+    gets, wall = Samples(), Samples()
+    for _ in range(reps):
+        for service in lab.caches:
+            blob = await lab.cold_blob(size)
+            url = lab.blob_url(service, COLD_REPOSITORY, blob.digest)
+            path = f"/v2/{COLD_REPOSITORY}/blobs/{blob.digest}"
+
+            async def together(url: str = url) -> float:
+                seconds, _ = await download_together([url] * clients, size)
+                return seconds
+
+            await wall.take(service.name, together)
+
+            async def upstream_gets(path: str = path) -> float:
+                return float(await lab.upstream_gets(path))
+
+            await gets.take(service.name, upstream_gets)
+    scenario = f"{clients} clients, same cold blob {_size(size)}"
+    get_values, wall_values = gets.medians(), wall.medians()
+    return [
+        Row(
+            scenario,
+            "upstream GETs",
+            "count",
+            get_values,
+            [Target("exactly 1", get_values.get("cachesvc"), "==", 1.0)],
+            _note(lab),
+            failures=_failures(gets),
+        ),
+        Row(
+            scenario,
+            "wall time, all clients",
+            "s",
+            wall_values,
+            [
+                Target(
+                    "<= 0.6 x distribution",
+                    ratio(wall_values.get("cachesvc"), wall_values.get("distribution")),
+                    "<=",
+                    0.6,
+                )
+            ],
+            _note(lab),
+            failures=_failures(wall),
+        ),
+    ]
+
+
+async def manifest_rates(lab: Lab, reps: int) -> list[Row]:
+    """``connections`` keep-alive connections ask for a manifest by digest, then by tag."""
+    plan = lab.plan
+    rows: list[Row] = []
+    headers = {"Accept": MANIFEST_ACCEPT}
+    for label, reference in (
+        ("by digest, warm", lab.small.manifest.digest),
+        ("by tag, within TTL", IMAGE_TAG),
+    ):
+        rates, p99s = Samples(), Samples()
+        urls = {s.name: lab.manifest_url(s, SMALL_REPOSITORY, reference) for s in lab.caches}
+        for name, url in urls.items():
+            await rates.check(name, partial(_get_ok, lab, url))
+        for _ in range(reps):
+            for name, url in urls.items():
+                try:
+                    rate = await request_rate(url, plan.connections, plan.rate_seconds, headers)
+                except Exception as exc:  # recorded; the run goes on
+                    rates.failures.append(f"{name}: {exc}"[:500])
+                    continue
+                if rate.non_2xx or rate.errors:
+                    # The baseline's own errors under load are a result; ours are a failure.
+                    problems = rates.failures if name == "cachesvc" else rates.remarks
+                    problems.append(
+                        f"{name}: {rate.non_2xx} non-2xx responses, {rate.errors} socket errors"
+                    )
+                rates.values[name].append(rate.requests_per_second)
+                p99s.values[name].append(rate.p99_ms)
+        scenario = f"manifest {label}, {plan.connections} connections"
+        values = rates.medians()
+        rows.append(
+            Row(
+                scenario,
+                "requests/s",
+                "req/s",
+                values,
+                [
+                    Target(
+                        f">= {RATE_MULTIPLE:.0f} x distribution",
+                        ratio(values.get("cachesvc"), values.get("distribution")),
+                        ">=",
+                        RATE_MULTIPLE,
+                    )
+                ],
+                "; ".join(filter(None, [_note(lab), *rates.remarks])),
+                failures=_failures(rates),
+            )
+        )
+        if label.startswith("by digest"):
+            rows.append(Row(scenario, "p99 latency", "ms", p99s.medians()))
+    return rows
+
+
+async def containerd_fetch(lab: Lab, reps: int) -> list[Row]:
+    """``ctr content fetch`` of a fresh 2-layer image through each cache, cold and then warm."""
+    size = lab.plan.blob_size
+    scenario = f"containerd fetch, {_size(2 * size)} image"
+    reason = containerd_unavailable_reason()
+    cold, warm = Samples(), Samples()
+    if reason is None:
+        counter = 0
+        for _ in range(reps):
+            for service in lab.caches:
+                counter += 1
+                repository = f"bench/ctr-{counter}"
+                await lab.cold_image(repository, IMAGE_TAG, [size, size])
+                reference = f"{service.host}/{repository}:{IMAGE_TAG}"
+                await cold.take(service.name, partial(_ctr_fetch, lab, reference))
+                await warm.take(service.name, partial(_ctr_fetch, lab, reference))
+    rows = []
+    for label, samples in (("cold cache", cold), ("warm cache", warm)):
+        values = samples.medians()
+        note = _note(lab) if reason is None else f"skipped: {reason}"
+        rows.append(
+            Row(
+                scenario,
+                f"time, {label}",
+                "s",
+                values,
+                [
+                    Target(
+                        "<= 1.0 x distribution",
+                        ratio(values.get("cachesvc"), values.get("distribution")),
+                        "<=",
+                        1.0,
+                    )
+                ],
+                note,
+                failures=_failures(samples),
+            )
+        )
+    return rows
+
+
+async def peak_memory(lab: Lab) -> list[Row]:
+    """Peak RSS of each cache during ``clients`` concurrent transfers: mostly hits, one fill."""
+    plan = lab.plan
+    by_size: dict[int, Samples] = {}
+    for size in (plan.blob_size, plan.double_blob_size):
+        samples = by_size[size] = Samples()
+        hit = lab.big.layers[0] if size == plan.blob_size else await lab.cold_blob(size)
+        fillers = max(1, plan.clients // 4)
+        for service in lab.caches:
+            hit_url = lab.blob_url(
+                service, BIG_REPOSITORY if size == plan.blob_size else COLD_REPOSITORY, hit.digest
+            )
+            await samples.check(service.name, partial(_mib_per_second, hit_url, size))
+            fill = await lab.cold_blob(size)
+            fill_url = lab.blob_url(service, COLD_REPOSITORY, fill.digest)
+            urls = [hit_url] * (plan.clients - fillers) + [fill_url] * fillers
+            await samples.take(service.name, partial(_peak_during, service, urls, size))
+    rows = []
+    low, high = by_size[plan.blob_size].medians(), by_size[plan.double_blob_size].medians()
+    for size, values in ((plan.blob_size, low), (plan.double_blob_size, high)):
+        targets = [Target(f"< {RSS_LIMIT_MIB:.0f} MiB", values.get("cachesvc"), "<", RSS_LIMIT_MIB)]
+        if size == plan.double_blob_size:
+            targets.append(
+                Target(
+                    f"flat: <= {RSS_FLAT_FACTOR} x the {_size(plan.blob_size)} peak",
+                    ratio(values.get("cachesvc"), low.get("cachesvc")),
+                    "<=",
+                    RSS_FLAT_FACTOR,
+                )
+            )
+        rows.append(
+            Row(
+                f"{plan.clients} concurrent {_size(size)} transfers",
+                "daemon peak RSS",
+                "MiB",
+                values,
+                targets,
+                _note(lab) or "1 run (peak memory is not timing noise)",
+                failures=_failures(by_size[size]),
+            )
+        )
+    return rows
+
+
+async def _peak_during(service: Service, urls: list[str], size: int) -> float:
+    if not reset_peak_rss(service.child.pid):
+        raise RuntimeError("cannot reset VmHWM (clear_refs refused)")
+    await download_together(urls, size)
+    return peak_rss_mib(service.child.pid)
+
+
+async def _mib_per_second(url: str, size: int) -> float:
+    return (await download(url, size)).mib_per_second
+
+
+async def _get_ok(lab: Lab, url: str, attempts: int = 3) -> float:
+    # A few attempts: the distribution proxy sometimes answers a tag with 404 or 500 while
+    # another request rewrites the same tag link in its storage.
+    status = 0
+    for _ in range(attempts):
+        async with lab.session.get(url, headers={"Accept": MANIFEST_ACCEPT}) as response:
+            await response.read()
+            status = response.status
+        if status == 200:
+            return 0.0
+    raise RuntimeError(f"GET {url}: {status} after {attempts} attempts")
+
+
+async def _ctr_fetch(lab: Lab, reference: str) -> float:
+    daemon = Containerd(Path(tempfile.mkdtemp(prefix="ctrd-", dir=lab.workdir)))
+    try:
+        await daemon.wait_ready()
+        return await daemon.fetch_seconds(reference)
+    finally:
+        daemon.stop()
+
+
+def _size(size: int) -> str:
+    return f"{size // MIB} MiB" if size >= MIB else f"{size // 1024} KiB"

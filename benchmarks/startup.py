@@ -1,0 +1,131 @@
+"""Store scale: cachesvc start-up time and hit latency with 1k, 10k and 100k stored blobs.
+
+The storage root is filled by writing files directly in cachesvc's layout, which
+``cachesvc/store.py`` documents: ``<root>/blobs/sha256/<first two hex>/<hex>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from benchmarks.lab import Lab
+from benchmarks.load import median_latency_ms
+from benchmarks.measurement import Row, Target, median, ratio
+from benchmarks.processes import Child
+from benchmarks.systems import spawn_cachesvc, write_cachesvc_config
+
+STARTUP_LIMIT_SECONDS = 2.0
+LATENCY_FLAT_FACTOR = 1.5
+BLOB_BYTES = 512
+STORE_REPOSITORY = "bench/store"
+
+
+def populate(root: Path, count: int) -> str:
+    """Write ``count`` distinct small blobs under ``root``; return one digest to ask for."""
+    blobs = root / "blobs" / "sha256"
+    salt = os.urandom(16)
+    made: set[str] = set()
+    last = ""
+    for n in range(count):
+        data = salt + n.to_bytes(8, "big") + bytes(BLOB_BYTES - 24)
+        hexdigest = hashlib.sha256(data).hexdigest()
+        directory = blobs / hexdigest[:2]
+        if hexdigest[:2] not in made:
+            directory.mkdir(parents=True, exist_ok=True)
+            made.add(hexdigest[:2])
+        (directory / hexdigest).write_bytes(data)
+        last = hexdigest
+    return f"sha256:{last}"
+
+
+async def store_scale(lab: Lab, reps: int) -> list[Row]:
+    """Start cachesvc on pre-filled storage roots of growing size; time readiness and hits.
+
+    Each root is filled once; the starts are repeated ``reps`` times, sizes interleaved.
+    """
+    sizes = lab.plan.store_sizes
+    largest = max(sizes)
+    startup_samples: dict[int, list[float]] = {count: [] for count in sizes}
+    latency_samples: dict[int, list[float]] = {count: [] for count in sizes}
+    failures: list[str] = []
+    note = "page cache warm (the files were just written)"
+    if lab.cachesvc is None:
+        note = f"cachesvc unavailable: {lab.cachesvc_reason}"
+    else:
+        roots = {count: _filled_root(lab, count) for count in sizes}
+        for rep in range(reps):
+            for count in sizes:
+                try:
+                    seconds, hit_ms = await _measure(lab, count, rep, *roots[count])
+                except Exception as exc:  # one size failing must not end the run
+                    failures.append(f"{count} blobs: {type(exc).__name__}: {exc}"[:500])
+                    continue
+                startup_samples[count].append(seconds)
+                latency_samples[count].append(hit_ms)
+    startup = {count: median(startup_samples[count]) for count in sizes}
+    latency = {count: median(latency_samples[count]) for count in sizes}
+    rows = []
+    for count in sizes:
+        targets = []
+        if count == largest:
+            targets.append(
+                Target(
+                    f"< {STARTUP_LIMIT_SECONDS:.0f} s", startup[count], "<", STARTUP_LIMIT_SECONDS
+                )
+            )
+        rows.append(
+            Row(
+                f"store with {count:,} blobs",
+                "start-up time",
+                "s",
+                {"cachesvc": startup[count]},
+                targets,
+                note,
+            )
+        )
+    for count in sizes:
+        targets = []
+        if count == largest:
+            targets.append(
+                Target(
+                    f"flat: <= {LATENCY_FLAT_FACTOR} x the {min(sizes):,}-blob latency",
+                    ratio(latency[count], latency[min(sizes)]),
+                    "<=",
+                    LATENCY_FLAT_FACTOR,
+                )
+            )
+        rows.append(
+            Row(
+                f"store with {count:,} blobs",
+                "hit latency (median, 1 connection)",
+                "ms",
+                {"cachesvc": latency[count]},
+                targets,
+                note,
+                failures,
+            )
+        )
+    return rows
+
+
+def _filled_root(lab: Lab, count: int) -> tuple[Path, str]:
+    root = lab.workdir / f"store-{count}"
+    return root, populate(root, count)
+
+
+async def _measure(lab: Lab, count: int, rep: int, root: Path, digest: str) -> tuple[float, float]:
+    name = f"cachesvc-store-{count}-{rep}"
+    config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.upstream)
+    started = time.perf_counter()
+    child: Child = spawn_cachesvc(lab.workdir, name, config)
+    try:
+        child.wait_http(f"http://127.0.0.1:{admin_port}/readyz", timeout=120.0)
+        seconds = time.perf_counter() - started
+        url = f"http://127.0.0.1:{port}/v2/{STORE_REPOSITORY}/blobs/{digest}"
+        latency = await median_latency_ms(lab.session, url, lab.plan.latency_samples)
+    finally:
+        child.stop()
+    return seconds, latency

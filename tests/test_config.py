@@ -1,0 +1,164 @@
+"""Configuration: the contract keys, defaults, and one clear error per kind of mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cachesvc.config import (
+    ListenAddress,
+    default_config,
+    parse_duration,
+    parse_size,
+    parse_yaml,
+)
+from cachesvc.errors import ConfigError
+
+CONTRACT = """
+listen: "127.0.0.1:5000"
+admin:
+  listen: "127.0.0.1:5050"
+storage:
+  root: "/var/lib/cachesvc"
+default_registry: "docker.io"
+registries:
+  docker.io:
+    endpoints: ["https://registry-1.docker.io"]
+    tag_ttl: "60s"
+  "127.0.0.1:5001":
+    endpoints: ["http://127.0.0.1:5001"]
+"""
+
+
+def test_the_design_contract_parses_as_written() -> None:
+    config = parse_yaml(CONTRACT)
+    assert config.listen == ListenAddress("127.0.0.1", 5000)
+    assert config.admin.listen == ListenAddress("127.0.0.1", 5050)
+    assert config.storage.root == Path("/var/lib/cachesvc")
+    assert config.default_registry == "docker.io"
+    assert config.registries["docker.io"].endpoints == ("https://registry-1.docker.io",)
+    assert config.registries["docker.io"].tag_ttl == 60
+    assert config.registries["127.0.0.1:5001"].tag_ttl == 60  # the documented default
+
+
+def test_embedded_default_mirrors_the_big_public_registries() -> None:
+    config = default_config()
+    assert set(config.registries) == {"docker.io", "ghcr.io", "quay.io", "registry.k8s.io"}
+    assert str(config.listen) == "127.0.0.1:5000"
+    assert str(config.admin.listen) == "127.0.0.1:5050"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("listen: 5000\nregistries: {r.io: {endpoints: ['https://r.io']}}", "listen"),
+        ("listen: 'x:99999'\nregistries: {r.io: {endpoints: ['https://r.io']}}", "listen"),
+        ("listen: 'example.com:80'\nregistries: {r.io: {endpoints: ['https://r.io']}}", "listen"),
+        ("registries: {}", "registries"),
+        ("registries: {r.io: {endpoints: []}}", "registries.r.io.endpoints"),
+        ("registries: {r.io: {endpoints: ['ftp://r.io']}}", "registries.r.io.endpoints[0]"),
+        ("registries: {r.io: {endpoints: ['https://u:p@r.io']}}", "registries.r.io.endpoints[0]"),
+        ("registries: {r.io: {endpoints: ['https://r.io'], tag_ttl: soon}}", "registries.r.io.tag_ttl"),
+        ("registries: {r.io: {endpoints: ['https://r.io'], tagttl: 5s}}", "registries.r.io.tagttl"),
+        ("registries: {'bad host!': {endpoints: ['https://r.io']}}", "registries.bad host!"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\ndefault_registry: x.io", "default_registry"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\nstorage: {max_size: -1}", "storage.max_size"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\nstorage: {root: ''}", "storage.root"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\ntimeouts: {connect: 0s}", "timeouts.connect"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\nlog: {level: loud}", "log.level"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\nevent_loop: trio", "event_loop"),
+        ("registries: {r.io: {endpoints: ['https://r.io']}}\nlisten_addr: ':1'", "listen_addr"),
+        ("- a\n- b", ""),
+        ("registries: [", ""),
+    ],
+)
+def test_each_mistake_names_its_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_yaml(text)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60s", 60), ("5m", 300), ("1h30m", 5400), ("7d", 604800), ("250ms", 0.25), (10, 10)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "k") == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("50GiB", 50 * 2**30), ("500MB", 500 * 10**6), (1024, 1024)])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text, "k") == size
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cachesvc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def test_invalid_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("registries: {r.io: {endpoints: ['https://r.io'], tag_ttl: soon}}\n")
+    result = run_cli("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "registries.r.io.tag_ttl" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_from_environment(tmp_path: Path) -> None:
+    good = tmp_path / "c.yaml"
+    good.write_text(CONTRACT)
+    import os
+
+    result = run_cli("check-config", env={**os.environ, "CACHESVC_CONFIG": str(good)})
+    assert result.returncode == 0, result.stderr
+    assert "2 registries" in result.stdout
+
+
+def test_unknown_cli_flag_is_usage_error() -> None:
+    result = run_cli("serve", "--bogus")
+    assert result.returncode == 2
+    assert "usage" in result.stderr
+
+
+def test_containerd_config_writes_hosts_toml(tmp_path: Path) -> None:
+    good = tmp_path / "c.yaml"
+    good.write_text(CONTRACT)
+    result = run_cli("containerd-config", "--config", str(good), "--write", str(tmp_path / "certs.d"))
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "certs.d" / "docker.io" / "hosts.toml").read_text()
+    assert 'server = "https://registry-1.docker.io"' in text
+    assert '[host."http://127.0.0.1:5000"]' in text
+    assert 'capabilities = ["pull", "resolve"]' in text
+    assert (tmp_path / "certs.d" / "127.0.0.1:5001" / "hosts.toml").exists()
+
+
+def test_storage_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"listen: '127.0.0.1:0'\nadmin: {{listen: '127.0.0.1:0'}}\nstorage: {{root: '{blocker}'}}\n"
+        "registries: {r.io: {endpoints: ['https://r.io']}}\ndefault_registry: r.io\n"
+    )
+    result = run_cli("serve", "--config", str(cfg))
+    assert result.returncode == 1
+    assert "cannot use storage root" in result.stderr
+    assert "Traceback" not in result.stderr

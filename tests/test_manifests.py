@@ -1,0 +1,179 @@
+"""Manifest path: exact bytes, tag cache per Accept set, HEAD revalidation, stale serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+
+from cachesvc.app import Daemon
+from cachesvc.oci import Digest
+from tests.fakes.registry import FakeRegistry
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
+CONTAINERD_ACCEPT = (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*"
+)
+
+
+def url(daemon: Daemon, ref: str, repo: str = "team/app") -> str:
+    return f"{daemon.mirror_url}/v2/{repo}/manifests/{ref}?ns=fake.test"
+
+
+async def test_by_tag_serves_exact_bytes_and_media_type(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    # Unusual whitespace: re-serialising would change the digest.
+    body = b'{ "schemaVersion" : 2,\n  "mediaType": "%s", "layers": [] }' % DOCKER.encode()
+    digest = fake.add_manifest("team/app", "v1", body, DOCKER)
+    for method in ("GET", "HEAD"):
+        async with http.request(method, url(mirror, "v1"), headers={"Accept": CONTAINERD_ACCEPT}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == DOCKER
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert resp.headers["Content-Length"] == str(len(body))
+            assert resp.headers["OCI-Namespace"] == "fake.test"
+            assert await resp.read() == (body if method == "GET" else b"")
+
+
+async def test_tag_within_ttl_is_answered_from_cache(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    fake.add_image("team/app", "v1", [b"layer"])
+    for _ in range(5):
+        async with http.get(url(mirror, "v1"), headers={"Accept": CONTAINERD_ACCEPT}) as resp:
+            assert resp.status == 200
+    assert fake.count("GET", "/manifests/v1") == 1
+    assert fake.count("HEAD", "/manifests/") == 0
+
+
+async def test_tag_cache_is_keyed_by_accept_set(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    fake.add_image("team/app", "v1", [b"layer"])
+    for accept in (OCI, DOCKER, OCI):
+        async with http.get(url(mirror, "v1"), headers={"Accept": accept}) as resp:
+            assert resp.status == 200
+    assert fake.count("GET", "/manifests/v1") == 2
+
+
+async def test_expired_tag_is_revalidated_with_head_and_follows_a_moved_tag(
+    fake: FakeRegistry,
+    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    http: aiohttp.ClientSession,
+) -> None:
+    first, _ = fake.add_image("team/app", "v1", [b"one"])
+    async with start_daemon(
+        {"fake.test": [fake.url]}, **{"registry:fake.test": {"tag_ttl": "0s"}}
+    ) as daemon:
+        async with http.get(url(daemon, "v1")) as resp:
+            assert resp.headers["Docker-Content-Digest"] == first
+        async with http.get(url(daemon, "v1")) as resp:
+            assert resp.headers["Docker-Content-Digest"] == first
+        assert fake.count("GET", "/manifests/v1") == 1
+        assert fake.count("HEAD", "/manifests/v1") == 1
+        moved, _ = fake.add_image("team/app", "v1", [b"two"])
+        async with http.get(url(daemon, "v1")) as resp:
+            assert resp.headers["Docker-Content-Digest"] == moved
+        assert fake.count("GET", "/manifests/v1") == 2
+
+
+async def test_stale_tag_is_served_when_upstream_fails(
+    fake: FakeRegistry,
+    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    http: aiohttp.ClientSession,
+) -> None:
+    digest, _ = fake.add_image("team/app", "v1", [b"one"])
+    async with start_daemon(
+        {"fake.test": [fake.url]}, **{"registry:fake.test": {"tag_ttl": "0s"}}
+    ) as daemon:
+        async with http.get(url(daemon, "v1")) as resp:
+            assert resp.status == 200
+        fake.faults.status = 503
+        async with http.get(url(daemon, "v1")) as resp:
+            assert resp.status == 200
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert "stale" in resp.headers["Warning"]
+        async with http.get(url(daemon, "v2")) as resp:
+            assert resp.status == 502  # never seen: a clear gateway error, not a hang
+
+
+async def test_by_digest_is_verified_and_cached(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest, _ = fake.add_image("team/app", "v1", [b"one"])
+    for _ in range(3):
+        async with http.get(url(mirror, digest)) as resp:
+            assert resp.status == 200
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert resp.headers["Content-Type"] == OCI
+    assert fake.count("GET", f"/manifests/{digest}") == 1
+
+
+async def test_manifest_whose_bytes_do_not_match_its_digest_is_refused(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    wrong = "sha256:" + "0" * 64
+    fake.manifests[f"team/app@{wrong}"] = (OCI, b'{"schemaVersion":2}')
+    async with http.get(url(mirror, wrong)) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
+    assert mirror.parts.store.get_manifest(Digest.parse(wrong)) is None
+
+
+async def test_unknown_manifest_is_404(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(url(mirror, "nope")) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+async def test_concurrent_cold_tag_requests_share_one_upstream_get(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    fake.add_image("team/app", "v1", [b"one"])
+    fake.faults.manifest_delay = 0.2
+
+    async def get() -> int:
+        async with http.get(url(mirror, "v1")) as resp:
+            await resp.read()
+            return resp.status
+
+    assert await asyncio.gather(*(get() for _ in range(30))) == [200] * 30
+    assert fake.count("GET", "/manifests/v1") == 1
+
+
+async def test_tags_list_pages_route_back_through_the_mirror(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    for tag in ("a", "b", "c"):
+        fake.add_image("team/app", tag, [tag.encode()])
+    seen: list[str] = []
+    next_url: str | None = f"{mirror.mirror_url}/v2/team/app/tags/list?n=2&ns=fake.test"
+    while next_url is not None:
+        async with http.get(next_url) as resp:
+            assert resp.status == 200
+            seen += json.loads(await resp.read())["tags"]
+            link = resp.headers.get("Link")
+        next_url = None
+        if link:
+            assert "ns=fake.test" in link
+            next_url = mirror.mirror_url + link[link.index("<") + 1 : link.index(">")]
+    assert seen == ["a", "b", "c"]
+
+
+async def test_referrers_without_upstream_support_is_an_empty_index(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = "sha256:" + "1" * 64
+    async with http.get(f"{mirror.mirror_url}/v2/team/app/referrers/{digest}?ns=fake.test") as resp:
+        assert resp.status == 200
+        body = await resp.json(content_type=None)
+        assert body["manifests"] == []
