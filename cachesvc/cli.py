@@ -3,6 +3,15 @@
 cachesvc serve [--config FILE]             run the daemon (CACHESVC_CONFIG works too)
 cachesvc check-config [--config FILE]      validate a configuration and print it
 cachesvc containerd-config [--write DIR]   print or write hosts.toml for every registry
+cachesvc prewarm REF... [--file F] [--platform P ...] [--pin] [--admin URL] [--token-file F]
+                                           prewarm images with progress; exit 0 only if all did
+cachesvc status [--admin URL]              health summary from /metrics and /readyz
+cachesvc images [--registry R] [--repository R] [--pinned] [--json]
+                                           the inventory as a table
+
+The admin URL defaults to ``admin.listen`` of the configuration and the token to the
+content of ``admin.token_file`` (``--token-file`` or ``$CACHESVC_ADMIN_TOKEN_FILE``
+override it). Exit statuses of the admin commands are documented in adminclient.py.
 """
 
 from __future__ import annotations
@@ -16,6 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from cachesvc import __version__, logs
+from cachesvc.adminclient import (
+    AdminClient,
+    AdminUnavailable,
+    run_images,
+    run_prewarm,
+    run_status,
+)
 from cachesvc.config import Config, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
@@ -70,7 +86,92 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["containerd-config"].add_argument(
         "--mirror-url", metavar="URL", help="URL containerd should use (default: from listen)"
     )
+    _admin_commands(sub)
     return parser
+
+
+def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    prewarm = sub.add_parser(
+        "prewarm",
+        help="fetch images into the cache before a rollout",
+        description="Submit a prewarm job and follow it: a progress bar per image on a "
+        "terminal, plain lines otherwise. Exit 0 only if every image succeeded.",
+    )
+    prewarm.add_argument("refs", nargs="*", metavar="REF", help="image references")
+    prewarm.add_argument("--file", metavar="F", help="read references from F, one per line")
+    prewarm.add_argument("--platform", action="append", default=[], metavar="OS/ARCH",
+                         help="platform to fetch from an index (repeatable; default: the "
+                         "node's own)")  # fmt: skip
+    prewarm.add_argument("--pin", action="store_true", help="pin the images (no eviction)")
+    status = sub.add_parser("status", help="health summary: hit ratio, cache fill, upstreams")
+    images = sub.add_parser("images", help="list cached images")
+    images.add_argument("--registry", help="only this registry")
+    images.add_argument("--repository", help="only this repository")
+    images.add_argument("--pinned", action="store_true", help="only pinned images")
+    images.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for cmd in (prewarm, status, images):
+        cmd.add_argument("--config", metavar="FILE",
+                         help="configuration file for the defaults below")  # fmt: skip
+        cmd.add_argument("--admin", metavar="URL",
+                         help="admin listener URL (default: from admin.listen)")  # fmt: skip
+        cmd.add_argument("--token-file", metavar="F",
+                         help="admin token file (default: admin.token_file)")  # fmt: skip
+
+
+def _admin_client(args: argparse.Namespace, config: Config, *, token: bool) -> AdminClient:
+    address = config.admin.listen
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
+    url = args.admin or (
+        f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+    )
+    if not token:
+        return AdminClient(url.rstrip("/"), None)
+    path = args.token_file or os.environ.get("CACHESVC_ADMIN_TOKEN_FILE") or config.admin.token_file
+    secret = None
+    if path:
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None
+    return AdminClient(url.rstrip("/"), secret)
+
+
+def _references(args: argparse.Namespace) -> list[str]:
+    refs = list(args.refs)
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AdminUnavailable(f"cannot read {args.file}: {exc}", EXIT_USAGE) from None
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                refs.append(line)
+    if not refs:
+        raise AdminUnavailable("give at least one image reference (or --file)", EXIT_USAGE)
+    return refs
+
+
+def _admin(args: argparse.Namespace, config: Config) -> int:
+    try:
+        if args.command == "status":
+            return asyncio.run(run_status(_admin_client(args, config, token=False), sys.stdout))
+        client = _admin_client(args, config, token=True)
+        if args.command == "images":
+            wanted = (
+                ("registry", args.registry),
+                ("repository", args.repository),
+                ("pinned", "true" if args.pinned else None),
+            )
+            filters = {k: v for k, v in wanted if v}
+            return asyncio.run(run_images(client, filters, sys.stdout, as_json=args.json))
+        refs = _references(args)
+        return asyncio.run(
+            run_prewarm(client, refs, args.platform, args.pin, sys.stdout, tty=sys.stdout.isatty())
+        )
+    except AdminUnavailable as exc:
+        print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
+        return exc.status
 
 
 def _mirror_url(config: Config, override: str | None) -> str:
@@ -118,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _load(args)
+        if args.command in ("prewarm", "status", "images"):
+            return _admin(args, config)
         if args.command == "serve":
             return _serve(config)
         if args.command == "check-config":
