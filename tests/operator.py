@@ -100,9 +100,9 @@ async def submit(
 
 
 async def wait_job(
-    http: aiohttp.ClientSession, daemon: Daemon, job_id: str, timeout: float = 20.0
+    http: aiohttp.ClientSession, daemon: Daemon, job_id: str, limit: float = 20.0
 ) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit):
         while True:
             async with http.get(
                 f"{daemon.admin_url}/admin/v1/jobs/{job_id}", headers=auth()

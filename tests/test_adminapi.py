@@ -77,7 +77,8 @@ async def test_pins_persist_across_restarts_and_survive_eviction(
         evicted = daemon.metrics.registry.get_sample_value(
             "cachesvc_evictions_total", {"reason": "size"}
         )
-        assert evicted is not None and evicted >= 2
+        assert evicted is not None
+        assert evicted >= 2
         store = daemon.parts.store
         assert all(store.size(Digest.parse(d)) is not None for d in pinned_blobs)
         assert all(store.size(Digest.parse(d)) is None for d in loose_digests)
@@ -108,7 +109,8 @@ async def test_eviction_never_removes_a_blob_being_served(
             assert await resp.read() == data
         # Take the lease a hit takes, as a response being sent holds it.
         cached = daemon.parts.mirror.blobs.cached(Digest.parse(digest))
-        assert cached is not None and cached.lease is not None
+        assert cached is not None
+        assert cached.lease is not None
         assert await daemon.parts.evictor.sweep() == 0
         assert daemon.parts.store.size(Digest.parse(digest)) == len(data)
         cached.lease.release()
@@ -138,7 +140,8 @@ async def test_inventory_lists_images_and_purge_keeps_shared_blobs(
         assert [(r["repository"], r["tags"]) for r in rows] == [("team/a", ["1"]), ("team/b", ["1"])]
         assert rows[0]["platforms"] == ["linux/amd64"]
         assert rows[0]["blobs_cached"] == rows[0]["blobs_total"] == 4
-        assert rows[0]["size_bytes"] > 200_000 and rows[0]["last_pulled"] > 0
+        assert rows[0]["size_bytes"] > 200_000
+        assert rows[0]["last_pulled"] > 0
         assert rows[0]["pinned"] is False
         async with http.get(f"{daemon.admin_url}/admin/v1/images?repository=team/b",
                             headers=auth()) as resp:  # fmt: skip

@@ -79,7 +79,7 @@ def admin_args(daemon: Daemon, token_file: Path) -> list[str]:
 async def test_prewarm_on_a_terminal_draws_bars_and_exits_0(
     fake: FakeRegistry, storage: Path, tmp_path: Path
 ) -> None:
-    _, images = add_index(fake, "team/app", "1", {"linux/amd64": [2_000_000, 500_000]})
+    add_index(fake, "team/app", "1", {"linux/amd64": [2_000_000, 500_000]})
     fake.faults.slow_chunk_delay = 0.01
     token = write_token(tmp_path / "token")
     async with admin_daemon(storage, fake, token) as daemon:
@@ -116,15 +116,19 @@ async def test_prewarm_on_a_pipe_prints_plain_lines_and_fails_with_a_summary(
 
         code, out, err = await run_cli("prewarm", "fake.test/team/ok:1",
                                        *admin_args(daemon, tmp_path / "nope"))  # fmt: skip
-        assert code == 3 and "token" in err
+        assert code == 3
+        assert "token" in err
         write_token(tmp_path / "wrong", "not-the-token")
         code, out, err = await run_cli("prewarm", "fake.test/team/ok:1",
                                        *admin_args(daemon, tmp_path / "wrong"))  # fmt: skip
-        assert code == 3 and "401" in err
+        assert code == 3
+        assert "401" in err
         code, out, err = await run_cli("prewarm", *admin_args(daemon, token))
-        assert code == 2 and "at least one image" in err
+        assert code == 2
+        assert "at least one image" in err
         code, out, err = await run_cli("prewarm", "UPPER/Case:1", *admin_args(daemon, token))
-        assert code == 2 and "invalid image references" in err
+        assert code == 2
+        assert "invalid image references" in err
 
         code, out, err = await run_cli("images", *admin_args(daemon, token))
         assert code == 0, err
@@ -136,10 +140,14 @@ async def test_prewarm_on_a_pipe_prints_plain_lines_and_fails_with_a_summary(
         code, out, err = await run_cli("status", "--admin", daemon.admin_url)
         assert code == 0, err
         assert out.startswith(f"cachesvc at {daemon.admin_url}: ready")
-        assert "hit ratio:" in out and "cache:" in out and "fills in flight: 0" in out
-        assert f"fake.test            {fake.url}" in out and "healthy" in out
+        assert "hit ratio:" in out
+        assert "cache:" in out
+        assert "fills in flight: 0" in out
+        assert f"fake.test            {fake.url}" in out
+        assert "healthy" in out
     code, out, err = await run_cli("status", "--admin", "http://127.0.0.1:9")
-    assert code == 3 and "cannot reach" in err
+    assert code == 3
+    assert "cannot reach" in err
 
 
 async def test_status_of_a_daemon_that_is_not_ready_exits_1(
@@ -149,4 +157,5 @@ async def test_status_of_a_daemon_that_is_not_ready_exits_1(
         daemon._ready["ready"] = False  # as during shutdown
         code, out, _ = await run_cli("status", "--admin", daemon.admin_url)
         daemon._ready["ready"] = True
-    assert code == 1 and ": starting" in out
+    assert code == 1
+    assert ": starting" in out

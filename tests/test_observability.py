@@ -114,7 +114,8 @@ async def test_access_log_schema_and_prewarm_events(
     assert len(access) == 4
     for line in access:
         assert set(line) == ACCESS_FIELDS, line
-        assert isinstance(line["status"], int) and isinstance(line["bytes"], int)
+        assert isinstance(line["status"], int)
+        assert isinstance(line["bytes"], int)
         assert isinstance(line["duration_ms"], float | int)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
     tag, miss, hit, head = access
