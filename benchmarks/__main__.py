@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from benchmarks.report import chart, markdown
 
 DEFAULT_REPS = 5
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+SMOKE_OUT = Path(tempfile.gettempdir()) / "cachesvc-bench-smoke"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +42,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--reps", type=int, default=None, help=f"repetitions per scenario (default {DEFAULT_REPS})"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="where latest.md and latest.png go"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where latest.md and latest.png go (default {DEFAULT_OUT}; "
+        f"with --smoke {SMOKE_OUT}, so a smoke run never replaces the committed results)",
     )
     parser.add_argument(
         "--logs", type=Path, default=None, help="copy the children's logs here at the end"
@@ -101,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if not plan.containerd:
         notes.append("containerd scenario skipped in --smoke")
     text = markdown(rows, machine, command.strip(), notes, reps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.md").write_text(text)
-    chart(rows, machine, args.out / "latest.png")
+    out: Path = args.out or (SMOKE_OUT if args.smoke else DEFAULT_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(text)
+    chart(rows, machine, out / "latest.png")
     print(text)
     return 1 if any(row.failures for row in rows) else 0
 

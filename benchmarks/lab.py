@@ -19,6 +19,7 @@ import aiohttp
 
 from benchmarks.access_log import count_requests
 from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
+from benchmarks.machine import sha256_mib_per_second
 from benchmarks.systems import (
     Service,
     cachesvc_unavailable_reason,
@@ -36,6 +37,7 @@ IMAGE_TAG = "latest"
 # The upstream logs a request when its response has finished; a cache may still be finishing
 # its upstream read when its last client is done.
 UPSTREAM_LOG_SETTLE_SECONDS = 0.3
+SHA256_RUNS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,8 @@ class Lab:
     big: Image
     small: Image
     index: Image
+    sha256_samples: tuple[float, ...]
+    """hashlib's single-core sha256 rate (MiB/s), measured before anything was started."""
 
     @property
     def caches(self) -> list[Service]:
@@ -124,6 +128,8 @@ class Lab:
     @contextlib.asynccontextmanager
     async def open(cls, plan: Plan, log_dir: Path | None = None) -> AsyncIterator[Lab]:
         """Start everything; on exit stop every child and remove the work directory."""
+        # The ceiling is the machine's, so it is taken while nothing else of ours runs.
+        sha256_samples = tuple(sha256_mib_per_second(plan.blob_size) for _ in range(SHA256_RUNS))
         workdir = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
         services: list[Service] = []
         try:
@@ -159,6 +165,7 @@ class Lab:
                     big=big,
                     small=small,
                     index=index,
+                    sha256_samples=sha256_samples,
                 )
         finally:
             for service in reversed(services):

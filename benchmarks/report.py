@@ -80,6 +80,9 @@ def chart(rows: list[Row], machine: Machine, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # only after selecting the Agg backend
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
 
     compared = [r for r in rows if r.values.get(BASELINE)]
     targets = [(r, t) for r in rows for t in r.targets]
@@ -97,6 +100,8 @@ def chart(rows: list[Row], machine: Machine, path: Path) -> None:
     left.set_yticks(range(len(compared)), labels, fontsize=7)
     left.invert_yaxis()
     left.set_xscale("log")
+    left.xaxis.set_major_formatter(plain)
+    left.xaxis.set_minor_formatter(NullFormatter())
     left.set_xlabel("median relative to the distribution proxy (log scale)")
     left.set_title("Each system vs the baseline")
     left.legend(fontsize=8, loc="lower right")
@@ -116,6 +121,8 @@ def chart(rows: list[Row], machine: Machine, path: Path) -> None:
     )
     right.invert_yaxis()
     right.set_xscale("log")
+    right.xaxis.set_major_formatter(plain)
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("achieved / required (>= 1 means met; grey = not measured)")
     right.set_title("cachesvc targets")
     right.legend(fontsize=8, loc="lower right")
