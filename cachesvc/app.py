@@ -20,16 +20,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cachesvc import admin, handlers
-from cachesvc.auth import TokenCache
+from cachesvc.auth import Authorizer
 from cachesvc.blobs import Blobs
-from cachesvc.config import Config, ListenAddress
+from cachesvc.config import Config, ListenAddress, RegistryConfig
+from cachesvc.credentials import Credentials
+from cachesvc.endpoints import Endpoints
 from cachesvc.fill import FillManager
 from cachesvc.manifests import Manifests
 from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror
+from cachesvc.ratelimit import Limiter
 from cachesvc.routing import Router
 from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
-from cachesvc.upstream import Upstream
+from cachesvc.upstream import Upstream, tls_context
 
 log = logging.getLogger("cachesvc")
 
@@ -75,6 +78,8 @@ class Daemon:
 
     def _build(self, store: Store) -> _Parts:
         config = self.config
+        # TLS first: a bad ca_file/client_cert is a ConfigError before anything is opened.
+        tls = {name: tls_context(registry) for name, registry in config.registries.items()}
         connector = aiohttp.TCPConnector(
             limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
         )
@@ -84,20 +89,64 @@ class Daemon:
             headers={"User-Agent": "cachesvc/0.1"},
             trust_env=False,
         )
-        tokens = TokenCache(session, self.metrics, timeout=config.timeouts.first_byte)
+        credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
-            name: Upstream(registry, session, tokens, config.timeouts, self.metrics)
+            name: self._upstream(registry, session, credentials, tls[name])
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
-            Manifests(store, upstreams),
+            Manifests(store, upstreams, self.metrics),
             Blobs(store, fills, upstreams),
             upstreams,
         )
         return _Parts(store, session, fills, mirror)
+
+    def _upstream(
+        self,
+        registry: RegistryConfig,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        tls: ssl.SSLContext | bool,
+    ) -> Upstream:
+        """One registry's client: its TLS, credentials, endpoint health and limits."""
+        authorizer = Authorizer(
+            registry.name,
+            session,
+            credentials,
+            self.metrics,
+            timeout=self.config.timeouts.first_byte,
+            ssl_context=tls,
+            insecure=registry.insecure,
+        )
+        endpoints = Endpoints(
+            registry.name,
+            registry.endpoints,
+            cooldown=registry.cooldown,
+            max_cooldown=registry.max_cooldown,
+            metrics=self.metrics,
+        )
+        limiter = Limiter(
+            registry.name,
+            max_concurrent=registry.max_concurrent,
+            rate=registry.requests_per_second,
+            burst=registry.burst,
+            queue_size=registry.queue_size,
+            queue_timeout=registry.queue_timeout,
+            metrics=self.metrics,
+        )
+        return Upstream(
+            registry,
+            session,
+            authorizer,
+            self.config.timeouts,
+            self.metrics,
+            endpoints=endpoints,
+            limiter=limiter,
+            ssl_context=tls,
+        )
 
     def mirror_app(self) -> web.Application:
         """The aiohttp application of the mirror API."""
