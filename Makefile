@@ -2,18 +2,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-dev
 
 .PHONY: run test lint typecheck unit peers bench bench-smoke clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 ## run: start cachesvc on the embedded default configuration (127.0.0.1:5000, admin :5050)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/cachesvc serve $(if $(CONFIG),--config $(CONFIG))
 
 ## test: install everything (venv, real peers when root) and run lint, types and the suite

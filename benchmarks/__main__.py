@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks import scenarios, startup
 from benchmarks.content import PushError
 from benchmarks.lab import Lab, Plan
+from benchmarks.load import download_executor
 from benchmarks.machine import this_machine
 from benchmarks.measurement import Row
 from benchmarks.processes import ChildError
@@ -55,6 +56,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) -> list[Row]:
+    asyncio.get_running_loop().set_default_executor(download_executor())
     async with Lab.open(plan, logs) as lab:
         runs: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
             ("warm", lambda: scenarios.warm_blob(lab, reps)),
@@ -63,7 +65,7 @@ async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) 
             ("manifests", lambda: scenarios.manifest_rates(lab, reps)),
             ("containerd", lambda: scenarios.containerd_fetch(lab, reps)),
             ("memory", lambda: scenarios.peak_memory(lab)),
-            ("store", lambda: startup.store_scale(lab)),
+            ("store", lambda: startup.store_scale(lab, reps)),
         ]
         rows: list[Row] = []
         for name, run in runs:

@@ -1,12 +1,13 @@
 """The lab: every system started side by side, the test content loaded, everything torn down.
 
-One ``Lab`` per run. ``Lab.open`` builds the images, starts the upstream registry, the counting
-hop, the distribution proxy, cachesvc (when it runs) and nginx; closing the lab stops every child
+One ``Lab`` per run. ``Lab.open`` builds the images, starts the upstream registry, the
+distribution proxy, cachesvc (when it runs) and nginx; closing the lab stops every child
 and removes the work directory, whatever happened in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -16,13 +17,12 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.access_log import count_requests
 from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
-from benchmarks.counting_proxy import COUNTS_PATH
 from benchmarks.systems import (
     Service,
     cachesvc_unavailable_reason,
     start_cachesvc,
-    start_hop,
     start_nginx,
     start_registry,
 )
@@ -33,6 +33,9 @@ SMALL_REPOSITORY = "bench/small"
 INDEX_REPOSITORY = "bench/multiarch"
 COLD_REPOSITORY = "bench/cold"
 IMAGE_TAG = "latest"
+# The upstream logs a request when its response has finished; a cache may still be finishing
+# its upstream read when its last client is done.
+UPSTREAM_LOG_SETTLE_SECONDS = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,6 @@ class Lab:
     layout: Layout
     session: aiohttp.ClientSession
     upstream: Service
-    hop: Service
     distribution: Service
     nginx: Service
     cachesvc: Service | None
@@ -114,10 +116,9 @@ class Lab:
         return image
 
     async def upstream_gets(self, path: str) -> int:
-        """How many GETs of ``path`` the counting hop has forwarded to the upstream."""
-        async with self.session.get(f"{self.hop.url}{COUNTS_PATH}") as response:
-            counts: dict[str, int] = await response.json()
-        return counts.get(f"GET {path}", 0)
+        """How many GETs of ``path`` the upstream registry has answered (from its access log)."""
+        await asyncio.sleep(UPSTREAM_LOG_SETTLE_SECONDS)
+        return count_requests(self.upstream.child.log_path, "GET", path)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -128,18 +129,16 @@ class Lab:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
                 layout = Layout(workdir / "layout")
-                upstream = start_registry("upstream", workdir)
+                upstream = start_registry("upstream", workdir, access_log=True)
                 services.append(upstream)
-                hop = start_hop(workdir, upstream)
-                services.append(hop)
-                distribution = start_registry("distribution", workdir, remote_url=hop.url)
+                distribution = start_registry("distribution", workdir, remote_url=upstream.url)
                 services.append(distribution)
                 nginx = start_nginx(workdir, layout.root / "blobs")
                 services.append(nginx)
                 reason = cachesvc_unavailable_reason()
                 cachesvc = None
                 if reason is None:
-                    cachesvc = start_cachesvc(workdir, hop)
+                    cachesvc = start_cachesvc(workdir, upstream)
                     services.append(cachesvc)
                 half = plan.blob_size
                 big = layout.image(BIG_REPOSITORY, IMAGE_TAG, [half, half])
@@ -153,7 +152,6 @@ class Lab:
                     layout=layout,
                     session=session,
                     upstream=upstream,
-                    hop=hop,
                     distribution=distribution,
                     nginx=nginx,
                     cachesvc=cachesvc,

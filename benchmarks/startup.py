@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.lab import Lab
 from benchmarks.load import median_latency_ms
-from benchmarks.measurement import Row, Target, ratio
+from benchmarks.measurement import Row, Target, median, ratio
 from benchmarks.processes import Child
 from benchmarks.systems import spawn_cachesvc, write_cachesvc_config
 
@@ -41,22 +41,32 @@ def populate(root: Path, count: int) -> str:
     return f"sha256:{last}"
 
 
-async def store_scale(lab: Lab) -> list[Row]:
-    """Start cachesvc on pre-filled storage roots of growing size; time readiness and hits."""
+async def store_scale(lab: Lab, reps: int) -> list[Row]:
+    """Start cachesvc on pre-filled storage roots of growing size; time readiness and hits.
+
+    Each root is filled once; the starts are repeated ``reps`` times, sizes interleaved.
+    """
     sizes = lab.plan.store_sizes
     largest = max(sizes)
-    startup: dict[int, float | None] = dict.fromkeys(sizes)
-    latency: dict[int, float | None] = dict.fromkeys(sizes)
+    startup_samples: dict[int, list[float]] = {count: [] for count in sizes}
+    latency_samples: dict[int, list[float]] = {count: [] for count in sizes}
     failures: list[str] = []
-    note = "1 run per size; page cache warm (the files were just written)"
+    note = "page cache warm (the files were just written)"
     if lab.cachesvc is None:
         note = f"cachesvc unavailable: {lab.cachesvc_reason}"
     else:
-        for count in sizes:
-            try:
-                startup[count], latency[count] = await _measure(lab, count)
-            except Exception as exc:  # one size failing must not end the run
-                failures.append(f"{count} blobs: {type(exc).__name__}: {exc}"[:500])
+        roots = {count: _filled_root(lab, count) for count in sizes}
+        for rep in range(reps):
+            for count in sizes:
+                try:
+                    seconds, hit_ms = await _measure(lab, count, rep, *roots[count])
+                except Exception as exc:  # one size failing must not end the run
+                    failures.append(f"{count} blobs: {type(exc).__name__}: {exc}"[:500])
+                    continue
+                startup_samples[count].append(seconds)
+                latency_samples[count].append(hit_ms)
+    startup = {count: median(startup_samples[count]) for count in sizes}
+    latency = {count: median(latency_samples[count]) for count in sizes}
     rows = []
     for count in sizes:
         targets = []
@@ -101,11 +111,14 @@ async def store_scale(lab: Lab) -> list[Row]:
     return rows
 
 
-async def _measure(lab: Lab, count: int) -> tuple[float, float]:
-    name = f"cachesvc-store-{count}"
-    root = lab.workdir / f"{name}-storage"
-    digest = populate(root, count)
-    config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.hop)
+def _filled_root(lab: Lab, count: int) -> tuple[Path, str]:
+    root = lab.workdir / f"store-{count}"
+    return root, populate(root, count)
+
+
+async def _measure(lab: Lab, count: int, rep: int, root: Path, digest: str) -> tuple[float, float]:
+    name = f"cachesvc-store-{count}-{rep}"
+    config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.upstream)
     started = time.perf_counter()
     child: Child = spawn_cachesvc(lab.workdir, name, config)
     try:

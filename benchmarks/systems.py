@@ -1,7 +1,7 @@
 """The systems under test and their peers, each a child process on a free loopback port.
 
-- upstream: the distribution registry holding the test images (the "real registry");
-- hop: the counting proxy in front of it (see ``counting_proxy``); both caches pull through it;
+- upstream: the distribution registry holding the test images (the "real registry"), with its
+  access log on so that upstream requests can be counted (see ``access_log``);
 - distribution: the distribution registry in proxy mode (the baseline);
 - cachesvc: the daemon under test, when it can be run;
 - nginx: static files with ``sendfile on`` (the ceiling for a hit).
@@ -41,8 +41,14 @@ class Service:
         self.child.stop()
 
 
-def start_registry(name: str, workdir: Path, remote_url: str | None = None) -> Service:
-    """The distribution registry; with ``remote_url`` it runs in pull-through proxy mode."""
+def start_registry(
+    name: str, workdir: Path, remote_url: str | None = None, access_log: bool = False
+) -> Service:
+    """The distribution registry; with ``remote_url`` it runs in pull-through proxy mode.
+
+    Its stdout and stderr go to ``<workdir>/<name>.log``; with ``access_log`` that includes one
+    line per request.
+    """
     port = free_port()
     root = workdir / f"{name}-storage"
     root.mkdir(parents=True)
@@ -51,7 +57,7 @@ def start_registry(name: str, workdir: Path, remote_url: str | None = None) -> S
         "log:",
         "  level: error",
         "  accesslog:",
-        "    disabled: true",
+        f"    disabled: {'false' if access_log else 'true'}",
         "storage:",
         "  cache:",
         "    blobdescriptor: inmemory",
@@ -69,29 +75,6 @@ def start_registry(name: str, workdir: Path, remote_url: str | None = None) -> S
     child = Child(name, [REGISTRY_BINARY, "serve", str(config)], workdir / f"{name}.log")
     service = Service(name, f"{LOOPBACK}:{port}", child)
     _ready(service, f"{service.url}/v2/")
-    return service
-
-
-def start_hop(workdir: Path, upstream: Service) -> Service:
-    """The counting proxy in front of ``upstream``."""
-    port = free_port()
-    child = Child(
-        "hop",
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.counting_proxy",
-            "--port",
-            str(port),
-            "--upstream",
-            upstream.url,
-        ],
-        workdir / "hop.log",
-        env=_python_env(),
-        cwd=REPO_ROOT,
-    )
-    service = Service("hop", f"{LOOPBACK}:{port}", child)
-    _ready(service, f"{service.url}/__hop__/counts")
     return service
 
 
@@ -194,7 +177,7 @@ def spawn_cachesvc(workdir: Path, name: str, config: Path) -> Child:
 
 
 def start_cachesvc(workdir: Path, upstream: Service, name: str = "cachesvc") -> Service:
-    """cachesvc with a fresh storage root, pulling from ``upstream`` (the hop)."""
+    """cachesvc with a fresh storage root, pulling from ``upstream``."""
     storage = workdir / f"{name}-storage"
     storage.mkdir()
     config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream)

@@ -88,6 +88,9 @@ class Daemon:
             auto_decompress=False,
             headers={"User-Agent": "cachesvc/0.1"},
             trust_env=False,
+            # Large reads: fewer, bigger chunks through the fill pipeline (measured: the
+            # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
+            read_bufsize=4 * 1024 * 1024,
         )
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {

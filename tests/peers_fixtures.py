@@ -284,7 +284,9 @@ class CachesvcProcess:
         total = 0.0
         for family in text_string_to_metric_families(self.metrics_text()):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     total += sample.value
         return total
 
@@ -354,12 +356,15 @@ class ThrottleProxy:
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
-            if request.method != "HEAD":
-                async for data in upstream.content.iter_chunked(self.chunk):
-                    if self.throttled:
-                        await asyncio.sleep(self.delay)
-                    await response.write(data)
-            await response.write_eof()
+            try:
+                if request.method != "HEAD":
+                    async for data in upstream.content.iter_chunked(self.chunk):
+                        if self.throttled:
+                            await asyncio.sleep(self.delay)
+                        await response.write(data)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away (a killed cachesvc): drop the upstream body too
             return response
 
     @asynccontextmanager
