@@ -35,6 +35,7 @@ class Faults:
     chunked: bool = False  # no Content-Length on blob bodies
     slow_chunk_delay: float = 0.0  # sleep between body chunks
     redirect_blobs_to: str | None = None  # 307 blob GETs to this base URL
+    redirect_location: str | None = None  # 307 blob GETs to exactly this URL
     manifest_delay: float = 0.0  # sleep before answering manifest requests
     extra_bytes: int = 0  # append garbage after the real body (Content-Length grows)
 
@@ -210,6 +211,8 @@ class FakeRegistry:
         faults = self.faults
         if request.method == "HEAD":
             return web.Response(headers={"Content-Length": str(len(data))})
+        if faults.redirect_location:
+            raise web.HTTPTemporaryRedirect(faults.redirect_location)
         if faults.redirect_blobs_to:
             raise web.HTTPTemporaryRedirect(f"{faults.redirect_blobs_to}{request.path_qs}")
         if faults.wrong_bytes:
