@@ -172,9 +172,16 @@ async def test_refusals_name_the_registry_and_the_mirrors_credentials_with_a_met
             error = (await resp.json())["errors"][0]
         assert "fake.test refused the mirror's credentials" in error["message"]
         assert "expired" in error["message"]
-        assert await metric(
-            http, daemon, "cachesvc_upstream_auth_failures_total", registry="fake.test", code="401"
-        ) == 1
+        assert (
+            await metric(
+                http,
+                daemon,
+                "cachesvc_upstream_auth_failures_total",
+                registry="fake.test",
+                code="401",
+            )
+            == 1
+        )
 
         fake.gate = None
         fake.faults.status = 403
@@ -206,7 +213,10 @@ async def test_secrets_never_reach_logs_metrics_or_responses(
             digest = fake.add_blob(b"y" * 100)
             path.write_bytes(
                 docker_config(
-                    {"fake.test": basic_entry("alice", password), "tok.test": basic_entry("alice", password)}
+                    {
+                        "fake.test": basic_entry("alice", password),
+                        "tok.test": basic_entry("alice", password),
+                    }
                 )
             )
             async with start_daemon(

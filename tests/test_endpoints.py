@@ -56,12 +56,23 @@ async def test_failover_to_the_next_endpoint_and_skip_the_failed_one(
         if bad is not None:
             assert sum(bad.requests.values()) == 1  # asked once, then skipped
         healthy = await metric(
-            http, daemon, "cachesvc_upstream_endpoint_healthy", registry="fake.test", endpoint=bad_url
+            http,
+            daemon,
+            "cachesvc_upstream_endpoint_healthy",
+            registry="fake.test",
+            endpoint=bad_url,
         )
         assert healthy == 0
-        assert await metric(
-            http, daemon, "cachesvc_upstream_endpoint_healthy", registry="fake.test", endpoint=fake.url
-        ) == 1
+        assert (
+            await metric(
+                http,
+                daemon,
+                "cachesvc_upstream_endpoint_healthy",
+                registry="fake.test",
+                endpoint=fake.url,
+            )
+            == 1
+        )
 
 
 async def test_a_black_holed_endpoint_delays_only_the_first_request(
@@ -109,9 +120,16 @@ async def test_a_cooled_down_endpoint_is_retried_and_restored(
             assert (await get(http, f"{base}/{blobs[3]}?ns=fake.test"))[0] == 200
             assert cdn.count("GET", "/blobs/") == 3  # ...and in use again
             assert fake.count("GET", "/blobs/") == 2
-            assert await metric(
-                http, daemon, "cachesvc_upstream_endpoint_healthy", registry="fake.test", endpoint=cdn.url
-            ) == 1
+            assert (
+                await metric(
+                    http,
+                    daemon,
+                    "cachesvc_upstream_endpoint_healthy",
+                    registry="fake.test",
+                    endpoint=cdn.url,
+                )
+                == 1
+            )
 
 
 async def test_retry_after_keeps_the_endpoint_unasked_until_it_expires(

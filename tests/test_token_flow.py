@@ -26,7 +26,9 @@ async def tokens() -> AsyncIterator[TokenService]:
         yield service
 
 
-async def get_blob(http: aiohttp.ClientSession, daemon: Daemon, digest: str, repo: str = "team/app") -> int:
+async def get_blob(
+    http: aiohttp.ClientSession, daemon: Daemon, digest: str, repo: str = "team/app"
+) -> int:
     async with http.get(f"{daemon.mirror_url}/v2/{repo}/blobs/{digest}?ns=fake.test") as resp:
         await resp.read()
         return resp.status

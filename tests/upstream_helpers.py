@@ -73,7 +73,9 @@ def overwrite(path: Path, content: bytes) -> None:
         f.write(content)
 
 
-async def metrics(http: aiohttp.ClientSession, daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def metrics(
+    http: aiohttp.ClientSession, daemon: Daemon
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with http.get(f"{daemon.admin_url}/metrics") as resp:
         text = await resp.text()
     return {
