@@ -104,12 +104,14 @@ class Fill:
                 return os.open(self.final, os.O_RDONLY)
             raise FillFailed(self.error or UpstreamError("fill ended")) from None
 
-    async def stream(self, start: int, end: int | None) -> AsyncIterator[bytes]:
-        """Yield bytes ``[start, end)`` (``end=None``: to the end) as they are released."""
+    async def spans(self, fd: int, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
+        """Yield ``(offset, count)`` spans of ``[start, end)`` as they are released.
+
+        ``fd`` comes from ``open_reader``; the caller sends each span (``sendfile`` or
+        ``pread``) before asking for the next. Raises ``FillFailed`` if the fill fails.
+        """
         self.followers += 1
-        fd = -1
         try:
-            fd = self._open_reader()
             pos = start
             while end is None or pos < end:
                 await self._wait_beyond(pos)
@@ -120,15 +122,29 @@ class Fill:
                     if self.final is not None:
                         break  # verified and everything up to ``end`` is sent
                     continue
-                data = os.pread(fd, min(READ_CHUNK, limit - pos), pos)
-                if not data:
-                    raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                pos += len(data)
-                yield data
+                yield pos, limit - pos
+                pos = limit
         finally:
             self.followers -= 1
-            if fd >= 0:
-                os.close(fd)
+
+    def open_reader(self) -> int:
+        """A read-only descriptor on the fill's file (temp, or final once committed)."""
+        return self._open_reader()
+
+    async def stream(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` (``end=None``: to the end) as they are released."""
+        fd = self._open_reader()
+        try:
+            async for offset, count in self.spans(fd, start, end):
+                pos, stop = offset, offset + count
+                while pos < stop:
+                    data = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                    if not data:
+                        raise FillFailed(UpstreamError("temp file shorter than released bytes"))
+                    pos += len(data)
+                    yield data
+        finally:
+            os.close(fd)
 
 
 class FillManager:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -161,7 +162,13 @@ async def test_one_json_access_log_line_per_request(
     with caplog.at_level(logging.INFO, logger="cachesvc.access"):
         async with http.get(f"{mirror.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp:
             await resp.read()
-    records = [r for r in caplog.records if r.name == "cachesvc.access"]
+        # The line is written once the handler returns, which may be just after the
+        # client has read the last byte.
+        for _ in range(100):
+            records = [r for r in caplog.records if r.name == "cachesvc.access"]
+            if records:
+                break
+            await asyncio.sleep(0.01)
     assert len(records) == 1
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["status"] == 200
