@@ -89,7 +89,7 @@ class Metrics:
         self._upstream_access(registry)
 
     def _upstream_access(self, registry: CollectorRegistry) -> None:
-        """Credentials, endpoint health, rate limits and stale answers (issue 3)."""
+        """Upstream access: credentials, endpoint health, limits, stale and negative answers."""
         self.endpoint_healthy = Gauge(
             "cachesvc_upstream_endpoint_healthy",
             "1 while an endpoint may be asked, 0 from a failure (cool-down) or a 429 until its "
