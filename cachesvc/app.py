@@ -22,9 +22,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cachesvc import admin, adminapi, handlers
-from cachesvc.auth import TokenCache
+from cachesvc.auth import Authorizer
 from cachesvc.blobs import Blobs
-from cachesvc.config import Config, ListenAddress
+from cachesvc.config import Config, ListenAddress, RegistryConfig
+from cachesvc.credentials import Credentials
+from cachesvc.endpoints import Endpoints
 from cachesvc.eviction import Evictor
 from cachesvc.fill import FillManager
 from cachesvc.inventory import Inventory
@@ -34,9 +36,10 @@ from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror
 from cachesvc.pins import Pins
 from cachesvc.prewarm import Prewarmer
+from cachesvc.ratelimit import Limiter
 from cachesvc.routing import Router
 from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
-from cachesvc.upstream import Upstream
+from cachesvc.upstream import Upstream, tls_context
 
 log = logging.getLogger("cachesvc")
 
@@ -87,6 +90,8 @@ class Daemon:
 
     def _build(self, store: Store) -> _Parts:
         config = self.config
+        # TLS first: a bad ca_file/client_cert is a ConfigError before anything is opened.
+        tls = {name: tls_context(registry) for name, registry in config.registries.items()}
         connector = aiohttp.TCPConnector(
             limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
         )
@@ -99,14 +104,14 @@ class Daemon:
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
             read_bufsize=4 * 1024 * 1024,
         )
-        tokens = TokenCache(session, self.metrics, timeout=config.timeouts.first_byte)
+        credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
-            name: Upstream(registry, session, tokens, config.timeouts, self.metrics)
+            name: self._upstream(registry, session, credentials, tls[name])
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
         leases = Leases()
-        manifests = Manifests(store, upstreams)
+        manifests = Manifests(store, upstreams, self.metrics)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
@@ -132,6 +137,50 @@ class Daemon:
         root = self.config.storage.root
         m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
         m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
+
+    def _upstream(
+        self,
+        registry: RegistryConfig,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        tls: ssl.SSLContext | bool,
+    ) -> Upstream:
+        """One registry's client: its TLS, credentials, endpoint health and limits."""
+        authorizer = Authorizer(
+            registry.name,
+            session,
+            credentials,
+            self.metrics,
+            timeout=self.config.timeouts.first_byte,
+            ssl_context=tls,
+            insecure=registry.insecure,
+        )
+        endpoints = Endpoints(
+            registry.name,
+            registry.endpoints,
+            cooldown=registry.cooldown,
+            max_cooldown=registry.max_cooldown,
+            metrics=self.metrics,
+        )
+        limiter = Limiter(
+            registry.name,
+            max_concurrent=registry.max_concurrent,
+            rate=registry.requests_per_second,
+            burst=registry.burst,
+            queue_size=registry.queue_size,
+            queue_timeout=registry.queue_timeout,
+            metrics=self.metrics,
+        )
+        return Upstream(
+            registry,
+            session,
+            authorizer,
+            self.config.timeouts,
+            self.metrics,
+            endpoints=endpoints,
+            limiter=limiter,
+            ssl_context=tls,
+        )
 
     def mirror_app(self) -> web.Application:
         """The aiohttp application of the mirror API."""

@@ -1,23 +1,39 @@
-"""Registry authentication: WWW-Authenticate challenges and a Bearer token cache.
+"""Registry authentication: WWW-Authenticate challenges, Basic and Bearer, a token cache.
 
 Docker Hub, ghcr.io and quay.io answer even anonymous pulls with
 ``401 WWW-Authenticate: Bearer realm=...,service=...,scope=...``. The client asks
-the realm for a token for the scope and retries. Tokens are cached per
-(registry, scope) until shortly before they expire, and concurrent requests for the
-same scope share one token fetch.
+the realm for a token for the scope and retries. With credentials (``credentials.py``)
+the token request carries ``Authorization: Basic``; an ``identitytoken`` is an OAuth2
+refresh token, POSTed to the realm per the distribution token spec. Registries that
+answer ``WWW-Authenticate: Basic`` (htpasswd) get the credentials directly, and are
+remembered so later requests skip the 401 round trip.
+
+Tokens are cached per (endpoint, scope, credential) until shortly before they expire;
+concurrent requests for the same key share one token fetch; a change of the
+credentials file drops the registry's tokens. Nothing here logs or raises a secret.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from cachesvc.errors import UpstreamError, UpstreamTimeout, UpstreamUnauthorized
+from cachesvc.credentials import Credential, Credentials
+from cachesvc.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnreachable,
+)
 from cachesvc.metrics import Metrics
 
 # Refresh a token this long before upstream says it expires.
@@ -51,68 +67,169 @@ class _Token:
     expires_at: float
 
 
-class TokenCache:
-    """Bearer tokens per (registry, scope), with single-flight fetches."""
+_TokenKey = tuple[str, str, str]  # (endpoint, scope, credential fingerprint or "")
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, *, timeout: float) -> None:
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refused_hint(registry: str, credential: Credential | None) -> str:
+    """The operator-facing half of a 401/403 message: whose credentials are at fault."""
+    if credential is None:
+        return (
+            f"cachesvc has no credentials for {registry} (add them to its credentials_file); "
+            "the cluster's pull secret does not reach the mirror"
+        )
+    return (
+        f"cachesvc's own credentials for {registry} (user {credential.username or '?'!r} in "
+        "its credentials_file) are wrong, expired or lack access: has the secret expired "
+        "or been rotated without updating the file?"
+    )
+
+
+class Authorizer:
+    """Authorization for one registry's upstream requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: str,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        metrics: Metrics,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | bool = True,
+        insecure: bool = False,
+    ) -> None:
+        self.registry = registry
         self._session = session
+        self._credentials = credentials
         self._metrics = metrics
         self._timeout = timeout
-        self._tokens: dict[tuple[str, str], _Token] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Task[_Token]] = {}
+        self._ssl = ssl_context
+        self._insecure = insecure
+        self._tokens: dict[_TokenKey, _Token] = {}
+        self._inflight: dict[_TokenKey, asyncio.Task[_Token]] = {}
+        self._basic: set[str] = set()  # endpoints that challenged with Basic
+        credentials.on_change(self._credentials_changed)
 
-    def cached(self, registry: str, scope: str) -> str | None:
-        """A still-valid token for the scope, or None."""
-        token = self._tokens.get((registry, scope))
+    def credential(self, endpoint: str) -> Credential | None:
+        """The credentials to use at ``endpoint`` (None: anonymous)."""
+        return self._credentials.lookup(self.registry, urlsplit(endpoint).netloc)
+
+    def header(self, endpoint: str, scope: str) -> str | None:
+        """An ``Authorization`` value known to work, without a round trip; or None."""
+        credential = self.credential(endpoint)
+        if endpoint in self._basic and credential is not None and credential.password:
+            return credential.basic()
+        token = self._tokens.get(self._key(endpoint, scope, credential))
         if token is not None and token.expires_at > time.monotonic():
-            return token.value
+            return f"Bearer {token.value}"
         return None
 
-    def forget(self, registry: str) -> None:
-        """Drop every token of a registry (credentials changed)."""
-        for key in [k for k in self._tokens if k[0] == registry]:
-            del self._tokens[key]
+    def forget(self) -> None:
+        """Drop every cached token (the credentials changed)."""
+        self._tokens.clear()
 
-    async def fetch(self, registry: str, challenge: Challenge, scope: str) -> str:
-        """Run the token flow for ``challenge``; concurrent callers share one request."""
-        key = (registry, scope)
+    def _credentials_changed(self, changed: set[str]) -> None:
+        if changed:
+            self.forget()
+
+    @staticmethod
+    def _key(endpoint: str, scope: str, credential: Credential | None) -> _TokenKey:
+        return endpoint, scope, credential.fingerprint if credential is not None else ""
+
+    async def answer(self, endpoint: str, challenge: Challenge | None, scope: str) -> str:
+        """Answer a 401 challenge; returns the ``Authorization`` value for the retry."""
+        credential = self.credential(endpoint)
+        if challenge is not None and challenge.scheme == "basic":
+            if credential is None or not credential.password:
+                raise UpstreamUnauthorized(
+                    f"{self.registry} refused the mirror (401, Basic auth required): "
+                    + refused_hint(self.registry, None)
+                )
+            self._basic.add(endpoint)
+            return credential.basic()
+        if challenge is None or challenge.scheme != "bearer":
+            raise UpstreamUnauthorized(
+                f"{self.registry} refused the mirror (401) with no challenge cachesvc can "
+                f"answer: {refused_hint(self.registry, credential)}"
+            )
+        self._basic.discard(endpoint)
+        key = self._key(endpoint, scope, credential)
         self._tokens.pop(key, None)
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(registry, challenge, scope))
+            task = asyncio.get_running_loop().create_task(self._fetch(challenge, scope, credential))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         token = await asyncio.shield(task)
         self._tokens[key] = token
-        return token.value
+        return f"Bearer {token.value}"
 
-    async def _fetch(self, registry: str, challenge: Challenge, scope: str) -> _Token:
+    async def _fetch(
+        self, challenge: Challenge, scope: str, credential: Credential | None
+    ) -> _Token:
+        registry = self.registry
         realm = challenge.params.get("realm")
         if not realm or not realm.startswith(("https://", "http://")):
             raise UpstreamUnauthorized(
                 f"{registry} sent a Bearer challenge without a usable realm; cannot get a token"
             )
+        if (
+            credential is not None
+            and realm.startswith("http://")
+            and not (self._insecure or _loopback(realm))
+        ):
+            raise UpstreamUnauthorized(
+                f"the token service of {registry} is plain http; cachesvc will not send "
+                "credentials over it (set 'insecure: true' on the registry to allow it)"
+            )
         params = {"scope": challenge.params.get("scope") or scope}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._session.get(realm, params=params) as resp,
-            ):
-                body = await resp.read()
-                if resp.status != 200:
-                    self._metrics.token_fetches.labels(registry, "error").inc()
-                    raise UpstreamUnauthorized(
-                        f"token service of {registry} answered {resp.status}: the mirror could "
-                        "not get a pull token (check cachesvc's credentials for this registry)"
+            async with asyncio.timeout(self._timeout):
+                if credential is not None and credential.identity_token:
+                    form = {
+                        **params,
+                        "grant_type": "refresh_token",
+                        "refresh_token": credential.identity_token,
+                        "client_id": "cachesvc",
+                    }
+                    request = self._session.post(realm, data=form, ssl=self._ssl)
+                else:
+                    headers = {"Authorization": credential.basic()} if credential else {}
+                    request = self._session.get(
+                        realm, params=params, headers=headers, ssl=self._ssl
                     )
+                async with request as resp:
+                    body = await resp.read()
+                    status = resp.status
         except TimeoutError:
             self._metrics.token_fetches.labels(registry, "error").inc()
             raise UpstreamTimeout(f"token service of {registry} did not answer in time") from None
         except aiohttp.ClientError as exc:
             self._metrics.token_fetches.labels(registry, "error").inc()
-            raise UpstreamError(f"token service of {registry} unreachable: {exc}") from None
+            raise UpstreamError(
+                f"token service of {registry} unreachable: {exc.__class__.__name__}"
+            ) from None
+        if status != 200:
+            self._metrics.token_fetches.labels(registry, "error").inc()
+            if status in (401, 403):
+                self._metrics.upstream_auth_failures.labels(registry, str(status)).inc()
+                raise UpstreamUnauthorized(
+                    f"the token service of {registry} refused the mirror ({status}): "
+                    + refused_hint(registry, credential)
+                )
+            if status == 429:
+                raise UpstreamRateLimited(f"the token service of {registry} answered 429")
+            raise UpstreamUnreachable(f"the token service of {registry} answered {status}")
         try:
             data = json.loads(body)
             value = data.get("token") or data.get("access_token")

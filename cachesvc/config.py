@@ -84,11 +84,48 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
-    """One upstream registry cachesvc mirrors (and the only kind it ever contacts)."""
+    """One upstream registry cachesvc mirrors (and the only kind it ever contacts).
+
+    Defaults and what "unset" means (docs/upstream.md has the operator's view):
+
+    - ``endpoints``: URLs tried in order; ``path_prefixes[i]`` is the repository prefix of
+      ``endpoints[i]`` (``""``: none), from the endpoint's own ``path_prefix`` or the
+      registry's. ``/v2/<prefix>/<repository>/...`` is what a prefixed endpoint is asked.
+    - TLS: ``ca_file`` is trusted *in addition to* the system CAs; ``client_cert`` (+
+      ``client_key`` unless the cert file holds the key) enables mTLS; ``insecure`` allows
+      plain http to non-loopback hosts and switches certificate verification off.
+    - Limits: ``max_concurrent`` None: no bound; ``requests_per_second`` None: no rate
+      limit (``requests_per_minute`` is stored divided by 60); ``burst`` requests may go
+      back to back before pacing; waiting requests are bounded by ``queue_size`` and
+      ``queue_timeout`` and then answered 429 with Retry-After.
+    - ``max_stale``: longest time a tag keeps resolving from cache while upstream fails
+      (0: never serve stale). ``negative_ttl``: how long an upstream 404 for a tag is
+      remembered (0: not at all).
+    - ``cooldown``/``max_cooldown``: a failed endpoint is skipped for ``cooldown``, doubled
+      per consecutive failure up to ``max_cooldown``.
+    """
 
     name: str
     endpoints: tuple[str, ...]
     tag_ttl: float = 60.0
+    path_prefixes: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    insecure: bool = False
+    max_concurrent: int | None = None
+    requests_per_second: float | None = None
+    burst: int = 1
+    queue_size: int = 256
+    queue_timeout: float = 10.0
+    max_stale: float = 7 * 86400.0
+    negative_ttl: float = 15.0
+    cooldown: float = 5.0
+    max_cooldown: float = 300.0
+
+    def path_prefix(self, index: int) -> str:
+        """The repository prefix of ``endpoints[index]`` (``""`` when none)."""
+        return self.path_prefixes[index] if index < len(self.path_prefixes) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +177,8 @@ class Config:
     event_loop: str = "asyncio"  # or "uvloop"; see README "Event loop" for the measurements
     shutdown_grace: float = 20.0  # SIGTERM: seconds in-flight responses and fills may take
     prewarm: PrewarmConfig = field(default_factory=PrewarmConfig)
+    # A Docker config.json (a mounted dockerconfigjson Secret); unset: every registry anonymous.
+    credentials_file: Path | None = None
 
 
 def parse_duration(value: object, key: str) -> float:
@@ -237,14 +276,119 @@ def _endpoint(value: object, key: str) -> str:
     return url
 
 
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_PREFIX_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_REGISTRY_KEYS = {
+    "endpoints", "tag_ttl", "path_prefix", "ca_file", "client_cert", "client_key", "insecure",
+    "max_concurrent", "requests_per_second", "requests_per_minute", "burst", "queue_size",
+    "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown",
+}  # fmt: skip
+
+
+def _path_prefix(value: object, key: str) -> str:
+    if value is None or value == "":
+        return ""
+    prefix = _string(value, key).strip("/")
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            key, f"expected repository path components such as 'proxy/docker', got {value!r}"
+        )
+    return prefix
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _optional_path(value: object, key: str) -> Path | None:
+    return Path(_string(value, key)) if value is not None else None
+
+
+def _count(value: object, key: str) -> int | None:
+    """A whole number of at least 1; None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _rate(data: Mapping[str, Any], key: str) -> float | None:
+    per_second, per_minute = data.get("requests_per_second"), data.get("requests_per_minute")
+    if per_second is not None and per_minute is not None:
+        raise ConfigError(f"{key}.requests_per_minute", "set requests_per_second or this, not both")
+    for value, name, divisor in ((per_second, "requests_per_second", 1.0),
+                                 (per_minute, "requests_per_minute", 60.0)):  # fmt: skip
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key}.{name}", f"expected a positive number, got {value!r}")
+        return float(value) / divisor
+    return None
+
+
 def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
-    _reject_unknown(data, {"endpoints", "tag_ttl"}, key)
+    _reject_unknown(data, _REGISTRY_KEYS, key)
     raw = data.get("endpoints")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{key}.endpoints", "expected a non-empty list of URLs")
-    endpoints = tuple(_endpoint(e, f"{key}.endpoints[{i}]") for i, e in enumerate(raw))
-    tag_ttl = parse_duration(data.get("tag_ttl", "60s"), f"{key}.tag_ttl")
-    return RegistryConfig(name=name, endpoints=endpoints, tag_ttl=tag_ttl)
+    default_prefix = _path_prefix(data.get("path_prefix"), f"{key}.path_prefix")
+    endpoints: list[str] = []
+    prefixes: list[str] = []
+    for i, entry in enumerate(raw):
+        where = f"{key}.endpoints[{i}]"
+        if isinstance(entry, Mapping):
+            _reject_unknown(entry, {"url", "path_prefix"}, where)
+            endpoints.append(_endpoint(entry.get("url"), f"{where}.url"))
+            own = entry.get("path_prefix")
+            prefixes.append(
+                default_prefix if own is None else _path_prefix(own, f"{where}.path_prefix")
+            )
+        else:
+            endpoints.append(_endpoint(entry, where))
+            prefixes.append(default_prefix)
+    insecure = data.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError(f"{key}.insecure", "expected true or false")
+    for i, url in enumerate(endpoints):
+        if url.startswith("http://") and not insecure and not _is_loopback(url):
+            raise ConfigError(
+                f"{key}.endpoints[{i}]",
+                "plain http to a non-loopback host needs 'insecure: true' on the registry",
+            )
+    client_cert = _optional_path(data.get("client_cert"), f"{key}.client_cert")
+    client_key = _optional_path(data.get("client_key"), f"{key}.client_key")
+    if client_key is not None and client_cert is None:
+        raise ConfigError(f"{key}.client_key", "needs client_cert as well")
+    cooldown = _positive(data.get("cooldown"), f"{key}.cooldown", 5.0)
+    max_cooldown = _positive(data.get("max_cooldown"), f"{key}.max_cooldown", 300.0)
+    if max_cooldown < cooldown:
+        raise ConfigError(f"{key}.max_cooldown", "must be at least cooldown")
+    return RegistryConfig(
+        name=name,
+        endpoints=tuple(endpoints),
+        tag_ttl=parse_duration(data.get("tag_ttl", "60s"), f"{key}.tag_ttl"),
+        path_prefixes=tuple(prefixes),
+        ca_file=_optional_path(data.get("ca_file"), f"{key}.ca_file"),
+        client_cert=client_cert,
+        client_key=client_key,
+        insecure=insecure,
+        max_concurrent=_count(data.get("max_concurrent"), f"{key}.max_concurrent"),
+        requests_per_second=_rate(data, key),
+        burst=_count(data.get("burst"), f"{key}.burst") or 1,
+        queue_size=_count(data.get("queue_size"), f"{key}.queue_size") or 256,
+        queue_timeout=_positive(data.get("queue_timeout"), f"{key}.queue_timeout", 10.0),
+        max_stale=parse_duration(data.get("max_stale", "7d"), f"{key}.max_stale"),
+        negative_ttl=parse_duration(data.get("negative_ttl", "15s"), f"{key}.negative_ttl"),
+        cooldown=cooldown,
+        max_cooldown=max_cooldown,
+    )
 
 
 def parse_config(data: object) -> Config:
@@ -253,7 +397,7 @@ def parse_config(data: object) -> Config:
     _reject_unknown(
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
-         "event_loop", "shutdown_grace", "prewarm"},
+         "event_loop", "shutdown_grace", "prewarm", "credentials_file"},
         "",
     )  # fmt: skip
     listen = parse_listen(root.get("listen", "127.0.0.1:5000"), "listen")
@@ -345,6 +489,7 @@ def parse_config(data: object) -> Config:
         event_loop=event_loop,
         shutdown_grace=_positive(root.get("shutdown_grace"), "shutdown_grace", 20.0),
         prewarm=prewarm,
+        credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
     )
 
 

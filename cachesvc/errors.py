@@ -18,7 +18,7 @@
             ├── UpstreamTimeout        504: connect, first byte or stall timeout
             ├── UpstreamUnauthorized   401 from upstream: the mirror's credentials
             ├── UpstreamDenied         403 from upstream
-            ├── UpstreamRateLimited    429 from upstream or our own limiter
+            ├── UpstreamRateLimited    429 from upstream or our own limiter (own_limit)
             └── DigestMismatch         upstream bytes do not match their digest
 
 ``aiohttp.ClientError`` and ``OSError`` are translated into these where they arise
@@ -158,9 +158,10 @@ class UpstreamRateLimited(UpstreamError):
     code = "TOOMANYREQUESTS"
     status = 429
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after: float = 1.0, own_limit: bool = False) -> None:
         super().__init__(message)
         self.retry_after = max(1.0, retry_after)
+        self.own_limit = own_limit  # True: cachesvc's own limiter refused, not upstream
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(math.ceil(self.retry_after))}

@@ -3,8 +3,13 @@
 By digest a manifest is immutable: fetched once, checked against its digest, kept
 like a blob. By tag, the tag -> digest mapping is cached per (registry, repository,
 tag, Accept set) for the registry's ``tag_ttl`` and revalidated with HEAD, which
-Docker Hub does not count against its pull limit. When upstream fails, the last
-known mapping is served (``stale``) instead of an error.
+Docker Hub does not count against its pull limit. When upstream fails, times out
+or rate-limits (ours or its), the last known mapping is served (``stale``) instead
+of an error, for at most the registry's ``max_stale`` since upstream last confirmed
+it. A 401/403 is not papered over: it surfaces, so a broken secret is noticed.
+
+An upstream 404 for a tag is remembered for ``negative_ttl`` (per registry,
+repository and tag), so a typo in a Deployment does not hammer the registry.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from cachesvc.errors import (
     DigestMismatch,
     ManifestInvalid,
     ManifestUnknown,
+    UpstreamDenied,
     UpstreamError,
+    UpstreamUnauthorized,
 )
+from cachesvc.metrics import Metrics
 from cachesvc.oci import MEDIA_OCI_MANIFEST, Digest, validate_tag
 from cachesvc.routing import Target
 from cachesvc.singleflight import SingleFlight
@@ -35,6 +43,8 @@ log = logging.getLogger("cachesvc.manifests")
 Result = Literal["hit", "miss", "coalesced", "stale"]
 # Bodies kept in memory for fast hits; manifests are small (a few KiB) and hot.
 MEMORY_BUDGET = 64 * 1024 * 1024
+# Tags remembered as missing; the oldest are forgotten first beyond this many.
+NEGATIVE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +119,13 @@ def _header_digest(answer: Answer) -> Digest | None:
 class Manifests:
     """Manifest lookups for the mirror."""
 
-    def __init__(self, store: Store, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(
+        self, store: Store, upstreams: Mapping[str, Upstream], metrics: Metrics | None = None
+    ) -> None:
         self._store = store
         self._upstreams = upstreams
+        self._metrics = metrics
+        self._missing: OrderedDict[str, float] = OrderedDict()  # tag key -> expiry (monotonic)
         self._bodies = _BodyCache(MEMORY_BUDGET)
         self._tags: dict[str, TagRecord] = {}
         self._by_digest: SingleFlight[str, tuple[ManifestRecord, str]] = SingleFlight()
@@ -182,6 +196,7 @@ class Manifests:
     ) -> ManifestAnswer:
         """A manifest by tag, through the tag cache."""
         validate_tag(tag)
+        self._check_missing(target, tag)
         key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
         record = self._tags.get(key) or self._store.get_tag(key)
         if record is not None and time.time() - record.checked_at < ttl:
@@ -237,7 +252,7 @@ class Manifests:
             if previous is not None:
                 head = await upstream.fetch("HEAD", path, scope=scope, headers=headers)
                 if head.status == 404:
-                    raise ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+                    raise self._missing_tag(target, tag)
                 digest = _header_digest(head)
                 if head.status == 200 and digest == previous.digest:
                     record = TagRecord(
@@ -246,19 +261,28 @@ class Manifests:
                     self._remember(key, record)
                     return record, "hit", None, head.endpoint
             answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
-        except ManifestUnknown:
+        except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
             raise
         except UpstreamError as exc:
-            if previous is not None and self.cached(previous.digest) is not None:
-                age = time.time() - previous.checked_at
+            age = time.time() - previous.checked_at if previous is not None else 0.0
+            max_stale = upstream.config.max_stale
+            if (
+                previous is not None
+                and age <= max_stale
+                and self.cached(previous.digest) is not None
+            ):
                 log.warning(
                     "serving stale %s/%s:%s (%.0fs old): %s",
                     target.registry, target.repository, tag, age, exc,
                 )  # fmt: skip
+                if self._metrics is not None:
+                    self._metrics.stale_served.labels(target.registry).inc()
                 return previous, "stale", age, None
+            if previous is not None and age > max_stale:
+                exc.detail = {"stale_for_seconds": int(age), "max_stale_seconds": int(max_stale)}
             raise
         if answer.status == 404:
-            raise ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+            raise self._missing_tag(target, tag)
         if answer.status != 200:
             raise UpstreamError(f"{target.registry} answered {answer.status} for a manifest")
         declared = _header_digest(answer)
@@ -277,6 +301,35 @@ class Manifests:
         record = TagRecord(digest, manifest.media_type, manifest.size, time.time())
         self._remember(key, record)
         return record, "miss", None, answer.endpoint
+
+    def _missing_key(self, target: Target, tag: str) -> str:
+        return "\0".join((target.registry, target.repository, tag))
+
+    def _missing_tag(self, target: Target, tag: str) -> ManifestUnknown:
+        """Remember an upstream 404 for ``negative_ttl``; returns the error to raise."""
+        ttl = self._upstreams[target.registry].config.negative_ttl
+        if ttl > 0:
+            key = self._missing_key(target, tag)
+            self._missing.pop(key, None)
+            self._missing[key] = time.monotonic() + ttl
+            while len(self._missing) > NEGATIVE_ENTRIES:
+                self._missing.popitem(last=False)
+        return ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+
+    def _check_missing(self, target: Target, tag: str) -> None:
+        key = self._missing_key(target, tag)
+        expires = self._missing.get(key)
+        if expires is None:
+            return
+        if expires <= time.monotonic():
+            del self._missing[key]
+            return
+        if self._metrics is not None:
+            self._metrics.negative_hits.labels(target.registry).inc()
+        raise ManifestUnknown(
+            f"{target.registry}/{target.repository}:{tag} not found "
+            "(upstream said so moments ago; cachesvc remembers it for negative_ttl)"
+        )
 
     def _remember(self, key: str, record: TagRecord) -> None:
         if len(self._tags) > 100_000:

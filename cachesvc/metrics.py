@@ -99,12 +99,6 @@ class Metrics:
             ["registry", "endpoint"],
             registry=registry,
         )
-        self.ratelimit_remaining = Gauge(
-            "cachesvc_upstream_ratelimit_remaining",
-            "Pulls left in the registry's rate-limit window, from its ratelimit-remaining header.",
-            ["registry"],
-            registry=registry,
-        )
         self.cache_bytes = Gauge(
             "cachesvc_cache_size_bytes",
             "Bytes of verified blobs and manifests in the store.",
@@ -196,5 +190,74 @@ class Metrics:
             "cachesvc_http_responses_total",
             "Responses of the mirror API by method and status code.",
             ["method", "code"],
+            registry=registry,
+        )
+        self._upstream_access(registry)
+
+    def _upstream_access(self, registry: CollectorRegistry) -> None:
+        """Upstream access: credentials, endpoint health, limits, stale and negative answers."""
+        self.endpoint_healthy = Gauge(
+            "cachesvc_upstream_endpoint_healthy",
+            "1 while an endpoint may be asked, 0 from a failure (cool-down) or a 429 until its "
+            "next success.",
+            ["registry", "endpoint"],
+            registry=registry,
+        )
+        self.endpoint_failures = Counter(
+            "cachesvc_upstream_endpoint_failures_total",
+            "Endpoint failures that count against its health, by reason (connect, timeout, "
+            "5xx, 429, redirect).",
+            ["registry", "endpoint", "reason"],
+            registry=registry,
+        )
+        self.upstream_auth_failures = Counter(
+            "cachesvc_upstream_auth_failures_total",
+            "Upstream refusals of the mirror's own credentials (401 after the challenge, or "
+            "403), by status code.",
+            ["registry", "code"],
+            registry=registry,
+        )
+        self.ratelimit_remaining = Gauge(
+            "cachesvc_upstream_ratelimit_remaining",
+            "Last ratelimit-remaining header an endpoint sent (Docker Hub: pulls left in "
+            "its window).",
+            ["registry", "endpoint"],
+            registry=registry,
+        )
+        self.ratelimit_limit = Gauge(
+            "cachesvc_upstream_ratelimit_limit",
+            "Last ratelimit-limit header an endpoint sent.",
+            ["registry", "endpoint"],
+            registry=registry,
+        )
+        self.limiter_queue = Gauge(
+            "cachesvc_upstream_limiter_queue_requests",
+            "Requests waiting for cachesvc's own per-registry limiter.",
+            ["registry"],
+            registry=registry,
+        )
+        self.limiter_rejections = Counter(
+            "cachesvc_upstream_limiter_rejections_total",
+            "Requests refused by cachesvc's own limiter with 429, by reason (queue_full, "
+            "queue_timeout, rate).",
+            ["registry", "reason"],
+            registry=registry,
+        )
+        self.stale_served = Counter(
+            "cachesvc_stale_served_total",
+            "Tag lookups answered from the last known digest because upstream failed.",
+            ["registry"],
+            registry=registry,
+        )
+        self.negative_hits = Counter(
+            "cachesvc_negative_cache_hits_total",
+            "Tag lookups answered 404 from the negative cache without asking upstream.",
+            ["registry"],
+            registry=registry,
+        )
+        self.credential_reloads = Counter(
+            "cachesvc_credentials_reloads_total",
+            "Loads of the credentials file by result (ok, error: the last good ones stay).",
+            ["result"],
             registry=registry,
         )

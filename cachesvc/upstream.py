@@ -1,27 +1,46 @@
 """The client side: one ``Upstream`` per configured registry.
 
-It tries the registry's endpoints in order, runs the auth challenge once on a 401,
-applies the connect / first-byte / stall timeouts, and turns every transport
-failure and refusal into a ``RegistryError`` *before* anything reaches a client.
-A 404 is returned to the caller, which knows whether it means BLOB_UNKNOWN or
+It tries the registry's endpoints in order (skipping those ``endpoints.py`` says are
+cooling down or rate-limited), waits its turn in the registry's limiter
+(``ratelimit.py``), answers a 401 challenge once (``auth.py``), follows redirects
+itself, applies the connect / first-byte / stall timeouts, and turns every transport
+failure and refusal into a ``RegistryError`` *before* anything reaches a client. A
+404 is returned to the caller, which knows whether it means BLOB_UNKNOWN or
 MANIFEST_UNKNOWN.
+
+Redirects (301/302/303/307/308, e.g. Docker Hub's blob GETs to a signed CDN URL) are
+followed here rather than by aiohttp so that the rules are explicit: at most
+``MAX_REDIRECTS`` hops, a loop is an error, ``Authorization`` is dropped as soon as the
+origin (scheme, host, port) changes and never restored, https never downgrades to
+http unless the registry is ``insecure``, and the ``Location`` is never cached (signed
+URLs expire; every fill starts at the registry again). aiohttp would drop the header
+on an origin change too (``client.py``, ``url.origin() != redirect_origin``), but
+counts the limit so that ``max_redirects=5`` follows only four hops.
+
+A repository ``path_prefix`` of an endpoint rewrites ``/v2/<repo>/...`` to
+``/v2/<prefix>/<repo>/...`` and the token scope to match.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
-from cachesvc.auth import TokenCache, parse_challenge
+from cachesvc.auth import Authorizer, parse_challenge, refused_hint
 from cachesvc.config import RegistryConfig, Timeouts
+from cachesvc.endpoints import Endpoints
 from cachesvc.errors import (
+    ConfigError,
     ManifestInvalid,
     RegistryError,
     UpstreamDenied,
@@ -34,11 +53,13 @@ from cachesvc.errors import (
 from cachesvc.fill import BlobBody
 from cachesvc.metrics import Metrics
 from cachesvc.oci import MAX_MANIFEST_BYTES
+from cachesvc.ratelimit import Limiter, Ticket
 
 log = logging.getLogger("cachesvc.upstream")
 
 MAX_REDIRECTS = 5
 BODY_CHUNK = 1024 * 1024
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +76,73 @@ def _status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def _retry_after(headers: Mapping[str, str]) -> float:
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None when absent/bad."""
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
     try:
-        return float(headers.get("Retry-After", "1"))
+        return max(0.0, float(value))
     except ValueError:
-        return 1.0
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
-def _ratelimit_remaining(header: str | None) -> float | None:
-    """``ratelimit-remaining: 76;w=21600`` -> 76 (None when absent or unreadable)."""
+def _ratelimit_value(header: str | None) -> float | None:
+    """``76;w=21600`` -> 76."""
     if not header:
         return None
     try:
         return float(header.split(";", 1)[0].strip())
     except ValueError:
         return None
+
+
+def _rewrite(path: str, scope: str, prefix: str) -> tuple[str, str]:
+    """Insert a repository prefix into ``/v2/<repo>/...`` and its ``repository:`` scope."""
+    if not prefix or not path.startswith("/v2/"):
+        return path, scope
+    path = f"/v2/{prefix}/{path[4:]}"
+    if scope.startswith("repository:"):
+        scope = f"repository:{prefix}/{scope[len('repository:') :]}"
+    return path, scope
+
+
+def _where(url: URL) -> str:
+    """A URL fit for logs and error messages: no query (signed URLs), no userinfo."""
+    return str(url.with_query(None).with_fragment(None).with_user(None))
+
+
+def tls_context(config: RegistryConfig) -> ssl.SSLContext | bool:
+    """The ``ssl`` argument for a registry: verify (system CAs + ``ca_file``), mTLS, or off.
+
+    Raises ``ConfigError`` naming the key when a file cannot be used.
+    """
+    key = f"registries.{config.name}"
+    if config.insecure:
+        return False
+    if config.ca_file is None and config.client_cert is None:
+        return True  # aiohttp's default verifying context
+    context = ssl.create_default_context()
+    if config.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{key}.ca_file", f"cannot load {config.ca_file}: {exc}") from None
+    if config.client_cert is not None:
+        try:
+            context.load_cert_chain(
+                str(config.client_cert),
+                str(config.client_key) if config.client_key is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{key}.client_cert", f"cannot load the client certificate/key: {exc}"
+            ) from None
+    return context
 
 
 class Upstream:
@@ -79,16 +152,23 @@ class Upstream:
         self,
         config: RegistryConfig,
         session: aiohttp.ClientSession,
-        tokens: TokenCache,
+        authorizer: Authorizer,
         timeouts: Timeouts,
         metrics: Metrics,
+        *,
+        endpoints: Endpoints,
+        limiter: Limiter,
+        ssl_context: ssl.SSLContext | bool = True,
     ) -> None:
         self.config = config
         self.name = config.name
         self._session = session
-        self._tokens = tokens
+        self._auth = authorizer
         self._timeouts = timeouts
         self._metrics = metrics
+        self.endpoints = endpoints
+        self.limiter = limiter
+        self._ssl = ssl_context
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.stall
         )
@@ -103,28 +183,40 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request, trying endpoints in order; yields a 2xx, 3xx-free or 404 response.
+        """Send a request, trying endpoints in order; yields a 2xx or 404 response.
 
         Connect errors, timeouts, 5xx and 429 move on to the next endpoint; when all
-        fail, the most telling error is raised. 401 runs the auth challenge once.
+        fail, the last error is raised. 401 runs the auth challenge once. The limiter
+        slot is held until the block ends (a blob body is read inside it).
         """
-        last: RegistryError | None = None
-        for endpoint in self.config.endpoints:
-            try:
-                response = await self._send(endpoint, method, path, scope, headers, params)
-            except (UpstreamUnreachable, UpstreamTimeout, UpstreamRateLimited) as exc:
-                last = exc
-                continue
-            try:
-                yield response
-                return
-            finally:
-                response.release()
-        assert last is not None
-        raise last
+        async with self.limiter.slot() as ticket:
+            last: RegistryError | None = None
+            for index in self.endpoints.available():
+                endpoint = self.config.endpoints[index]
+                ep_path, ep_scope = _rewrite(path, scope, self.config.path_prefix(index))
+                try:
+                    response = await self._send(
+                        ticket, endpoint, method, ep_path, ep_scope, headers, params
+                    )
+                except (UpstreamUnreachable, UpstreamTimeout) as exc:
+                    last = exc
+                    continue
+                except UpstreamRateLimited as exc:
+                    if exc.own_limit:  # cachesvc's limiter: no other endpoint would help
+                        raise
+                    last = exc
+                    continue
+                try:
+                    yield response
+                    return
+                finally:
+                    response.release()
+            assert last is not None
+            raise last
 
     async def _send(
         self,
+        ticket: Ticket,
         endpoint: str,
         method: str,
         path: str,
@@ -134,40 +226,64 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         url = endpoint + path
         request_headers = dict(headers or {})
-        token = self._tokens.cached(self.name, scope)
+        authorization = self._auth.header(endpoint, scope)
         for attempt in (1, 2):
-            if token is not None:
-                request_headers["Authorization"] = f"Bearer {token}"
-            response = await self._request(endpoint, method, url, request_headers, params)
-            if response.status != 401 or attempt == 2:
+            if authorization is not None:
+                request_headers["Authorization"] = authorization
+            await self.limiter.pace(ticket)
+            response, redirected = await self._request(
+                endpoint, method, url, request_headers, params
+            )
+            if response.status != 401 or attempt == 2 or redirected:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.release()
-            if challenge is None or challenge.scheme != "bearer":
-                raise UpstreamUnauthorized(
-                    f"{self.name} refused the mirror (401) and offers no Bearer challenge it "
-                    "can answer anonymously: configure credentials for this registry"
-                )
-            token = await self._tokens.fetch(self.name, challenge, scope)
+            authorization = await self._auth.answer(endpoint, challenge, scope)
         status = response.status
+        self._record_ratelimit(endpoint, response.headers)
         if status < 300 or status == 404:
+            self.endpoints.succeeded(endpoint)
             return response
         response.release()
-        if status == 401:
-            raise UpstreamUnauthorized(
-                f"{self.name} refused the mirror's credentials (401): check the credentials "
-                "cachesvc uses for this registry (an expired or rotated secret?)"
+        if redirected:
+            # The registry redirected us somewhere (a CDN) that failed: the endpoint's fault
+            # as far as the next request is concerned; the origin may work.
+            self.endpoints.failed(endpoint, "redirect")
+            raise UpstreamUnreachable(
+                f"{self.name}: the redirect target {_where(response.url.origin())} answered "
+                f"{status} for {method} {path}"
             )
-        if status == 403:
-            raise UpstreamDenied(f"{self.name} denied access (403) to {path}")
         if status == 429:
+            pause = self.endpoints.rate_limited(endpoint, retry_after(response.headers))
             raise UpstreamRateLimited(
-                f"{self.name} rate-limited the mirror (429) at {endpoint}",
-                retry_after=_retry_after(response.headers),
+                f"{self.name} rate-limited the mirror (429) at {endpoint}", retry_after=pause
             )
         if status >= 500:
+            self.endpoints.failed(endpoint, "5xx")
             raise UpstreamUnreachable(f"{self.name} answered {status} at {endpoint}")
+        self.endpoints.succeeded(endpoint)
+        credential = self._auth.credential(endpoint)
+        if status == 401:
+            self._metrics.upstream_auth_failures.labels(self.name, "401").inc()
+            raise UpstreamUnauthorized(
+                f"{self.name} refused the mirror's credentials (401 Unauthorized) at "
+                f"{endpoint}: {refused_hint(self.name, credential)}"
+            )
+        if status == 403:
+            self._metrics.upstream_auth_failures.labels(self.name, "403").inc()
+            raise UpstreamDenied(
+                f"{self.name} denied the mirror access (403 Forbidden) to {path}: "
+                + refused_hint(self.name, credential)
+            )
         raise UpstreamError(f"{self.name} answered {status} for {method} {path}")
+
+    def _record_ratelimit(self, endpoint: str, headers: Mapping[str, str]) -> None:
+        remaining = _ratelimit_value(headers.get("ratelimit-remaining"))
+        if remaining is not None:
+            self._metrics.ratelimit_remaining.labels(self.name, endpoint).set(remaining)
+        limit = _ratelimit_value(headers.get("ratelimit-limit"))
+        if limit is not None:
+            self._metrics.ratelimit_limit.labels(self.name, endpoint).set(limit)
 
     async def _request(
         self,
@@ -176,38 +292,80 @@ class Upstream:
         url: str,
         headers: Mapping[str, str],
         params: Mapping[str, str] | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> tuple[aiohttp.ClientResponse, bool]:
+        """One request, redirects followed; returns (response, whether it was redirected)."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeouts.first_byte):
-                response = await self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    params=params,
-                    timeout=self._client_timeout,
-                    max_redirects=MAX_REDIRECTS,
-                    auto_decompress=False,
+                response, hops = await self._follow(
+                    endpoint, method, URL(url), dict(headers), params
                 )
         except TimeoutError:
             self._count(endpoint, "error")
+            self.endpoints.failed(endpoint, "timeout")
             raise UpstreamTimeout(f"{self.name} did not answer in time at {endpoint}") from None
-        except aiohttp.TooManyRedirects:
-            self._count(endpoint, "error")
-            raise UpstreamUnreachable(
-                f"{self.name}: more than {MAX_REDIRECTS} redirects at {endpoint}"
-            ) from None
         except aiohttp.ClientError as exc:
             self._count(endpoint, "error")
+            self.endpoints.failed(endpoint, "connect")
             raise UpstreamUnreachable(
-                f"{self.name} unreachable at {endpoint}: {exc.__class__.__name__}: {exc}"
+                f"{self.name} unreachable at {endpoint}: {exc.__class__.__name__}"
             ) from None
         self._count(endpoint, _status_class(response.status))
         self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)
-        remaining = _ratelimit_remaining(response.headers.get("ratelimit-remaining"))
-        if remaining is not None:
-            self._metrics.ratelimit_remaining.labels(self.name).set(remaining)
-        return response
+        return response, hops > 0
+
+    async def _follow(
+        self,
+        endpoint: str,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        params: Mapping[str, str] | None,
+    ) -> tuple[aiohttp.ClientResponse, int]:
+        seen = {str(url)}
+        hops = 0
+        while True:
+            response = await self._session.request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                timeout=self._client_timeout,
+                allow_redirects=False,
+                auto_decompress=False,
+                ssl=self._ssl,
+            )
+            if response.status not in _REDIRECTS:
+                return response, hops
+            location = response.headers.get("Location")
+            here = response.url
+            response.release()
+            hops += 1
+            try:
+                target = here.join(URL(location)) if location else None
+            except ValueError:
+                target = None
+            problem = None
+            if target is None or target.scheme not in ("http", "https") or not target.host:
+                problem = "a redirect without a usable Location"
+            elif hops > MAX_REDIRECTS:
+                problem = f"more than {MAX_REDIRECTS} redirects"
+            elif str(target) in seen:
+                problem = "a redirect loop"
+            elif here.scheme == "https" and target.scheme == "http" and not self.config.insecure:
+                problem = "a redirect from https to plain http"
+            if problem is not None:
+                self.endpoints.failed(endpoint, "redirect")
+                raise UpstreamUnreachable(
+                    f"{self.name}: {problem} at {endpoint} (last hop {_where(here)})"
+                )
+            assert target is not None
+            seen.add(str(target))
+            if target.origin() != here.origin():
+                headers.pop("Authorization", None)  # never follows us to another host
+            if response.status == 303 and method != "HEAD":
+                method = "GET"
+            url, params = target, None
 
     def _count(self, endpoint: str, status_class: str) -> None:
         self._metrics.upstream_requests.labels(self.name, endpoint, status_class).inc()

@@ -200,7 +200,7 @@ def test_dashboard_and_alert_rules_reference_only_real_metrics() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    docs = (ROOT / "docs" / "operations.md").read_text()
+    docs = (ROOT / "README.md").read_text()
     families = {f.name for f in Metrics(CollectorRegistry()).registry.collect()}
     counters = {f.name for f in Metrics(CollectorRegistry()).registry.collect()
                 if f.type == "counter"}  # fmt: skip

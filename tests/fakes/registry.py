@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 
@@ -33,8 +35,16 @@ class Faults:
     chunked: bool = False  # no Content-Length on blob bodies
     slow_chunk_delay: float = 0.0  # sleep between body chunks
     redirect_blobs_to: str | None = None  # 307 blob GETs to this base URL
+    redirect_location: str | None = None  # 307 blob GETs to exactly this URL
     manifest_delay: float = 0.0  # sleep before answering manifest requests
     extra_bytes: int = 0  # append garbage after the real body (Content-Length grows)
+
+
+class Gate(Protocol):
+    """Access control in front of the fake's /v2 API (tests/fakes/auth.py has two)."""
+
+    def challenge(self, request: web.Request, scope: str) -> str | None:
+        """None to let the request through, else the ``WWW-Authenticate`` of a 401."""
 
 
 @dataclass
@@ -51,6 +61,9 @@ class FakeRegistry:
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     auth_seen: list[str | None] = field(default_factory=list)
     url: str = ""
+    gate: Gate | None = None  # Basic or token-service auth (tests/fakes/auth.py)
+    response_headers: dict[str, str] = field(default_factory=dict)  # on every /v2 answer
+    arrivals: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, method, path)
 
     def add_blob(self, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -92,11 +105,20 @@ class FakeRegistry:
     # -- the server ------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._extra_headers])
         app.router.add_get("/v2/", self._root)
         app.router.add_get("/token", self._token)
         app.router.add_route("*", "/v2/{tail:.+}", self._api)
         return app
+
+    @web.middleware
+    async def _extra_headers(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if not response.prepared:
+            response.headers.update(self.response_headers)
+        return response
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.json_response({})
@@ -118,7 +140,18 @@ class FakeRegistry:
     async def _api(self, request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
         self.requests[(request.method, "/v2/" + tail)] += 1
-        if not self._authorized(request):
+        self.arrivals.append((time.monotonic(), request.method, "/v2/" + tail))
+        if self.gate is not None:
+            self.auth_seen.append(request.headers.get("Authorization"))
+            repo = tail.split("/blobs/")[0].split("/manifests/")[0].removesuffix("/tags/list")
+            refusal = self.gate.challenge(request, f"repository:{repo}:pull")
+            if refusal is not None:
+                return web.json_response(
+                    {"errors": [{"code": "UNAUTHORIZED", "message": "auth required"}]},
+                    status=401,
+                    headers={"WWW-Authenticate": refusal},
+                )
+        elif not self._authorized(request):
             return web.json_response(
                 {"errors": [{"code": "UNAUTHORIZED", "message": "auth required"}]},
                 status=401,
@@ -178,6 +211,8 @@ class FakeRegistry:
         faults = self.faults
         if request.method == "HEAD":
             return web.Response(headers={"Content-Length": str(len(data))})
+        if faults.redirect_location:
+            raise web.HTTPTemporaryRedirect(faults.redirect_location)
         if faults.redirect_blobs_to:
             raise web.HTTPTemporaryRedirect(f"{faults.redirect_blobs_to}{request.path_qs}")
         if faults.wrong_bytes:
