@@ -43,6 +43,7 @@ class Audit:
     cache: str | None = None
     bytes: int = 0
     error: str | None = None
+    hung_up: bool = False  # the client closed the connection mid-response (logged as 499)
 
 
 AUDIT_KEY = web.RequestKey("audit", Audit)
@@ -70,7 +71,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     status = 500
     try:
         response = await handler(request)
-        status = response.status
+        status = 499 if audit.hung_up else response.status
         return response
     except RegistryError as exc:
         audit.error = exc.message
@@ -254,6 +255,14 @@ async def _blob(
     await streaming.prepare(request)
     try:
         await _send_fill(request, streaming, fill, start, end)
+        await streaming.write_eof()
+    except ConnectionError:
+        # The client hung up; the fill goes on for the others. aiohttp finishes the
+        # response quietly once the transport is gone.
+        request[AUDIT_KEY].hung_up = True
+        if request.transport is not None:
+            request.transport.abort()
+        return streaming
     except FillFailed as exc:
         # The status line is out: the only honest signal left is to cut the connection,
         # so the client never mistakes a short or wrong body for a complete one.
@@ -264,7 +273,6 @@ async def _blob(
         return streaming
     finally:
         metrics.served_bytes.labels("upstream").inc(request[AUDIT_KEY].bytes)
-    await streaming.write_eof()
     return streaming
 
 

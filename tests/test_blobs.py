@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -267,3 +268,29 @@ async def test_range_during_a_fill_is_served_from_the_growing_file(
             assert await ranged.read() == data[1000:2000]
         await first.read()
     assert fake.count("GET", "/blobs/") == 1
+
+
+@pytest.mark.parametrize("range_header", [None, "bytes=0-"])
+async def test_a_client_hanging_up_mid_fill_is_quiet_and_logged_as_499(
+    range_header: str | None,
+    fake: FakeRegistry,
+    mirror: Daemon,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.01
+    headers = {"Range": range_header} if range_header else {}
+    with caplog.at_level(logging.INFO):
+        async with http.get(blob_url(mirror, digest), headers=headers) as resp:
+            await resp.content.readexactly(1000)
+        for _ in range(200):
+            if stored(mirror, digest):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a hang-up logged an error"
+    statuses = [getattr(r, "fields", {}).get("status") for r in caplog.records if r.name == "cachesvc.access"]
+    assert statuses == [499]
+    assert stored(mirror, digest)
