@@ -32,7 +32,8 @@ from cachesvc.store import Store
 
 log = logging.getLogger("cachesvc.fill")
 
-WRITE_CHUNK = 1024 * 1024  # bytes handed to the hashing/writing thread at once
+WRITE_CHUNK = 4 * 1024 * 1024  # most bytes handed to the hashing/writing thread at once
+MIN_WRITE_CHUNK = 64 * 1024  # least, when that thread is idle
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
 
 
@@ -59,14 +60,16 @@ class FillFailed(Exception):
 class Fill:
     """One in-progress fetch of one blob; see the module docstring for the rules."""
 
-    def __init__(self, digest: Digest, temp: Path, registry: str) -> None:
+    def __init__(self, digest: Digest, temp: Path, registry: str, destination: Path) -> None:
         self.digest = digest
         self.temp = temp
+        self.destination = destination  # where a verified fill is renamed to
         self.registry = registry
         self.size: int | None = None
         self.written = 0
         self.released = 0
         self.final: Path | None = None
+        self.verified = False  # every byte is written and the digest matched
         self.error: RegistryError | None = None
         self.followers = 0
         self.peak_followers = 0
@@ -94,7 +97,7 @@ class Fill:
             raise self.ready.exception()  # type: ignore[misc]
 
     async def _wait_beyond(self, offset: int) -> None:
-        while self.released <= offset and not self.finished:
+        while self.released <= offset and not self.verified and not self.finished:
             await asyncio.wait((self._changed,))
 
     def _open_reader(self) -> int:
@@ -103,8 +106,11 @@ class Fill:
         try:
             return os.open(self.temp, os.O_RDONLY)
         except FileNotFoundError:
-            if self.final is not None:  # committed between the two checks
-                return os.open(self.final, os.O_RDONLY)
+            if self.verified:  # renamed into place (the commit runs in a worker thread)
+                try:
+                    return os.open(self.destination, os.O_RDONLY)
+                except FileNotFoundError:
+                    pass
             raise FillFailed(self.error or UpstreamError("fill ended")) from None
 
     async def spans(self, fd: int, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
@@ -123,7 +129,7 @@ class Fill:
                     raise FillFailed(self.error)
                 limit = self.released if end is None else min(self.released, end)
                 if pos >= limit:
-                    if self.final is not None:
+                    if self.verified:
                         break  # verified and everything up to ``end`` is sent
                     continue
                 yield pos, limit - pos
@@ -173,7 +179,7 @@ class FillManager:
         existing = self._fills.get(str(digest))
         if existing is not None:
             return existing, False
-        fill = Fill(digest, self._store.new_temp(digest), registry)
+        fill = Fill(digest, self._store.new_temp(digest), registry, self._store.path(digest))
         self._fills[str(digest)] = fill
         fill.task = asyncio.get_running_loop().create_task(
             self._run(fill, opener), name=f"fill {digest}"
@@ -236,15 +242,25 @@ class FillManager:
             try:
                 fill.ready.set_result(None)
 
-                def absorb(data: bytes) -> None:
-                    hasher.update(data)
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                def absorb(batch: list[bytes]) -> None:
+                    # Off the event loop: hash and write the chunks as received, with no
+                    # copy (hashlib and writev release the GIL on buffers this size).
+                    for piece in batch:
+                        hasher.update(piece)
+                    views = [memoryview(piece) for piece in batch]
+                    while views:
+                        done = os.writev(fd, views)
+                        while views and done >= len(views[0]):
+                            done -= len(views[0])
+                            views.pop(0)
+                        if views and done:
+                            views[0] = views[0][done:]
 
+                received = self._metrics.upstream_bytes.labels(fill.registry)
                 pending: asyncio.Future[None] | None = None
                 pending_len = 0
-                buffer = bytearray()
+                batch: list[bytes] = []
+                batch_len = 0
                 chunks = body.chunks.__aiter__()
                 while True:
                     try:
@@ -254,21 +270,30 @@ class FillManager:
                         raise UpstreamTimeout(
                             f"upstream stalled: no bytes for {self._stall:g}s"
                         ) from None
-                    if chunk is not None:
-                        buffer += chunk
-                        self._metrics.upstream_bytes.labels(fill.registry).inc(len(chunk))
+                    if chunk:
+                        batch.append(chunk)
+                        batch_len += len(chunk)
                         if (
                             fill.size is not None
-                            and fill.written + pending_len + len(buffer) > fill.size
+                            and fill.written + pending_len + batch_len > fill.size
                         ):
                             raise DigestMismatch("upstream sent more bytes than its Content-Length")
-                    if len(buffer) >= WRITE_CHUNK or (chunk is None and buffer):
+                    # Hand a batch to the worker when it is big, when the body ended, or
+                    # when the worker is idle anyway: large batches at full speed, low
+                    # latency to first byte from a slow upstream.
+                    idle = pending is None or pending.done()
+                    if batch and (
+                        batch_len >= WRITE_CHUNK
+                        or chunk is None
+                        or (idle and batch_len >= MIN_WRITE_CHUNK)
+                    ):
                         if pending is not None:
                             await pending
                             self._advance(fill, pending_len)
-                        pending_len = len(buffer)
-                        pending = loop.run_in_executor(None, absorb, bytes(buffer))
-                        buffer.clear()
+                        received.inc(batch_len)
+                        pending_len = batch_len
+                        pending = loop.run_in_executor(None, absorb, batch)
+                        batch, batch_len = [], 0
                     if chunk is None:
                         break
                 if pending is not None:
@@ -284,12 +309,17 @@ class FillManager:
                         f"upstream bytes for {fill.digest} have digest "
                         f"{fill.digest.algorithm}:{hasher.hexdigest()}; nothing was kept"
                     )
+                # Verified: release the last bytes now. Durability (fsync, rename) only
+                # decides whether the blob is kept, not whether these bytes are right,
+                # so followers need not wait for the disk.
+                fill.size = fill.written
+                fill.released = fill.written
+                fill.verified = True
+                fill._notify()
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:
                 os.close(fd)
-        fill.size = fill.written
         fill.final = await loop.run_in_executor(None, self._store.commit, fill.temp, fill.digest)
-        fill.released = fill.written
         fill._notify()
 
     @staticmethod

@@ -10,6 +10,7 @@ import aiohttp
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
 from tests.operator import TOKEN, add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.polling import eventually
 
 
 async def test_admin_auth_missing_wrong_and_rotated_token(
@@ -107,6 +108,8 @@ async def test_eviction_never_removes_a_blob_being_served(
         url = f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test"
         async with http.get(url) as resp:
             assert await resp.read() == data
+        # The commit lands just after the verified bytes went out.
+        assert await eventually(lambda: daemon.parts.store.size(Digest.parse(digest)) is not None)
         # Take the lease a hit takes, as a response being sent holds it.
         cached = daemon.parts.mirror.blobs.cached(Digest.parse(digest))
         assert cached is not None

@@ -15,6 +15,7 @@ import pytest
 from cachesvc.app import Daemon
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
+from tests.polling import eventually
 
 
 def blob_url(daemon: Daemon, digest: str, repo: str = "team/app") -> str:
@@ -23,6 +24,12 @@ def blob_url(daemon: Daemon, digest: str, repo: str = "team/app") -> str:
 
 def stored(daemon: Daemon, digest: str) -> bool:
     return daemon.parts.store.size(Digest.parse(digest)) is not None
+
+
+async def committed(daemon: Daemon, digest: str) -> bool:
+    """Whether the blob reaches its final path: the commit (fsync + rename) runs just
+    after the verified last bytes were released to clients."""
+    return await eventually(lambda: stored(daemon, digest))
 
 
 def temp_files(daemon: Daemon) -> list[str]:
@@ -41,7 +48,7 @@ async def test_miss_then_hit_serves_exact_bytes_and_asks_upstream_once(
             assert resp.headers["Content-Length"] == str(len(data))
             assert await resp.read() == data
     assert fake.count("GET", "/blobs/") == 1
-    assert stored(mirror, digest)
+    assert await committed(mirror, digest)
 
 
 async def test_twenty_concurrent_cold_requests_make_one_upstream_get(
@@ -84,11 +91,7 @@ async def test_fill_outlives_the_client_that_started_it(
     async with http.get(blob_url(mirror, digest)) as resp:
         await resp.content.readexactly(1000)
     # The client hung up; the fill goes on and commits.
-    for _ in range(200):
-        if stored(mirror, digest):
-            break
-        await asyncio.sleep(0.02)
-    assert stored(mirror, digest)
+    assert await committed(mirror, digest)
     assert fake.count("GET", "/blobs/") == 1
 
 
@@ -128,7 +131,7 @@ async def test_a_bad_upstream_body_is_never_served_whole_nor_kept(
     async with http.get(blob_url(mirror, digest)) as resp:
         assert await resp.read() == data
     assert fake.count("GET", "/blobs/") == 2
-    assert stored(mirror, digest)
+    assert await committed(mirror, digest)
 
 
 async def test_digest_mismatch_is_counted(
@@ -154,7 +157,7 @@ async def test_chunked_upstream_body_is_served_and_verified(
     async with http.get(blob_url(mirror, digest)) as resp:
         assert resp.status == 200
         assert await resp.read() == data
-    assert stored(mirror, digest)
+    assert await committed(mirror, digest)
 
 
 async def test_head_never_downloads(
@@ -293,4 +296,4 @@ async def test_a_client_hanging_up_mid_fill_is_quiet_and_logged_as_499(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a hang-up logged an error"
     statuses = [getattr(r, "fields", {}).get("status") for r in caplog.records if r.name == "cachesvc.access"]
     assert statuses == [499]
-    assert stored(mirror, digest)
+    assert await committed(mirror, digest)

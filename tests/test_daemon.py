@@ -15,7 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.app import Daemon
+from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry, running
+from tests.polling import eventually
 
 
 async def test_routing_by_ns_prefix_and_default(
@@ -122,6 +124,8 @@ async def test_metrics_after_a_known_sequence(
     for _ in range(3):
         async with http.get(url) as resp:
             await resp.read()
+        # Let the commit land, so the next request is a plain hit, not a join.
+        assert await eventually(lambda: mirror.parts.store.size(Digest.parse(digest)) is not None)
     async with http.get(f"{mirror.mirror_url}/v2/team/app/blobs/sha256:{'e' * 64}") as resp:
         assert resp.status == 404
     async with http.get(f"{mirror.admin_url}/metrics") as resp:

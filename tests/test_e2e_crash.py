@@ -27,6 +27,7 @@ from tests.peers_fixtures import (
     sha256_file,
     wait_until_quiet,
 )
+from tests.polling import eventually
 
 __all__ = ["registry"]  # fixture imported for pytest
 
@@ -122,6 +123,8 @@ async def test_kill_9_during_a_fill_leaves_nothing_and_the_restart_fetches_again
 
             # -- pull again: a fresh fill, whole and verified -----------------------------
             assert await _get(url()) == (200, layer.size, digest)
+            # The commit (fsync + rename) lands just after the verified bytes went out.
+            assert await eventually(final.exists)
             assert sha256_file(final) == digest
             assert list(daemon.tmp_dir.iterdir()) == []
             # ... and then a hit, with no further upstream request.

@@ -17,8 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.logs import JsonFormatter
 from cachesvc.metrics import Metrics
+from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
 from tests.operator import TOKEN, add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_FIELDS = {
@@ -105,6 +107,11 @@ async def test_access_log_schema_and_prewarm_events(
                 async with http.get(url) as resp:
                     assert resp.status == 200
                     await resp.read()
+                # The commit lands just after the last verified bytes went out.
+                if "/blobs/" in url:
+                    assert await eventually(
+                        lambda: daemon.parts.store.size(Digest.parse(blobs[1])) is not None
+                    )
             async with http.head(f"{base}/blobs/{blobs[0]}?ns=fake.test") as resp:
                 assert resp.status == 200
             await wait_job(http, daemon, await submit(http, daemon, ["fake.test/team/app:1"]))
