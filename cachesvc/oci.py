@@ -23,6 +23,7 @@ _REGISTRY_RE = re.compile(
     r"(?::[0-9]{1,5})?|\[[0-9a-fA-F:.]+\](?::[0-9]{1,5})?"
 )
 _HEX = {"sha256": 64, "sha512": 128}
+_LOWER_HEX_RE = re.compile(r"[0-9a-f]+")
 MAX_NAME_LENGTH = 255
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -58,7 +59,7 @@ class Digest:
             raise DigestInvalid(
                 f"unsupported digest algorithm {algorithm[:20]!r}: use sha256 or sha512"
             )
-        if len(encoded) != _HEX[algorithm] or not all(c in "0123456789abcdef" for c in encoded):
+        if len(encoded) != _HEX[algorithm] or not _LOWER_HEX_RE.fullmatch(encoded):
             raise DigestInvalid(
                 f"invalid {algorithm} digest: expected {_HEX[algorithm]} lowercase hex characters"
             )
