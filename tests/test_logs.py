@@ -1,0 +1,75 @@
+"""Log output: JSON lines, written in batches but never held back for long."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from cachesvc.logs import FLUSH_SECONDS, BufferedStreamHandler, JsonFormatter
+
+
+def read_available(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def make_record(level: int, msg: str, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("cachesvc.test", level, __file__, 1, msg, None, None)
+    record.fields = fields
+    return record
+
+
+def test_buffered_lines_reach_the_stream_without_further_logging() -> None:
+    read_fd, write_fd = os.pipe()
+    handler = BufferedStreamHandler(write_fd)
+    handler.setFormatter(JsonFormatter())
+    try:
+        handler.handle(make_record(logging.INFO, "first"))  # flushed: first line after a pause
+        time.sleep(FLUSH_SECONDS * 1.5)
+        handler.handle(make_record(logging.INFO, "request", status=200))
+        deadline = time.monotonic() + 5 * FLUSH_SECONDS
+        data = b""
+        while b"request" not in data and time.monotonic() < deadline:
+            time.sleep(0.02)
+            data += read_available(read_fd)
+        lines = [json.loads(line) for line in data.decode().splitlines()]
+        assert [line["msg"] for line in lines][-1] == "request"
+        assert lines[-1]["status"] == 200
+        assert lines[-1]["time"].endswith("Z")
+    finally:
+        handler.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_warnings_are_flushed_at_once_and_close_flushes_everything() -> None:
+    read_fd, write_fd = os.pipe()
+    handler = BufferedStreamHandler(write_fd)
+    handler.setFormatter(JsonFormatter())
+    try:
+        handler.force_flush()
+        handler.handle(make_record(logging.INFO, "quiet"))
+        handler.handle(make_record(logging.WARNING, "loud"))
+        assert b'"msg":"loud"' in read_available(read_fd)
+        handler.handle(make_record(logging.INFO, "last"))
+        handler.close()
+        assert b'"msg":"last"' in read_available(read_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_json_time_keeps_milliseconds_within_a_second() -> None:
+    formatter = JsonFormatter()
+    record = make_record(logging.INFO, "x")
+    record.created = 1_764_140_000.123
+    first = json.loads(formatter.format(record))["time"]
+    record.created = 1_764_140_000.987
+    second = json.loads(formatter.format(record))["time"]
+    assert first == "2025-11-26T06:53:20.123Z"
+    assert second == "2025-11-26T06:53:20.987Z"
