@@ -1,8 +1,9 @@
 """``python -m benchmarks [--smoke] [--reps N] [--out DIR]``: run every scenario, write the report.
 
 Exit status: 0 when every measurement could be taken (targets may still be missed: they are
-results, not errors); 1 when a scenario failed for some system (see the notes in the report);
-2 when the lab itself could not be started.
+results, not errors); 1 when a scenario failed for some system, or cachesvc-uvloop could not be
+started although cachesvc could (see the notes in the report); 2 when the lab itself could not
+be started.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from benchmarks.content import PushError
 from benchmarks.lab import Lab, Plan
 from benchmarks.load import download_executor
 from benchmarks.machine import this_machine
-from benchmarks.measurement import Row
+from benchmarks.measurement import CACHESVC_UVLOOP, Row
 from benchmarks.processes import ChildError
 from benchmarks.report import chart, markdown
 
@@ -33,7 +34,8 @@ SMOKE_OUT = Path(tempfile.gettempdir()) / "cachesvc-bench-smoke"
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="cachesvc vs the distribution registry's proxy mode vs nginx, on loopback.",
+        description="cachesvc (asyncio and uvloop) vs the distribution registry's proxy mode "
+        "vs nginx, on loopback.",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, one repetition (for make test)"
@@ -61,9 +63,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) -> list[Row]:
+async def _run(
+    plan: Plan, reps: int, only: set[str] | None, logs: Path | None
+) -> tuple[list[Row], list[str]]:
+    """The rows, and the problems that are not a row's (a system that did not start)."""
     asyncio.get_running_loop().set_default_executor(download_executor())
     async with Lab.open(plan, logs) as lab:
+        problems = []
+        if lab.cachesvc_uvloop_reason is not None:
+            reason = " ".join(lab.cachesvc_uvloop_reason.split())[:500]
+            problems.append(f"**failed:** {CACHESVC_UVLOOP} could not be started: {reason}")
         runs: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
             ("warm", lambda: scenarios.warm_blob(lab, reps)),
             ("cold", lambda: scenarios.cold_blob(lab, reps)),
@@ -83,7 +92,7 @@ async def _run(plan: Plan, reps: int, only: set[str] | None, logs: Path | None) 
             new_rows = await run()
             print(f"[bench] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
             rows.extend(new_rows)
-        return rows
+        return rows, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = this_machine()
     started = time.perf_counter()
     try:
-        rows = asyncio.run(_run(plan, reps, set(args.only) if args.only else None, args.logs))
+        rows, problems = asyncio.run(
+            _run(plan, reps, set(args.only) if args.only else None, args.logs)
+        )
     except (ChildError, PushError) as exc:
         print(f"benchmark lab could not start: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - started
-    notes = [f"total run time {elapsed:.0f} s"]
+    notes = [*problems, f"total run time {elapsed:.0f} s"]
     if not plan.containerd:
         notes.append("containerd scenario skipped in --smoke")
     text = markdown(rows, machine, command.strip(), notes, reps)
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latest.md").write_text(text)
     chart(rows, machine, out / "latest.png")
     print(text)
-    return 1 if any(row.failures for row in rows) else 0
+    return 1 if problems or any(row.failures for row in rows) else 0
 
 
 if __name__ == "__main__":

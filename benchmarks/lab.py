@@ -1,7 +1,8 @@
 """The lab: every system started side by side, the test content loaded, everything torn down.
 
 One ``Lab`` per run. ``Lab.open`` builds the images, starts the upstream registry, the
-distribution proxy, cachesvc (when it runs) and nginx; closing the lab stops every child
+distribution proxy, cachesvc (when it runs: once on the default asyncio loop, once with
+``event_loop: uvloop``) and nginx; closing the lab stops every child
 and removes the work directory, whatever happened in between.
 """
 
@@ -20,6 +21,8 @@ import aiohttp
 from benchmarks.access_log import count_requests
 from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
 from benchmarks.machine import sha256_mib_per_second
+from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP
+from benchmarks.processes import ChildError
 from benchmarks.systems import (
     Service,
     cachesvc_unavailable_reason,
@@ -77,6 +80,10 @@ class Lab:
     nginx: Service
     cachesvc: Service | None
     cachesvc_reason: str | None
+    cachesvc_uvloop: Service | None
+    """The same cachesvc configuration plus ``event_loop: uvloop`` (None when it did not start)."""
+    cachesvc_uvloop_reason: str | None
+    """Why ``cachesvc_uvloop`` is not running although cachesvc is (None otherwise)."""
     big: Image
     small: Image
     index: Image
@@ -85,7 +92,16 @@ class Lab:
 
     @property
     def caches(self) -> list[Service]:
-        """The caches under comparison, cachesvc first when it runs: A B A B order."""
+        """Every cache under comparison, cachesvc first when it runs: A B C A B C order.
+
+        For the scenarios where the event loop matters: includes cachesvc-uvloop.
+        """
+        candidates = (self.cachesvc, self.cachesvc_uvloop, self.distribution)
+        return [s for s in candidates if s is not None]
+
+    @property
+    def default_caches(self) -> list[Service]:
+        """cachesvc on its default loop and the baseline only (the longer scenarios)."""
         return [s for s in (self.cachesvc, self.distribution) if s is not None]
 
     @staticmethod
@@ -142,10 +158,18 @@ class Lab:
                 nginx = start_nginx(workdir, layout.root / "blobs")
                 services.append(nginx)
                 reason = cachesvc_unavailable_reason()
-                cachesvc = None
+                cachesvc = cachesvc_uvloop = uvloop_reason = None
                 if reason is None:
-                    cachesvc = start_cachesvc(workdir, upstream)
+                    cachesvc = start_cachesvc(workdir, upstream, CACHESVC)
                     services.append(cachesvc)
+                    try:
+                        cachesvc_uvloop = start_cachesvc(
+                            workdir, upstream, CACHESVC_UVLOOP, event_loop="uvloop"
+                        )
+                    except ChildError as exc:  # reported (exit status 1), the rest still runs
+                        uvloop_reason = str(exc)
+                    else:
+                        services.append(cachesvc_uvloop)
                 half = plan.blob_size
                 big = layout.image(BIG_REPOSITORY, IMAGE_TAG, [half, half])
                 small = layout.image(SMALL_REPOSITORY, IMAGE_TAG, [4096, 8192, 16384])
@@ -162,6 +186,8 @@ class Lab:
                     nginx=nginx,
                     cachesvc=cachesvc,
                     cachesvc_reason=reason,
+                    cachesvc_uvloop=cachesvc_uvloop,
+                    cachesvc_uvloop_reason=uvloop_reason,
                     big=big,
                     small=small,
                     index=index,

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BASELINE = "distribution"
-SYSTEMS = ("cachesvc", "distribution", "nginx", "sha256")
+CACHESVC = "cachesvc"
+"""cachesvc with its default configuration (asyncio event loop): the targets are judged on it."""
+CACHESVC_UVLOOP = "cachesvc-uvloop"
+"""The same cachesvc configuration plus ``event_loop: uvloop``, measured for comparison only."""
+CACHESVC_SYSTEMS = (CACHESVC, CACHESVC_UVLOOP)
+SYSTEMS = (CACHESVC, CACHESVC_UVLOOP, BASELINE, "nginx", "sha256")
 
 Comparison = Literal[">=", "<=", "==", "<"]
 
@@ -59,7 +64,7 @@ class Row:
     note: str = ""
     failures: list[str] = field(default_factory=list)
 
-    def ratio(self, system: str = "cachesvc", reference: str = BASELINE) -> float | None:
+    def ratio(self, system: str = CACHESVC, reference: str = BASELINE) -> float | None:
         """``system``'s median divided by ``reference``'s, when both exist."""
         return ratio(self.values.get(system), self.values.get(reference))
 

@@ -3,7 +3,8 @@
 - upstream: the distribution registry holding the test images (the "real registry"), with its
   access log on so that upstream requests can be counted (see ``access_log``);
 - distribution: the distribution registry in proxy mode (the baseline);
-- cachesvc: the daemon under test, when it can be run;
+- cachesvc: the daemon under test, when it can be run, with the default event loop (asyncio);
+- cachesvc-uvloop: the same configuration plus ``event_loop: uvloop`` (for comparison);
 - nginx: static files with ``sendfile on`` (the ceiling for a hit).
 """
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from benchmarks.ports import LOOPBACK, free_port
 from benchmarks.processes import Child
@@ -21,6 +23,9 @@ from benchmarks.processes import Child
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BINARY = "docker-registry"
 NGINX_BINARY = "nginx"
+
+EventLoop = Literal["asyncio", "uvloop"]
+"""cachesvc's ``event_loop`` config key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +145,23 @@ def cachesvc_unavailable_reason() -> str | None:
 
 
 def write_cachesvc_config(
-    workdir: Path, name: str, storage_root: Path, upstream: Service
+    workdir: Path,
+    name: str,
+    storage_root: Path,
+    upstream: Service,
+    event_loop: EventLoop | None = None,
 ) -> tuple[Path, int, int]:
-    """Write a cachesvc YAML config; returns (path, mirror port, admin port)."""
+    """Write a cachesvc YAML config; returns (path, mirror port, admin port).
+
+    Without ``event_loop`` the key is left out, so cachesvc runs on its default loop.
+    """
     port, admin_port = free_port(), free_port()
     config = workdir / f"{name}.yml"
     config.write_text(
         "\n".join(
             [
                 f'listen: "{LOOPBACK}:{port}"',
+                *([f"event_loop: {event_loop}"] if event_loop is not None else []),
                 "admin:",
                 f'  listen: "{LOOPBACK}:{admin_port}"',
                 "storage:",
@@ -176,11 +189,16 @@ def spawn_cachesvc(workdir: Path, name: str, config: Path) -> Child:
     )
 
 
-def start_cachesvc(workdir: Path, upstream: Service, name: str = "cachesvc") -> Service:
-    """cachesvc with a fresh storage root, pulling from ``upstream``."""
+def start_cachesvc(
+    workdir: Path, upstream: Service, name: str = "cachesvc", event_loop: EventLoop | None = None
+) -> Service:
+    """cachesvc with a fresh storage root, pulling from ``upstream``.
+
+    ``event_loop`` sets the config key of that name; None keeps cachesvc's default (asyncio).
+    """
     storage = workdir / f"{name}-storage"
     storage.mkdir()
-    config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream)
+    config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream, event_loop)
     child = spawn_cachesvc(workdir, name, config)
     service = Service(name, f"{LOOPBACK}:{port}", child)
     _ready(service, f"http://{LOOPBACK}:{admin_port}/readyz")
