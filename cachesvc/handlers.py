@@ -326,7 +326,8 @@ async def _send_fill(
                         await loop.sendfile(transport, fobj, offset, count, fallback=False)
                         audit.bytes += count
                         continue
-                    except asyncio.SendfileNotAvailableError:
+                    except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                        # uvloop has no native sendfile and says so with NotImplementedError.
                         native = False
                 pos, stop = offset, offset + count
                 while pos < stop:
