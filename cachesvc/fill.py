@@ -35,6 +35,7 @@ log = logging.getLogger("cachesvc.fill")
 WRITE_CHUNK = 4 * 1024 * 1024  # most bytes handed to the hashing/writing thread at once
 MIN_WRITE_CHUNK = 64 * 1024  # least, when that thread is idle
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
+FOLLOW_SPAN = 1024 * 1024  # bytes a follower waits for before sending (unless the end)
 
 
 @dataclass(slots=True)
@@ -124,7 +125,10 @@ class Fill:
         try:
             pos = start
             while end is None or pos < end:
-                await self._wait_beyond(pos)
+                # Wait for a worthwhile span (or the end): with many followers, one
+                # send per few KiB released costs more than it saves in latency.
+                want = pos + FOLLOW_SPAN if end is None else min(pos + FOLLOW_SPAN, end)
+                await self._wait_beyond(want - 1)
                 if self.error is not None:
                     raise FillFailed(self.error)
                 limit = self.released if end is None else min(self.released, end)
