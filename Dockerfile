@@ -22,4 +22,4 @@ VOLUME ["/var/lib/cachesvc"]
 EXPOSE 5000 5050
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5050/healthz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["cachesvc"]
-CMD ["serve", "--config", "/etc/cachesvc/config.yaml"]
+CMD ["serve", "--config", "/etc/cachesvc/config/config.yaml"]
