@@ -24,9 +24,8 @@ run: $(RUN_STAMP)
 ## test: install everything (venv, real peers when root) and run lint, types and the suite
 test: $(STAMP)
 	bash scripts/install-peers.sh
-	$(MAKE) --no-print-directory lint typecheck
-	$(PY) -m pytest -q
-	$(MAKE) --no-print-directory bench-smoke
+	$(MAKE) --no-print-directory lint typecheck bench-smoke
+	$(PY) -m pytest -q   # last, so its summary line closes the output
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cachesvc tests benchmarks
