@@ -297,3 +297,31 @@ async def test_a_client_hanging_up_mid_fill_is_quiet_and_logged_as_499(
     statuses = [getattr(r, "fields", {}).get("status") for r in caplog.records if r.name == "cachesvc.access"]
     assert statuses == [499]
     assert await committed(mirror, digest)
+
+
+async def test_parallel_open_ended_ranges_closed_early_like_containerd_2(
+    fake: FakeRegistry,
+    mirror: Daemon,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """containerd 2.1+ may fetch a layer as parallel open-ended ranges, closing each early."""
+    data = os.urandom(8 * 1024 * 1024)
+    digest = fake.add_blob(data)
+    fake.faults.slow_chunk_delay = 0.002
+    quarter = len(data) // 4
+
+    async def part(index: int) -> bytes:
+        start = index * quarter
+        headers = {"Range": f"bytes={start}-"}
+        async with http.get(blob_url(mirror, digest), headers=headers) as resp:
+            assert resp.status == 206
+            assert resp.headers["Content-Range"] == f"bytes {start}-{len(data) - 1}/{len(data)}"
+            return await resp.content.readexactly(quarter)  # then hang up, like containerd
+
+    with caplog.at_level(logging.WARNING):
+        parts = await asyncio.gather(*(part(i) for i in range(4)))
+        assert b"".join(parts) == data
+        assert await committed(mirror, digest)
+    assert fake.count("GET", "/blobs/") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
