@@ -30,6 +30,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from cachesvc.logs import FLUSH_SECONDS
 from tests.peers.containerd import Containerd
 from tests.peers.ports import LOOPBACK, free_port, wait_for_http
 from tests.peers.process import ManagedProcess
@@ -291,7 +292,12 @@ class CachesvcProcess:
         return total
 
     def access_log(self) -> list[dict[str, Any]]:
-        """The daemon's access-log lines (every start), parsed, oldest first."""
+        """The daemon's access-log lines (every start), parsed, oldest first.
+
+        The daemon buffers log output and flushes it every ``FLUSH_SECONDS``: give the
+        last lines time to land before reading.
+        """
+        time.sleep(2 * FLUSH_SECONDS)
         entries = []
         try:
             text = self.log_path.read_text(errors="replace")

@@ -132,7 +132,8 @@ def test_private_tls_registry_with_a_rotated_password_needs_no_restart(
             containerd.pull(f"{name}/private/app:v2", hosts)  # the next cold pull
             assert containerd.image_digest(f"{name}/private/app:v2") == v2.digest
             assert cachesvc.pid == pid  # no restart
-            log = cachesvc.log_path.read_text()
+            log_path = cachesvc.log_path
+        log = log_path.read_text()  # read after the stop: buffered lines are flushed
         containerd.reset()
     finally:
         reg.stop()
