@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cachesvc import __version__, logs
 from cachesvc.adminclient import (
@@ -174,9 +175,26 @@ def _admin(args: argparse.Namespace, config: Config) -> int:
         return exc.status
 
 
+class UsageError(CachesvcError):
+    """A command-line value is invalid (exit status 2)."""
+
+
 def _mirror_url(config: Config, override: str | None) -> str:
     if override:
-        return override.rstrip("/")
+        url = override.rstrip("/")
+        parts = urlsplit(url)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or any(c in url for c in ' "\\\'\n\t<>')
+        ):
+            raise UsageError(
+                f"--mirror-url {override!r}: expected a plain http:// or https:// URL, "
+                "e.g. http://127.0.0.1:5000"
+            )
+        return url
     host = config.listen.host
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
@@ -230,7 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         mirror_url = _mirror_url(config, args.mirror_url)
         if args.write:
-            for path in write_hosts_dir(config, Path(args.write), mirror_url):
+            try:
+                written = write_hosts_dir(config, Path(args.write), mirror_url)
+            except OSError as exc:
+                print(
+                    f"cachesvc: cannot write hosts.toml files under {args.write}: "
+                    f"{exc.strerror or exc} (run as root, or pick a writable --write DIR)",
+                    file=sys.stderr,
+                )
+                return 1
+            for path in written:
                 print(f"wrote {path}")
         else:
             for registry in sorted(config.registries):
@@ -238,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except ConfigError as exc:
         print(f"cachesvc: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cachesvc: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as exc:
         print(f"cachesvc: storage: {exc}", file=sys.stderr)

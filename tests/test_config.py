@@ -179,3 +179,23 @@ def test_the_shipped_daemonset_config_is_valid() -> None:
     assert config.admin.token_file is not None
     assert str(config.admin.token_file.parent) in mounts
     assert "/etc/cachesvc/config/config.yaml" in pod["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://x", 'http://x"y', "http://x y", "http://x/?a=b", "not a url", "http://"]
+)
+def test_containerd_config_refuses_a_bad_mirror_url(url: str) -> None:
+    result = run_cli("containerd-config", "--mirror-url", url)
+    assert result.returncode == 2
+    assert "--mirror-url" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_containerd_config_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_cli("containerd-config", "--write", str(blocker / "certs.d"))
+    assert result.returncode == 1
+    assert "cannot write hosts.toml files" in result.stderr
+    assert "Traceback" not in result.stderr
