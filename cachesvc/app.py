@@ -27,6 +27,7 @@ from cachesvc.blobs import Blobs
 from cachesvc.config import Config, ListenAddress, RegistryConfig
 from cachesvc.credentials import Credentials
 from cachesvc.endpoints import Endpoints
+from cachesvc.errors import CachesvcError
 from cachesvc.eviction import Evictor
 from cachesvc.fill import FillManager
 from cachesvc.inventory import Inventory
@@ -42,6 +43,10 @@ from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream import Upstream, tls_context
 
 log = logging.getLogger("cachesvc")
+
+
+class ListenError(CachesvcError):
+    """A listener could not be bound (port in use, address not on this host)."""
 
 
 @dataclass(slots=True)
@@ -216,8 +221,16 @@ class Daemon:
         self._parts = self._build(store)
         if self._parts.store.removed_temp_files:
             log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)
-        self.admin_address = await self._listen(self.admin_app(), self.config.admin.listen)
-        self.mirror_address = await self._listen(self.mirror_app(), self.config.listen)
+        try:
+            self.admin_address = await self._listen(
+                self.admin_app(), self.config.admin.listen, "admin.listen"
+            )
+            self.mirror_address = await self._listen(
+                self.mirror_app(), self.config.listen, "listen"
+            )
+        except ListenError:
+            await self.stop()
+            raise
         self._parts.evictor.start()
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
@@ -231,7 +244,9 @@ class Daemon:
             except OSError as exc:
                 log.warning("could not record access times: %s", exc)
 
-    async def _listen(self, app: web.Application, address: ListenAddress) -> tuple[str, int]:
+    async def _listen(
+        self, app: web.Application, address: ListenAddress, key: str
+    ) -> tuple[str, int]:
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -241,7 +256,14 @@ class Daemon:
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ListenError(
+                f"cannot listen on {address} ({key}): {reason}; is another cachesvc (or "
+                f"another service) using that port? Change {key} in the configuration"
+            ) from None
         bound = runner.addresses[-1]
         return str(bound[0]), int(bound[1])
 

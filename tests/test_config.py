@@ -199,3 +199,23 @@ def test_containerd_config_unwritable_directory_is_a_clear_error(tmp_path: Path)
     assert result.returncode == 1
     assert "cannot write hosts.toml files" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"listen: '127.0.0.1:{port}'\nadmin: {{listen: '127.0.0.1:0'}}\n"
+            f"storage: {{root: '{tmp_path / 'store'}'}}\n"
+            "registries: {r.io: {endpoints: ['https://r.io']}}\ndefault_registry: r.io\n"
+        )
+        result = run_cli("serve", "--config", str(cfg))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (listen)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr
