@@ -103,7 +103,8 @@ class Daemon:
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            headers={"User-Agent": "cachesvc/0.1"},
+            # Exact bytes only: aiohttp would otherwise offer gzip even without decompressing.
+            headers={"User-Agent": "cachesvc/0.1", "Accept-Encoding": "identity"},
             trust_env=False,
             # Large reads: fewer, bigger chunks through the fill pipeline (measured: the
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).

@@ -188,7 +188,7 @@ def _mirror_url(config: Config, override: str | None) -> str:
             or not parts.hostname
             or parts.query
             or parts.fragment
-            or any(c in url for c in ' "\\\'\n\t<>')
+            or any(c in url for c in " \"\\'\n\t<>")
         ):
             raise UsageError(
                 f"--mirror-url {override!r}: expected a plain http:// or https:// URL, "

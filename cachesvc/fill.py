@@ -103,7 +103,10 @@ class Fill:
 
     def _open_reader(self) -> int:
         if self.final is not None:
-            return os.open(self.final, os.O_RDONLY)
+            try:
+                return os.open(self.final, os.O_RDONLY)
+            except FileNotFoundError:  # committed, then evicted before this reader opened it
+                raise FillFailed(UpstreamError("blob evicted right after its fill")) from None
         try:
             return os.open(self.temp, os.O_RDONLY)
         except FileNotFoundError:

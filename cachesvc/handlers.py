@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 
 from cachesvc.blobs import CachedBlob, FillingBlob
@@ -205,9 +205,10 @@ async def _blob(
             "Docker-Content-Digest": str(digest),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
-            "ETag": f'"{digest}"',
         }
     )
+    # No ETag of our own: aiohttp's FileResponse sets its validator on hits, and one
+    # value for hits and another for misses would be worse than the digest header alone.
     metrics = request.app[METRICS_KEY]
     audit = request[AUDIT_KEY]
     audit.digest = str(digest)
@@ -221,14 +222,13 @@ async def _blob(
     source = answer.source
     if isinstance(source, FillingBlob):
         audit.upstream = source.fill.endpoint
-    if isinstance(source, FillingBlob) and source.fill.size is None and range_header:
-        # A chunked upstream body has no size to answer a range against yet: wait for it.
+    if isinstance(source, FillingBlob) and _wait_for_whole_blob(request, source.fill.size):
         await drain(source.fill)
         if source.fill.error is not None:
-            raise source.fill.error
+            raise source.fill.error  # still before the status line
         cached = mirror.blobs.cached(digest)
         if cached is None:
-            raise source.fill.error or Unsupported("blob vanished after its fill")
+            raise UpstreamError(f"blob {digest} was evicted right after its fill; retry")
         source = cached
     if isinstance(source, CachedBlob):
         try:
@@ -339,6 +339,19 @@ async def _send_fill(
                     audit.bytes += len(data)
     finally:
         os.close(fd)
+
+
+def _wait_for_whole_blob(request: web.Request, size: int | None) -> bool:
+    """Cases where a fill cannot be streamed safely and the answer waits for the verdict.
+
+    - ``size == 0``: there is no last byte to hold back, so a 200 would be complete
+      before the digest is checked.
+    - no size (a chunked upstream) and a Range: nothing to answer the range against yet.
+    - no size and an HTTP/1.0 client: no chunked framing to stream it with.
+    """
+    if size == 0:
+        return True
+    return size is None and ("Range" in request.headers or request.version < HttpVersion11)
 
 
 async def _head(request: web.Request, headers: dict[str, str], size: int) -> web.StreamResponse:

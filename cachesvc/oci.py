@@ -37,6 +37,17 @@ MANIFEST_MEDIA_TYPES = (
     MEDIA_DOCKER_MANIFEST,
 )
 INDEX_MEDIA_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
+# What a client's Accept may contribute to the tag-cache key (a small, closed set).
+ACCEPTABLE_MANIFEST_TYPES = frozenset(
+    (
+        *MANIFEST_MEDIA_TYPES,
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.oci.artifact.manifest.v1+json",
+        "application/json",
+        "*/*",
+    )
+)
 # Manifests larger than this are refused: distribution uses the same 4 MiB ceiling,
 # and manifests are the only bodies cachesvc holds whole in memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -157,14 +168,15 @@ def normalize_accept(values: list[str]) -> tuple[str, ...]:
     """The set of manifest media types a client accepts, in a stable order.
 
     Upstream answers differ by Accept, so the tag cache keys on this. Parameters
-    (``;q=0.5``) are dropped; ``*/*`` and unknown types are kept as given.
+    (``;q=0.5``) are dropped and only known manifest types and ``*/*`` are kept:
+    anything else would let a client mint endless cache keys (and upstream GETs).
     """
     types: set[str] = set()
     for value in values:
         for part in value.split(","):
             media = part.split(";", 1)[0].strip().lower()
-            if media:
-                types.add(media[:200])
+            if media in ACCEPTABLE_MANIFEST_TYPES:
+                types.add(media)
     if not types:
         # A client that states no preference gets whatever the image is: ask upstream
         # for every manifest type rather than let it down-convert or refuse.

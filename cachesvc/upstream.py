@@ -241,6 +241,15 @@ class Upstream:
             authorization = await self._auth.answer(endpoint, challenge, scope)
         status = response.status
         self._record_ratelimit(endpoint, response.headers)
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if status < 300 and encoding not in ("", "identity"):
+            # Digests are over the exact bytes: a compressed body would be hashed (and
+            # served) as something it is not. We ask for identity; refuse anything else.
+            response.release()
+            raise UpstreamUnreachable(
+                f"{self.name} answered with Content-Encoding {encoding[:20]!r} at {endpoint}; "
+                "cachesvc asks for the exact bytes (Accept-Encoding: identity)"
+            )
         if status < 300 or status == 404:
             self.endpoints.succeeded(endpoint)
             return response

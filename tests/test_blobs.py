@@ -247,6 +247,7 @@ async def test_ranges(
     if warm:
         async with http.get(blob_url(mirror, digest)) as resp:
             await resp.read()
+        assert await committed(mirror, digest)  # so the range below is a real hit
     async with http.get(blob_url(mirror, digest), headers={"Range": header}) as resp:
         assert resp.status == status
         assert resp.headers["Content-Range"] == content_range
@@ -324,4 +325,44 @@ async def test_parallel_open_ended_ranges_closed_early_like_containerd_2(
         assert b"".join(parts) == data
         assert await committed(mirror, digest)
     assert fake.count("GET", "/blobs/") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_empty_upstream_body_for_a_non_empty_digest_is_refused_before_the_status(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = fake.add_blob(b"not empty")
+    fake.faults.empty_body = True
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert resp.status == 502  # a complete, empty 200 would be a wrong body
+        assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
+    assert not stored(mirror, digest)
+
+
+async def test_the_empty_blob_is_served(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = fake.add_blob(b"")
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert resp.status == 200
+        assert await resp.read() == b""
+    assert await committed(mirror, digest)
+
+
+async def test_http_1_0_client_of_a_chunked_fill_gets_the_blob(
+    fake: FakeRegistry, mirror: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(300_000)
+    digest = fake.add_blob(data)
+    fake.faults.chunked = True
+    assert mirror.mirror_address is not None
+    reader, writer = await asyncio.open_connection(*mirror.mirror_address)
+    writer.write(f"GET /v2/team/app/blobs/{digest}?ns=fake.test HTTP/1.0\r\n\r\n".encode())
+    await writer.drain()
+    with caplog.at_level(logging.ERROR):
+        raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"200", head
+    assert body == data
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

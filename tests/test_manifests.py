@@ -177,3 +177,40 @@ async def test_referrers_without_upstream_support_is_an_empty_index(
         assert resp.status == 200
         body = await resp.json(content_type=None)
         assert body["manifests"] == []
+
+
+async def test_upstream_is_asked_for_exact_bytes_not_compressed_ones(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest, _ = fake.add_image("team/app", "v1", [b"one"])
+    fake.faults.gzip = "polite"  # compresses whenever the client allows it
+    async with http.get(url(mirror, "v1")) as resp:
+        assert resp.status == 200
+        assert "Content-Encoding" not in resp.headers
+        assert resp.headers["Docker-Content-Digest"] == digest
+        assert Digest.of(await resp.read()) == Digest.parse(digest)
+    assert fake.accept_encodings == ["identity"]
+
+
+async def test_a_compressed_manifest_is_refused_not_cached(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    fake.add_image("team/app", "v1", [b"one"])
+    fake.faults.gzip = "always"  # ignores Accept-Encoding
+    async with http.get(url(mirror, "v1")) as resp:
+        assert resp.status == 502
+    fake.faults.gzip = None
+    async with http.get(url(mirror, "v1")) as resp:
+        assert resp.status == 200
+    assert fake.count("GET", "/manifests/v1") == 2
+
+
+async def test_unknown_accept_values_do_not_mint_cache_keys(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    fake.add_image("team/app", "v1", [b"one"])
+    for n in range(20):
+        headers = {"Accept": f"{OCI}, application/x-junk-{n}"}
+        async with http.get(url(mirror, "v1"), headers=headers) as resp:
+            assert resp.status == 200
+    assert fake.count("GET", "/manifests/v1") == 1

@@ -9,6 +9,7 @@ its own token endpoint, or a 307 redirect of blob GETs to another server.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import time
@@ -38,6 +39,8 @@ class Faults:
     redirect_location: str | None = None  # 307 blob GETs to exactly this URL
     manifest_delay: float = 0.0  # sleep before answering manifest requests
     extra_bytes: int = 0  # append garbage after the real body (Content-Length grows)
+    empty_body: bool = False  # answer blob GETs with 200 and Content-Length: 0
+    gzip: str | None = None  # "polite": gzip bodies when Accept-Encoding allows; "always"
 
 
 class Gate(Protocol):
@@ -60,6 +63,7 @@ class FakeRegistry:
     token_status: int = 200  # what the token endpoint answers (401: credentials refused)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     auth_seen: list[str | None] = field(default_factory=list)
+    accept_encodings: list[str | None] = field(default_factory=list)
     url: str = ""
     gate: Gate | None = None  # Basic or token-service auth (tests/fakes/auth.py)
     response_headers: dict[str, str] = field(default_factory=dict)  # on every /v2 answer
@@ -199,6 +203,12 @@ class FakeRegistry:
             "Content-Type": media_type,
             "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest(),
         }
+        self.accept_encodings.append(request.headers.get("Accept-Encoding"))
+        accepts_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        if self.faults.gzip == "always" or (self.faults.gzip == "polite" and accepts_gzip):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+            del headers["Docker-Content-Digest"]
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(body))
             return web.Response(headers=headers)
@@ -217,6 +227,8 @@ class FakeRegistry:
             raise web.HTTPTemporaryRedirect(f"{faults.redirect_blobs_to}{request.path_qs}")
         if faults.wrong_bytes:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        if faults.empty_body:
+            data = b""
         data += b"x" * faults.extra_bytes
         response = web.StreamResponse()
         if not faults.chunked:
