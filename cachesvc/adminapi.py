@@ -36,6 +36,7 @@ from cachesvc.metrics import Metrics
 from cachesvc.pins import Pins
 from cachesvc.prewarm import Prewarmer
 from cachesvc.reference import parse_reference
+from cachesvc.smallfile import read_small_file
 
 log = logging.getLogger("cachesvc.admin")
 
@@ -65,7 +66,7 @@ class TokenFile:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             if stamp != self._stamp:
-                self._token = self.path.read_bytes().strip() or None
+                self._token = read_small_file(self.path).strip() or None
                 self._stamp = stamp
         except OSError:
             self._stamp, self._token = None, None
@@ -110,7 +111,8 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         )
         return _error(403, "DISABLED", why)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    presented = given.strip().encode("utf-8", "surrogateescape")  # header bytes as sent
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
         counter.labels("unauthorized").inc()
         response = _error(401, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="cachesvc-admin"'
@@ -130,9 +132,14 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
 async def _json_body(request: web.Request) -> dict[str, object]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise AdminError("request body too large")
+    body = bytearray()
+    while chunk := await request.content.read(65536):  # read() alone returns what is buffered
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise AdminError("request body too large")
     try:
-        data = json.loads(await request.content.read(MAX_BODY))
-    except ValueError:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         raise AdminError("expected a JSON object body") from None
     if not isinstance(data, dict):
         raise AdminError("expected a JSON object body")

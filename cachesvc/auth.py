@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import re
 import ssl
 import time
@@ -234,6 +235,8 @@ class Authorizer:
             data = json.loads(body)
             value = data.get("token") or data.get("access_token")
             expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+            if not math.isfinite(expires_in) or expires_in <= 0:
+                expires_in = DEFAULT_EXPIRES_IN  # NaN/inf/negative: the spec's default
         except (ValueError, AttributeError, TypeError):
             value, expires_in = None, 0.0
         if not isinstance(value, str) or not value:

@@ -40,6 +40,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cachesvc.metrics import Metrics
+from cachesvc.smallfile import read_small_file
 
 log = logging.getLogger("cachesvc.credentials")
 
@@ -94,7 +95,7 @@ def parse_docker_config(data: bytes) -> dict[str, Credential]:
     """The ``auths`` of a config.json as ``{registry: Credential}``."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CredentialsFileError("not valid JSON (half-written?)") from None
     if not isinstance(doc, dict):
         raise CredentialsFileError("top level is not a JSON object")
@@ -106,6 +107,9 @@ def parse_docker_config(data: bytes) -> dict[str, Credential]:
         registry = normalize_registry(str(key))
         if not isinstance(entry, dict) or not registry:
             raise CredentialsFileError(f"auths entry for {registry or key!r} is not an object")
+        if not any(entry.get(k) for k in ("auth", "username", "password", "identitytoken")):
+            # `docker login` with a credential helper writes `{}`: nothing for us, not an error.
+            continue
         result[registry] = _credential(registry, entry)
     return result
 
@@ -172,7 +176,7 @@ class Credentials:
         if signature == self._signature and not racy:
             return
         try:
-            data = self.path.read_bytes()
+            data = read_small_file(self.path)
         except OSError as exc:
             self._report_bad(f"unreadable:{exc.errno}", f"cannot read it: {exc.strerror}")
             return

@@ -222,6 +222,9 @@ class FillManager:
         except OSError as exc:
             log.error("fill %s: storage error: %s", fill.digest, exc)
             self._fail(fill, UpstreamError(f"storage error while caching the blob: {exc}"))
+        except Exception as exc:  # a fill must always end its followers' wait, whatever broke
+            log.exception("fill %s failed unexpectedly", fill.digest)
+            self._fail(fill, UpstreamError(f"fill failed unexpectedly: {type(exc).__name__}"))
         finally:
             self._fills.pop(str(fill.digest), None)
             self._metrics.fills_in_flight.dec()

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from cachesvc.config import LogConfig
 
 # One encoder for every line: json.dumps with options builds a new one per call.
@@ -49,6 +51,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _ENCODE(line)
+
+
+class QuietBadRequests(logging.Filter):
+    """Turn aiohttp's traceback for a malformed request into one warning line.
+
+    aiohttp logs an oversized header or request line (a client's mistake, answered
+    400) as "Error handling request" with a full traceback; operators should see what
+    happened, not a stack.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "bad request answered %s: %s"
+            record.args = (exc.code, str(exc.message)[:200])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install ``QuietBadRequests`` on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietBadRequests) for f in server.filters):
+        server.addFilter(QuietBadRequests())
 
 
 class TextFormatter(logging.Formatter):

@@ -41,6 +41,7 @@ from cachesvc.reference import ImageReference, parse_reference
 from cachesvc.routing import Router
 
 log = logging.getLogger("cachesvc.prewarm")
+MAX_PLATFORMS = 16
 
 # What containerd sends when it resolves a reference, so prewarm shares its tag cache.
 CONTAINERD_ACCEPT = normalize_accept([", ".join((*MANIFEST_MEDIA_TYPES, "*/*"))])
@@ -167,7 +168,10 @@ class Prewarmer:
         """Validate and start a job (AdminError names every bad reference)."""
         if not refs or len(refs) > MAX_IMAGES_PER_JOB:
             raise AdminError(f"give 1 to {MAX_IMAGES_PER_JOB} image references")
+        if platforms is not None and len(platforms) > MAX_PLATFORMS:
+            raise AdminError(f"give at most {MAX_PLATFORMS} platforms")
         wanted = [normalize_platform(p) for p in platforms] if platforms else [node_platform()]
+        wanted = list(dict.fromkeys(wanted))  # duplicates would repeat the same lookups
         images, bad = [], []
         for ref in refs:
             try:
@@ -255,6 +259,9 @@ class Prewarmer:
         except asyncio.CancelledError:
             image.state, image.reason = "failed", "cancelled"
             raise
+        except Exception as exc:  # a job must always finish, whatever an image did
+            log.exception("prewarm %s: %s failed unexpectedly", job.id, image.ref)
+            image.state, image.reason = "failed", f"internal error: {type(exc).__name__}"
         finally:
             image.finished = time.time()
             if image.state in ("done", "failed"):
@@ -294,7 +301,10 @@ class Prewarmer:
                         f"no manifest for {wanted} in the index (it has: "
                         f"{', '.join(sorted({p or 'unknown' for p in offered}))})"
                     )
-                child = Digest.parse(str(choice["digest"]))
+                child_digest = choice.get("digest")
+                if not isinstance(child_digest, str):
+                    raise AdminError(f"the index entry for {wanted} has no digest")
+                child = Digest.parse(child_digest)
                 sub = await mirror.manifest(target, str(child), CONTAINERD_ACCEPT, head=False)
                 members.add(str(child))
                 manifests.append((sub.body or b"", platform_text(choice.get("platform"))))
@@ -342,15 +352,23 @@ class Prewarmer:
             image.blobs_done += 1
             update()
 
+        pinned_before = job.pin and any(p.matches(reference) for p in self._pins.list())
+        if job.pin:
+            # Pin before fetching, so blobs committed early are not evicted while later
+            # ones still arrive; a failed image is unpinned again below (unless it was
+            # pinned before this job).
+            self._pins.add(reference, str(root), members | set(blobs), image.platforms)
         tasks = [asyncio.ensure_future(fetch(b, s)) for b, s in blobs.items()]
         try:
             await asyncio.gather(*tasks)
+        except BaseException:
+            if job.pin and not pinned_before:
+                self._pins.remove(reference)
+            raise
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if job.pin:
-            self._pins.add(reference, str(root), members | set(blobs), image.platforms)
 
 
 def _parse(body: bytes) -> dict[str, object]:

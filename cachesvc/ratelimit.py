@@ -89,6 +89,14 @@ class Limiter:
         finally:
             self._slots.release()
 
+    def renew(self, ticket: Ticket) -> None:
+        """Give a request a fresh queue budget for its next endpoint (failover).
+
+        The time spent on an endpoint that timed out is not time spent waiting for
+        our limiter; without this a failover could be refused with our own 429.
+        """
+        ticket.deadline = max(ticket.deadline, time.monotonic() + self._queue_timeout)
+
     async def pace(self, ticket: Ticket) -> None:
         """Take one token from the bucket, waiting (FIFO) within the ticket's deadline."""
         if self._rate is None:

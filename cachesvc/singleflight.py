@@ -27,8 +27,13 @@ class SingleFlight(Generic[K, V]):
         if task is None:
             task = asyncio.ensure_future(call())
             self._tasks[key] = task
-            task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+            task.add_done_callback(lambda t: self._finished(key, t))
         return await asyncio.shield(task), joined
+
+    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
+        self._tasks.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone (clients hung up)
 
     def __len__(self) -> int:
         return len(self._tasks)

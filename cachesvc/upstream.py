@@ -191,8 +191,10 @@ class Upstream:
         """
         async with self.limiter.slot() as ticket:
             last: RegistryError | None = None
-            for index in self.endpoints.available():
+            for attempt, index in enumerate(self.endpoints.available()):
                 endpoint = self.config.endpoints[index]
+                if attempt:
+                    self.limiter.renew(ticket)
                 ep_path, ep_scope = _rewrite(path, scope, self.config.path_prefix(index))
                 try:
                     response = await self._send(
@@ -318,6 +320,14 @@ class Upstream:
             self.endpoints.failed(endpoint, "connect")
             raise UpstreamUnreachable(
                 f"{self.name} unreachable at {endpoint}: {exc.__class__.__name__}"
+            ) from None
+        except ValueError:
+            # A request built from upstream-supplied data that aiohttp refuses (a token or
+            # a Location with control characters): upstream's fault, not a crash of ours.
+            self._count(endpoint, "error")
+            raise UpstreamError(
+                f"{self.name} sent data that cannot be used in a request (bad token or "
+                f"redirect) at {endpoint}"
             ) from None
         self._count(endpoint, _status_class(response.status))
         self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)

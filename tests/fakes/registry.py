@@ -61,6 +61,7 @@ class FakeRegistry:
     tokens_issued: int = 0
     token_expires_in: int = 300
     token_status: int = 200  # what the token endpoint answers (401: credentials refused)
+    token_value: str | None = None  # a fixed token to hand out (default: tok-<n>)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     auth_seen: list[str | None] = field(default_factory=list)
     accept_encodings: list[str | None] = field(default_factory=list)
@@ -133,8 +134,9 @@ class FakeRegistry:
             return web.json_response({"details": "refused"}, status=self.token_status)
         self.tokens_issued += 1
         return web.json_response(
-            {"token": f"tok-{self.tokens_issued}", "expires_in": self.token_expires_in}
-        )
+            {"token": self.token_value or f"tok-{self.tokens_issued}",
+             "expires_in": self.token_expires_in}
+        )  # fmt: skip
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization")
