@@ -1,9 +1,8 @@
 """``python -m benchmarks [--smoke] [--reps N] [--out DIR]``: run every scenario, write the report.
 
 Exit status: 0 when every measurement could be taken (targets may still be missed: they are
-results, not errors); 1 when a scenario failed for some system, or cachesvc-uvloop could not be
-started although cachesvc could (see the notes in the report); 2 when the lab itself could not
-be started.
+results, not errors); 1 when a scenario failed for some system, or cachesvc or cachesvc-uvloop
+could not be started (see the notes in the report); 2 when the lab itself could not be started.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from benchmarks.content import PushError
 from benchmarks.lab import Lab, Plan
 from benchmarks.load import download_executor
 from benchmarks.machine import this_machine
-from benchmarks.measurement import CACHESVC_UVLOOP, Row
+from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP, Row
 from benchmarks.processes import ChildError
 from benchmarks.report import chart, markdown
 
@@ -69,10 +68,14 @@ async def _run(
     """The rows, and the problems that are not a row's (a system that did not start)."""
     asyncio.get_running_loop().set_default_executor(download_executor())
     async with Lab.open(plan, logs) as lab:
-        problems = []
-        if lab.cachesvc_uvloop_reason is not None:
-            reason = " ".join(lab.cachesvc_uvloop_reason.split())[:500]
-            problems.append(f"**failed:** {CACHESVC_UVLOOP} could not be started: {reason}")
+        problems = [
+            f"**failed:** {system} could not be started: {' '.join(reason.split())[:500]}"
+            for system, reason in (
+                (CACHESVC, lab.cachesvc_reason),
+                (CACHESVC_UVLOOP, lab.cachesvc_uvloop_reason),
+            )
+            if reason is not None
+        ]
         runs: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
             ("warm", lambda: scenarios.warm_blob(lab, reps)),
             ("cold", lambda: scenarios.cold_blob(lab, reps)),

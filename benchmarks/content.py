@@ -1,4 +1,4 @@
-"""Test content: OCI image layouts built on disk, pushed to the upstream registry.
+"""Test content: image blobs built on disk, pushed to the upstream registry.
 
 Layers are uncompressed tars holding one file of pseudo-random bytes, exactly as large as
 asked. Manifests use the Docker schema 2 media types (what most images on Docker Hub carry):
@@ -31,14 +31,7 @@ MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST_ACCEPT = ", ".join(
-    [
-        MANIFEST,
-        MANIFEST_LIST,
-        OCI_MANIFEST,
-        OCI_INDEX,
-    ]
-)
+MANIFEST_ACCEPT = ", ".join([MANIFEST, MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX])
 
 
 class PushError(RuntimeError):
@@ -61,7 +54,7 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """An image (or multi-arch index) in an OCI layout directory, and where it is pushed."""
+    """An image (or multi-arch index) whose blobs are on disk, and where it is pushed."""
 
     repository: str
     tag: str
@@ -74,13 +67,16 @@ class Image:
 
 
 class Layout:
-    """An OCI image layout directory; blobs are written once and addressed by digest."""
+    """Blob files under ``<root>/blobs/sha256/<hex>``, written once and addressed by digest.
+
+    Only the blobs: images are pushed with the distribution API (``push_image``) and nginx
+    serves ``<root>/blobs``, so no ``index.json`` or ``oci-layout`` file is written.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.blobs.mkdir(parents=True, exist_ok=True)
-        (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
         self._pool = [os.urandom(CHUNK) for _ in range(POOL_CHUNKS)]
         self._layers_written = 0
 
@@ -118,10 +114,9 @@ class Layout:
     def image(
         self, repository: str, tag: str, layer_sizes: list[int], arch: str = "amd64"
     ) -> Image:
-        """Build an image manifest with one layer per size, and tag it in the layout."""
+        """Build an image manifest with one layer per size, to be pushed as ``repository:tag``."""
         layers = tuple(self.layer(size) for size in layer_sizes)
         manifest, config = self._manifest(layers, arch)
-        self._tag(repository, tag, manifest)
         return Image(repository, tag, manifest, layers, (config,))
 
     def index(self, repository: str, tag: str, arches: list[str], layer_size: int) -> Image:
@@ -142,7 +137,6 @@ class Layout:
         index = self.json_blob(
             MANIFEST_LIST, {"schemaVersion": 2, "mediaType": MANIFEST_LIST, "manifests": entries}
         )
-        self._tag(repository, tag, index)
         return Image(repository, tag, index, tuple(all_layers), tuple(configs), tuple(children))
 
     def _manifest(self, layers: tuple[Descriptor, ...], arch: str) -> tuple[Descriptor, Descriptor]:
@@ -167,7 +161,8 @@ class Layout:
         return manifest, config
 
     def _payload(self, size: int) -> list[bytes]:
-        # A list of views, not copies: chunk k is pool[k % POOL_CHUNKS], the last one cut short.
+        # References to the pool, not copies: chunk k is pool[k % POOL_CHUNKS]; only the short
+        # last piece is a (less than 1 MiB) copy.
         full, rest = divmod(size, CHUNK)
         pieces = [self._pool[k % POOL_CHUNKS] for k in range(full)]
         if rest:
@@ -178,18 +173,6 @@ class Layout:
         final = self.blobs / hexdigest
         tmp.replace(final)
         return Descriptor(media_type, f"sha256:{hexdigest}", size, final)
-
-    def _tag(self, repository: str, tag: str, manifest: Descriptor) -> None:
-        layout_tag = f"{repository.replace('/', '-')}-{tag}"
-        index_path = self.root / "index.json"
-        if index_path.exists():
-            document = json.loads(index_path.read_text())
-        else:
-            document = {"schemaVersion": 2, "manifests": []}
-        entry = manifest.as_json()
-        entry["annotations"] = {"org.opencontainers.image.ref.name": layout_tag}
-        document["manifests"].append(entry)
-        index_path.write_text(json.dumps(document))
 
 
 async def push_image(session: aiohttp.ClientSession, registry_url: str, image: Image) -> None:

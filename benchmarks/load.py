@@ -94,10 +94,8 @@ async def download(url: str, expected_size: int | None = None) -> Transfer:
     return transfer
 
 
-async def download_together(
-    urls: Sequence[str], expected_size: int | None = None
-) -> tuple[float, list[Transfer]]:
-    """Start one download per URL at the same moment; return (wall seconds until all end, each)."""
+async def download_together(urls: Sequence[str], expected_size: int | None = None) -> float:
+    """Start one download per URL at the same moment; return the wall seconds until all end."""
     # The default executor must have a thread per URL, see ``download_executor``.
     started = time.perf_counter()
     results = await asyncio.gather(
@@ -107,7 +105,7 @@ async def download_together(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise LoadError(f"{len(errors)} of {len(urls)} downloads failed; first: {errors[0]}")
-    return wall, [r for r in results if isinstance(r, Transfer)]
+    return wall
 
 
 _WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")

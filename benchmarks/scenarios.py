@@ -23,12 +23,21 @@ from benchmarks.containerd import Containerd, containerd_unavailable_reason
 from benchmarks.content import MANIFEST_ACCEPT
 from benchmarks.lab import BIG_REPOSITORY, COLD_REPOSITORY, IMAGE_TAG, SMALL_REPOSITORY, Lab
 from benchmarks.load import download, download_together, request_rate
-from benchmarks.measurement import CACHESVC, CACHESVC_SYSTEMS, Row, Target, median, ratio
+from benchmarks.measurement import (
+    BASELINE,
+    CACHESVC,
+    CACHESVC_SYSTEMS,
+    Comparison,
+    Row,
+    Target,
+    median,
+    ratio,
+)
 from benchmarks.memory import peak_rss_mib, reset_peak_rss
 from benchmarks.systems import Service
 
 MIB = 1 << 20
-RATE_MULTIPLE = 10.0
+RATE_MULTIPLE = 10
 RSS_LIMIT_MIB = 150.0
 RSS_FLAT_FACTOR = 1.25
 
@@ -60,8 +69,25 @@ class Samples:
         return {system: median(samples) for system, samples in self.values.items()}
 
 
-def _note(lab: Lab) -> str:
-    return f"cachesvc unavailable: {lab.cachesvc_reason}" if lab.cachesvc is None else ""
+def _note(lab: Lab, *extra: str) -> str:
+    unavailable = f"cachesvc unavailable: {lab.cachesvc_reason}" if lab.cachesvc is None else ""
+    return "; ".join(filter(None, [unavailable, *extra]))
+
+
+def _target(
+    values: dict[str, float | None], op: Comparison, factor: float, of: str, what: str = ""
+) -> Target:
+    """cachesvc's median relative to system ``of``'s, e.g. ``>= 0.8 x nginx``."""
+    label = f"{op} {factor} x {what or of}"
+    return Target(label, ratio(values.get(CACHESVC), values.get(of)), op, factor)
+
+
+def _throughput_row(
+    scenario: str, values: dict[str, float | None], ceiling: Target, note: str, samples: Samples
+) -> Row:
+    """A MiB/s row: cachesvc at least the baseline, and near ``ceiling``."""
+    targets = [_target(values, ">=", 1.0, BASELINE), ceiling]
+    return Row(scenario, "throughput", "MiB/s", values, targets, note, _failures(samples))
 
 
 def _failures(*samples: Samples) -> list[str]:
@@ -80,22 +106,9 @@ async def warm_blob(lab: Lab, reps: int) -> list[Row]:
         for name, url in urls.items():
             await samples.take(name, partial(_mib_per_second, url, blob.size))
     values = samples.medians()
-    cachesvc = values.get(CACHESVC)
+    scenario = f"warm blob {_size(blob.size)}, 1 client"
     return [
-        Row(
-            f"warm blob {_size(blob.size)}, 1 client",
-            "throughput",
-            "MiB/s",
-            values,
-            [
-                Target(
-                    ">= 1.0 x distribution", ratio(cachesvc, values.get("distribution")), ">=", 1.0
-                ),
-                Target(">= 0.8 x nginx", ratio(cachesvc, values.get("nginx")), ">=", 0.8),
-            ],
-            _note(lab),
-            failures=_failures(samples),
-        )
+        _throughput_row(scenario, values, _target(values, ">=", 0.8, "nginx"), _note(lab), samples)
     ]
 
 
@@ -111,27 +124,9 @@ async def cold_blob(lab: Lab, reps: int) -> list[Row]:
             os.sync()  # write-back of earlier blobs must not compete with this transfer
             await samples.take(service.name, partial(_mib_per_second, url, size))
     values = samples.medians()
-    cachesvc = values.get(CACHESVC)
-    return [
-        Row(
-            f"cold blob {_size(size)}, 1 client",
-            "throughput",
-            "MiB/s",
-            values,
-            [
-                Target(
-                    ">= 1.0 x distribution", ratio(cachesvc, values.get("distribution")), ">=", 1.0
-                ),
-                Target(">= 0.8 x sha256 ceiling", ratio(cachesvc, values.get("sha256")), ">=", 0.8),
-            ],
-            "; ".join(
-                filter(
-                    None, [_note(lab), "sha256: hashlib, one core, idle machine, before the lab"]
-                )
-            ),
-            failures=_failures(samples),
-        )
-    ]
+    ceiling = _target(values, ">=", 0.8, "sha256", "sha256 ceiling")
+    note = _note(lab, "sha256: hashlib, one core, idle machine, before the lab")
+    return [_throughput_row(f"cold blob {_size(size)}, 1 client", values, ceiling, note, samples)]
 
 
 async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
@@ -144,12 +139,7 @@ async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
             url = lab.blob_url(service, COLD_REPOSITORY, blob.digest)
             path = f"/v2/{COLD_REPOSITORY}/blobs/{blob.digest}"
             os.sync()
-
-            async def together(url: str = url) -> float:
-                seconds, _ = await download_together([url] * clients, size)
-                return seconds
-
-            await wall.take(service.name, together)
+            await wall.take(service.name, partial(download_together, [url] * clients, size))
 
             async def upstream_gets(path: str = path) -> float:
                 return float(await lab.upstream_gets(path))
@@ -172,14 +162,7 @@ async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
             "wall time, all clients",
             "s",
             wall_values,
-            [
-                Target(
-                    "<= 0.6 x distribution",
-                    ratio(wall_values.get(CACHESVC), wall_values.get("distribution")),
-                    "<=",
-                    0.6,
-                )
-            ],
+            [_target(wall_values, "<=", 0.6, BASELINE)],
             _note(lab),
             failures=_failures(wall),
         ),
@@ -222,15 +205,8 @@ async def manifest_rates(lab: Lab, reps: int) -> list[Row]:
                 "requests/s",
                 "req/s",
                 values,
-                [
-                    Target(
-                        f">= {RATE_MULTIPLE:.0f} x distribution",
-                        ratio(values.get(CACHESVC), values.get("distribution")),
-                        ">=",
-                        RATE_MULTIPLE,
-                    )
-                ],
-                "; ".join(filter(None, [_note(lab), *rates.remarks])),
+                [_target(values, ">=", RATE_MULTIPLE, BASELINE)],
+                _note(lab, *rates.remarks),
                 failures=_failures(rates),
             )
         )
@@ -259,7 +235,7 @@ async def containerd_fetch(lab: Lab, reps: int) -> list[Row]:
     for label, samples in (("cold cache", cold), ("warm cache", warm)):
         values = samples.medians()
         note = (
-            "; ".join(filter(None, [_note(lab), "cachesvc-uvloop not measured here (run time)"]))
+            _note(lab, "cachesvc-uvloop not measured here (run time)")
             if reason is None
             else f"skipped: {reason}"
         )
@@ -269,14 +245,7 @@ async def containerd_fetch(lab: Lab, reps: int) -> list[Row]:
                 f"time, {label}",
                 "s",
                 values,
-                [
-                    Target(
-                        "<= 1.0 x distribution",
-                        ratio(values.get(CACHESVC), values.get("distribution")),
-                        "<=",
-                        1.0,
-                    )
-                ],
+                [_target(values, "<=", 1.0, BASELINE)],
                 note,
                 failures=_failures(samples),
             )

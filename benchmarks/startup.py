@@ -1,21 +1,23 @@
 """Store scale: cachesvc start-up time and hit latency with 1k, 10k and 100k stored blobs.
 
-The storage root is filled by writing files directly in cachesvc's layout, which
-``cachesvc/store.py`` documents: ``<root>/blobs/sha256/<first two hex>/<hex>``.
+Each storage root is filled by writing blob files where ``cachesvc.store.Store.path`` puts them
+(the store owns the layout), with the store closed again before cachesvc starts on it. Opening
+the ``Store`` leaves its empty index behind, as a node restarting on its own store would have.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
 from benchmarks.lab import Lab
 from benchmarks.load import median_latency_ms
-from benchmarks.measurement import Row, Target, median, ratio
+from benchmarks.measurement import CACHESVC, Row, Target, median, ratio
 from benchmarks.processes import Child
 from benchmarks.systems import spawn_cachesvc, write_cachesvc_config
+from cachesvc.oci import Digest
+from cachesvc.store import Store
 
 STARTUP_LIMIT_SECONDS = 2.0
 LATENCY_FLAT_FACTOR = 1.5
@@ -24,21 +26,25 @@ STORE_REPOSITORY = "bench/store"
 
 
 def populate(root: Path, count: int) -> str:
-    """Write ``count`` distinct small blobs under ``root``; return one digest to ask for."""
-    blobs = root / "blobs" / "sha256"
+    """Write ``count`` distinct small blobs into the store at ``root``; return one digest."""
     salt = os.urandom(16)
-    made: set[str] = set()
-    last = ""
-    for n in range(count):
-        data = salt + n.to_bytes(8, "big") + bytes(BLOB_BYTES - 24)
-        hexdigest = hashlib.sha256(data).hexdigest()
-        directory = blobs / hexdigest[:2]
-        if hexdigest[:2] not in made:
-            directory.mkdir(parents=True, exist_ok=True)
-            made.add(hexdigest[:2])
-        (directory / hexdigest).write_bytes(data)
-        last = hexdigest
-    return f"sha256:{last}"
+    store = Store(root)
+    try:
+        made: set[Path] = set()
+        digest: Digest | None = None
+        for n in range(count):
+            data = salt + n.to_bytes(8, "big") + bytes(BLOB_BYTES - 24)
+            digest = Digest.of(data)
+            path = store.path(digest)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            path.write_bytes(data)
+    finally:
+        store.close()
+    if digest is None:
+        raise ValueError("a store of 0 blobs has no blob to ask for")
+    return str(digest)
 
 
 async def store_scale(lab: Lab, reps: int) -> list[Row]:
@@ -55,11 +61,12 @@ async def store_scale(lab: Lab, reps: int) -> list[Row]:
     if lab.cachesvc is None:
         note = f"cachesvc unavailable: {lab.cachesvc_reason}"
     else:
-        roots = {count: _filled_root(lab, count) for count in sizes}
+        roots = {count: lab.workdir / f"store-{count}" for count in sizes}
+        digests = {count: populate(root, count) for count, root in roots.items()}
         for rep in range(reps):
             for count in sizes:
                 try:
-                    seconds, hit_ms = await _measure(lab, count, rep, *roots[count])
+                    seconds, hit_ms = await _measure(lab, count, rep, roots[count], digests[count])
                 except Exception as exc:  # one size failing must not end the run
                     failures.append(f"{count} blobs: {type(exc).__name__}: {exc}"[:500])
                     continue
@@ -81,7 +88,7 @@ async def store_scale(lab: Lab, reps: int) -> list[Row]:
                 f"store with {count:,} blobs",
                 "start-up time",
                 "s",
-                {"cachesvc": startup[count]},
+                {CACHESVC: startup[count]},
                 targets,
                 note,
             )
@@ -102,18 +109,13 @@ async def store_scale(lab: Lab, reps: int) -> list[Row]:
                 f"store with {count:,} blobs",
                 "hit latency (median, 1 connection)",
                 "ms",
-                {"cachesvc": latency[count]},
+                {CACHESVC: latency[count]},
                 targets,
                 note,
                 failures,
             )
         )
     return rows
-
-
-def _filled_root(lab: Lab, count: int) -> tuple[Path, str]:
-    root = lab.workdir / f"store-{count}"
-    return root, populate(root, count)
 
 
 async def _measure(lab: Lab, count: int, rep: int, root: Path, digest: str) -> tuple[float, float]:
