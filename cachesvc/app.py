@@ -307,8 +307,7 @@ class Daemon:
 
 
 def _url(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{ListenAddress(*address)}"  # ListenAddress brackets IPv6 hosts
 
 
 async def serve(config: Config, *, announce: bool = True) -> None:

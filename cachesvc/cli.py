@@ -33,7 +33,7 @@ from cachesvc.adminclient import (
     run_prewarm,
     run_status,
 )
-from cachesvc.config import Config, default_config, load_config
+from cachesvc.config import Config, ListenAddress, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
 
@@ -197,12 +197,8 @@ def _mirror_url(config: Config, override: str | None) -> str:
         return url
     host = config.listen.host
     if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return (
-        f"http://[{host}]:{config.listen.port}"
-        if ":" in host
-        else f"http://{host}:{config.listen.port}"
-    )
+        host = "127.0.0.1"  # a wildcard bind is reached on loopback
+    return f"http://{ListenAddress(host, config.listen.port)}"  # brackets IPv6 hosts
 
 
 def _serve(config: Config) -> int:

@@ -101,7 +101,8 @@ class Fill:
         while self.released <= offset and not self.verified and not self.finished:
             await asyncio.wait((self._changed,))
 
-    def _open_reader(self) -> int:
+    def open_reader(self) -> int:
+        """A read-only descriptor on the fill's file (temp, or final once committed)."""
         if self.final is not None:
             try:
                 return os.open(self.final, os.O_RDONLY)
@@ -117,10 +118,10 @@ class Fill:
                     pass
             raise FillFailed(self.error or UpstreamError("fill ended")) from None
 
-    async def spans(self, fd: int, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
+    async def spans(self, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
         """Yield ``(offset, count)`` spans of ``[start, end)`` as they are released.
 
-        ``fd`` comes from ``open_reader``; the caller sends each span (``sendfile`` or
+        The caller reads each span from ``open_reader``'s descriptor (``sendfile`` or
         ``pread``) before asking for the next. Raises ``FillFailed`` if the fill fails.
         """
         self.followers += 1
@@ -143,25 +144,6 @@ class Fill:
                 pos = limit
         finally:
             self.followers -= 1
-
-    def open_reader(self) -> int:
-        """A read-only descriptor on the fill's file (temp, or final once committed)."""
-        return self._open_reader()
-
-    async def stream(self, start: int, end: int | None) -> AsyncIterator[bytes]:
-        """Yield bytes ``[start, end)`` (``end=None``: to the end) as they are released."""
-        fd = self._open_reader()
-        try:
-            async for offset, count in self.spans(fd, start, end):
-                pos, stop = offset, offset + count
-                while pos < stop:
-                    data = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-                    if not data:
-                        raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                    pos += len(data)
-                    yield data
-        finally:
-            os.close(fd)
 
 
 class FillManager:
@@ -239,7 +221,7 @@ class FillManager:
             fill.ready.set_exception(error)
             fill.ready.exception()  # retrieved: followers may all be gone
         fill._notify()
-        if not isinstance(error, RegistryError) or error.status >= 500:
+        if error.status >= 500:
             log.warning("fill %s from %s failed: %s", fill.digest, fill.registry, error)
 
     async def _fetch(self, fill: Fill, opener: BodyOpener) -> None:
@@ -250,7 +232,11 @@ class FillManager:
             fill.endpoint = body.endpoint
             fd = os.open(fill.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                fill.ready.set_result(None)
+                if fill.size != 0:
+                    # Followers may start now: the release rule holds the last byte back.
+                    # An empty body has no last byte to hold, so it is ready only once
+                    # verified (a complete empty 200 must never carry a wrong digest).
+                    fill.ready.set_result(None)
 
                 def absorb(batch: list[bytes]) -> None:
                     # Off the event loop: hash and write the chunks as received, with no
@@ -325,6 +311,8 @@ class FillManager:
                 fill.size = fill.written
                 fill.released = fill.written
                 fill.verified = True
+                if not fill.ready.done():
+                    fill.ready.set_result(None)
                 fill._notify()
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:

@@ -136,20 +136,18 @@ async def api(request: web.Request) -> web.StreamResponse:
             response = await _manifest(request, mirror, target, path.reference, headers)
         elif path.kind == "blobs":
             response = await _blob(request, mirror, target, Digest.parse(path.reference), headers)
-        elif path.kind == "tags":
-            answer = await mirror.tags(target, request.query.get("n"), request.query.get("last"))
-            request[AUDIT_KEY].cache = "passthrough"
-            request[AUDIT_KEY].upstream = answer.upstream
-            response = _passthrough(answer, headers)
         else:
-            answer = await mirror.referrers(
-                target, Digest.parse(path.reference), request.query.get("artifactType")
-            )
-            request[AUDIT_KEY].cache = "passthrough"
-            request[AUDIT_KEY].upstream = answer.upstream
+            if path.kind == "tags":
+                query = request.query
+                answer = await mirror.tags(target, query.get("n"), query.get("last"))
+            else:
+                answer = await mirror.referrers(
+                    target, Digest.parse(path.reference), request.query.get("artifactType")
+                )
+            audit.cache, audit.upstream = "passthrough", answer.upstream
             response = _passthrough(answer, headers)
     except RegistryError:
-        request[AUDIT_KEY].cache = "error"
+        audit.cache = "error"
         _count(request, kind_label, "error", target.registry)
         raise
     _count(request, kind_label, audit.cache or "error", target.registry)
@@ -173,10 +171,9 @@ async def _manifest(
     head = request.method == "HEAD"
     accept = normalize_accept(request.headers.getall("Accept", []))
     answer: ManifestAnswer = await mirror.manifest(target, reference, accept, head=head)
-    request[AUDIT_KEY].cache = answer.result
-    request[AUDIT_KEY].upstream = answer.upstream
     record = answer.record
-    request[AUDIT_KEY].digest = str(record.digest)
+    audit = request[AUDIT_KEY]
+    audit.cache, audit.upstream, audit.digest = answer.result, answer.upstream, str(record.digest)
     headers.update(
         {
             "Content-Type": record.media_type,
@@ -192,7 +189,7 @@ async def _manifest(
     if head:
         return await _head(request, headers, record.size)
     body = answer.body or b""
-    request[AUDIT_KEY].bytes = len(body)
+    audit.bytes = len(body)
     request.app[METRICS_KEY].served_bytes.labels("cache").inc(len(body))
     return web.Response(body=body, headers=headers)
 
@@ -237,8 +234,8 @@ async def _blob(
             if source.lease is not None:
                 source.lease.release()
             raise
-        request[AUDIT_KEY].bytes = source.size if span is None else span[1] - span[0]
-        metrics.served_bytes.labels("cache").inc(request[AUDIT_KEY].bytes)
+        audit.bytes = source.size if span is None else span[1] - span[0]
+        metrics.served_bytes.labels("cache").inc(audit.bytes)
         return _LeasedFileResponse(source, headers=headers)
     fill = source.fill
     start, end = 0, fill.size
@@ -259,20 +256,20 @@ async def _blob(
     except ConnectionError:
         # The client hung up; the fill goes on for the others. aiohttp finishes the
         # response quietly once the transport is gone.
-        request[AUDIT_KEY].hung_up = True
+        audit.hung_up = True
         if request.transport is not None:
             request.transport.abort()
         return streaming
     except FillFailed as exc:
         # The status line is out: the only honest signal left is to cut the connection,
         # so the client never mistakes a short or wrong body for a complete one.
-        request[AUDIT_KEY].error = f"aborted mid-body: {exc.cause.message}"
-        request[AUDIT_KEY].cache = "error"
+        audit.error = f"aborted mid-body: {exc.cause.message}"
+        audit.cache = "error"
         if request.transport is not None:
             request.transport.abort()
         return streaming
     finally:
-        metrics.served_bytes.labels("upstream").inc(request[AUDIT_KEY].bytes)
+        metrics.served_bytes.labels("upstream").inc(audit.bytes)
     return streaming
 
 
@@ -317,7 +314,7 @@ async def _send_fill(
     try:
         with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
             native = not response.chunked  # sendfile bypasses chunk framing
-            async for offset, count in fill.spans(fd, start, end):
+            async for offset, count in fill.spans(start, end):
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("client went away")
@@ -342,15 +339,13 @@ async def _send_fill(
 
 
 def _wait_for_whole_blob(request: web.Request, size: int | None) -> bool:
-    """Cases where a fill cannot be streamed safely and the answer waits for the verdict.
+    """Cases where a fill cannot be streamed and the answer waits for the verified file.
 
-    - ``size == 0``: there is no last byte to hold back, so a 200 would be complete
-      before the digest is checked.
+    (An empty upstream body is held back by the fill itself until verified.)
+
     - no size (a chunked upstream) and a Range: nothing to answer the range against yet.
     - no size and an HTTP/1.0 client: no chunked framing to stream it with.
     """
-    if size == 0:
-        return True
     return size is None and ("Range" in request.headers or request.version < HttpVersion11)
 
 

@@ -32,7 +32,7 @@ from cachesvc.errors import (
     UpstreamUnauthorized,
 )
 from cachesvc.metrics import Metrics
-from cachesvc.oci import MEDIA_OCI_MANIFEST, Digest, validate_tag
+from cachesvc.oci import ACCEPT_ANY_MANIFEST, MEDIA_OCI_MANIFEST, Digest, validate_tag
 from cachesvc.routing import Target
 from cachesvc.singleflight import SingleFlight
 from cachesvc.store import ManifestRecord, Store, TagRecord
@@ -170,7 +170,7 @@ class Manifests:
             "GET",
             f"/v2/{target.repository}/manifests/{digest}",
             scope=f"repository:{target.repository}:pull",
-            headers={"Accept": _ACCEPT_ALL},
+            headers={"Accept": ACCEPT_ANY_MANIFEST},
         )
         if answer.status == 404:
             raise ManifestUnknown(
@@ -336,14 +336,3 @@ class Manifests:
             self._tags.clear()
         self._tags[key] = record
         self._store.put_tag(key, record)
-
-
-_ACCEPT_ALL = ", ".join(
-    (
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "*/*",
-    )
-)

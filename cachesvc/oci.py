@@ -37,6 +37,9 @@ MANIFEST_MEDIA_TYPES = (
     MEDIA_DOCKER_MANIFEST,
 )
 INDEX_MEDIA_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
+# What containerd sends when it resolves a reference (and what cachesvc asks upstream
+# for by digest): every manifest type, then anything.
+ACCEPT_ANY_MANIFEST = ", ".join((*MANIFEST_MEDIA_TYPES, "*/*"))
 # What a client's Accept may contribute to the tag-cache key (a small, closed set).
 ACCEPTABLE_MANIFEST_TYPES = frozenset(
     (

@@ -35,7 +35,7 @@ from cachesvc.errors import AdminError, CachesvcError, NotFound, RegistryError
 from cachesvc.inventory import platform_text
 from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror
-from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Digest, normalize_accept
+from cachesvc.oci import ACCEPT_ANY_MANIFEST, INDEX_MEDIA_TYPES, Digest, normalize_accept
 from cachesvc.pins import Pins
 from cachesvc.reference import ImageReference, parse_reference
 from cachesvc.routing import Router
@@ -44,7 +44,7 @@ log = logging.getLogger("cachesvc.prewarm")
 MAX_PLATFORMS = 16
 
 # What containerd sends when it resolves a reference, so prewarm shares its tag cache.
-CONTAINERD_ACCEPT = normalize_accept([", ".join((*MANIFEST_MEDIA_TYPES, "*/*"))])
+CONTAINERD_ACCEPT = normalize_accept([ACCEPT_ANY_MANIFEST])
 MAX_IMAGES_PER_JOB = 500
 POLL_SECONDS = 0.1  # how often a followed fill's progress is read
 

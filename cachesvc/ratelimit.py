@@ -63,11 +63,6 @@ class Limiter:
         self._waiting = 0
         self._rate_waiting = 0
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued now (for status pages and tests)."""
-        return self._waiting
-
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Ticket]:
         """Hold one of ``max_concurrent`` slots for the duration of the block."""

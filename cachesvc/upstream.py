@@ -58,7 +58,6 @@ from cachesvc.ratelimit import Limiter, Ticket
 log = logging.getLogger("cachesvc.upstream")
 
 MAX_REDIRECTS = 5
-BODY_CHUNK = 1024 * 1024
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
