@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from cachesvc.app import Daemon
 from cachesvc.config import Config, parse_config
+from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 
 
@@ -46,7 +47,20 @@ async def daemon_for(config: Config) -> AsyncIterator[Daemon]:
         await daemon.stop()
 
 
-DaemonFactory = Callable[..., AbstractAsyncContextManager[Daemon]]
+StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
+"""The type of the ``start_daemon`` fixture."""
+
+
+def with_settings(
+    start_daemon: StartDaemon, fake: FakeRegistry, **settings: object
+) -> AbstractAsyncContextManager[Daemon]:
+    """cachesvc in front of ``fake`` as registry ``fake.test`` with these registry settings."""
+    return start_daemon({"fake.test": [fake.url]}, **{"registry:fake.test": settings})
+
+
+def blob_url(daemon: Daemon, digest: str, repo: str = "team/app") -> str:
+    """The mirror URL of a blob of registry ``fake.test``."""
+    return f"{daemon.mirror_url}/v2/{repo}/blobs/{digest}?ns=fake.test"
 
 
 @pytest.fixture
@@ -61,7 +75,7 @@ async def fake() -> AsyncIterator[FakeRegistry]:
 
 
 @pytest.fixture
-def start_daemon(storage: Path) -> Callable[..., AbstractAsyncContextManager[Daemon]]:
+def start_daemon(storage: Path) -> StartDaemon:
     """``async with start_daemon({"reg": [url]}, **config) as d``."""
 
     def factory(upstreams: dict[str, list[str]], **extra: Any) -> AbstractAsyncContextManager[Daemon]:
@@ -71,9 +85,7 @@ def start_daemon(storage: Path) -> Callable[..., AbstractAsyncContextManager[Dae
 
 
 @pytest.fixture
-async def mirror(
-    fake: FakeRegistry, start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]]
-) -> AsyncIterator[Daemon]:
+async def mirror(fake: FakeRegistry, start_daemon: StartDaemon) -> AsyncIterator[Daemon]:
     """cachesvc in front of the fake upstream, registered as registry ``fake.test``."""
     async with start_daemon({"fake.test": [fake.url]}) as daemon:
         yield daemon
@@ -85,4 +97,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-Fetch = Callable[..., Awaitable[tuple[int, dict[str, str], bytes]]]
+@pytest.fixture
+async def tokens() -> AsyncIterator[TokenService]:
+    """A fake token service; set it as ``fake.gate`` to put the fake registry behind it."""
+    async with running_service(TokenService()) as service:
+        yield service

@@ -6,7 +6,6 @@ import base64
 import logging
 import os
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +13,7 @@ import pytest
 
 from cachesvc.app import Daemon
 from cachesvc.credentials import Credential, CredentialsFileError, parse_docker_config
+from tests.conftest import StartDaemon, blob_url
 from tests.fakes.auth import BasicGate, TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 from tests.upstream_helpers import (
@@ -25,12 +25,6 @@ from tests.upstream_helpers import (
     metrics_text,
     overwrite,
 )
-
-StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
-
-
-def blob_url(daemon: Daemon, digest: str, repo: str = "team/app") -> str:
-    return f"{daemon.mirror_url}/v2/{repo}/blobs/{digest}?ns=fake.test"
 
 
 def test_docker_config_forms_are_parsed_and_matched_by_registry() -> None:
@@ -53,6 +47,15 @@ def test_docker_config_forms_are_parsed_and_matched_by_registry() -> None:
             parse_docker_config(bad)
 
 
+async def pulls_from(
+    http: aiohttp.ClientSession, daemon: Daemon, fake: FakeRegistry, digest: str
+) -> None:
+    """A GET of the blob through the mirror is a 200 with the upstream's bytes."""
+    async with http.get(blob_url(daemon, digest)) as resp:
+        assert resp.status == 200
+        assert await resp.read() == fake.blobs[digest]
+
+
 async def test_basic_challenge_is_answered_from_the_credentials_file(
     fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -62,9 +65,7 @@ async def test_basic_challenge_is_answered_from_the_credentials_file(
     digests = [fake.add_blob(os.urandom(1000)) for _ in range(3)]
     async with start_daemon({"fake.test": [fake.url]}, credentials_file=str(creds)) as daemon:
         for digest in digests:
-            async with http.get(blob_url(daemon, digest)) as resp:
-                assert resp.status == 200
-                assert await resp.read() == fake.blobs[digest]
+            await pulls_from(http, daemon, fake, digest)
     # One 401 taught cachesvc that the endpoint wants Basic; later requests send it up front.
     assert gate.refused == 1
 
@@ -79,14 +80,10 @@ async def _rotate_and_pull(
     gate = fake.gate = BasicGate("alice", "first-secret")
     first, second = fake.add_blob(os.urandom(500)), fake.add_blob(os.urandom(500))
     async with start_daemon({"fake.test": [fake.url]}, credentials_file=str(path)) as daemon:
-        async with http.get(blob_url(daemon, first)) as resp:
-            assert resp.status == 200
-            assert await resp.read() == fake.blobs[first]
+        await pulls_from(http, daemon, fake, first)
         gate.password = "second-secret"  # the registry's password changed
         rotate(docker_config({"fake.test": basic_entry("alice", "second-secret")}))
-        async with http.get(blob_url(daemon, second)) as resp:  # the next cold pull
-            assert resp.status == 200
-            assert await resp.read() == fake.blobs[second]
+        await pulls_from(http, daemon, fake, second)  # the next cold pull
 
 
 @pytest.mark.parametrize("style", ["editor_rename", "overwrite_in_place"])
@@ -131,9 +128,7 @@ async def test_a_bad_file_keeps_the_last_good_credentials_and_logs_one_error(
         caplog.set_level(logging.INFO, logger="cachesvc.credentials")
         editor_replace(path, b'{"auths": {"fake.test": {"auth": "YWxp')  # half-written
         for digest in digests[:3]:
-            async with http.get(blob_url(daemon, digest)) as resp:
-                assert resp.status == 200  # still the last good credentials
-                assert await resp.read() == fake.blobs[digest]
+            await pulls_from(http, daemon, fake, digest)  # still the last good credentials
         errors = [
             r
             for r in caplog.records
@@ -146,9 +141,7 @@ async def test_a_bad_file_keeps_the_last_good_credentials_and_logs_one_error(
         # The file is completed: the new version is used.
         fake.gate = BasicGate("alice", "third-secret")
         editor_replace(path, docker_config({"fake.test": basic_entry("alice", "third-secret")}))
-        async with http.get(blob_url(daemon, digests[3])) as resp:
-            assert resp.status == 200
-            assert await resp.read() == fake.blobs[digests[3]]
+        await pulls_from(http, daemon, fake, digests[3])
 
 
 async def test_refusals_name_the_registry_and_the_mirrors_credentials_with_a_metric(

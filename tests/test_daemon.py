@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
@@ -16,13 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.app import Daemon
 from cachesvc.oci import Digest
+from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry, running
 from tests.polling import eventually
 
 
 async def test_routing_by_ns_prefix_and_default(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
 ) -> None:
     digest = fake.add_blob(b"routed")
@@ -50,7 +49,7 @@ async def test_routing_by_ns_prefix_and_default(
 
 async def test_docker_hub_single_names_get_library(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
 ) -> None:
     fake.add_image("library/nginx", "1.27", [b"n"])
@@ -64,7 +63,7 @@ async def test_docker_hub_single_names_get_library(
 
 async def test_leftover_temp_files_are_removed_at_start(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     storage: Path,
 ) -> None:
     (storage / "tmp").mkdir(parents=True)
@@ -75,7 +74,7 @@ async def test_leftover_temp_files_are_removed_at_start(
 
 async def test_cache_survives_a_restart(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
 ) -> None:
     digest, _ = fake.add_image("team/app", "v1", [b"layer"])

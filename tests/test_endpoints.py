@@ -6,23 +6,29 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 
 from cachesvc.app import Daemon
+from tests.conftest import StartDaemon
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 from tests.upstream_helpers import black_hole, metric, refused_url
-
-StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
     async with http.get(url) as resp:
         return resp.status, dict(resp.headers), await resp.read()
+
+
+async def healthy(http: aiohttp.ClientSession, daemon: Daemon, endpoint: str) -> float:
+    """The health gauge of one endpoint of registry ``fake.test``."""
+    return await metric(
+        http, daemon, "cachesvc_upstream_endpoint_healthy", registry="fake.test", endpoint=endpoint
+    )
 
 
 @asynccontextmanager
@@ -55,24 +61,8 @@ async def test_failover_to_the_next_endpoint_and_skip_the_failed_one(
             assert body == fake.blobs[blob]
         if bad is not None:
             assert sum(bad.requests.values()) == 1  # asked once, then skipped
-        healthy = await metric(
-            http,
-            daemon,
-            "cachesvc_upstream_endpoint_healthy",
-            registry="fake.test",
-            endpoint=bad_url,
-        )
-        assert healthy == 0
-        assert (
-            await metric(
-                http,
-                daemon,
-                "cachesvc_upstream_endpoint_healthy",
-                registry="fake.test",
-                endpoint=fake.url,
-            )
-            == 1
-        )
+        assert await healthy(http, daemon, bad_url) == 0
+        assert await healthy(http, daemon, fake.url) == 1
 
 
 async def test_a_black_holed_endpoint_delays_only_the_first_request(
@@ -120,16 +110,7 @@ async def test_a_cooled_down_endpoint_is_retried_and_restored(
             assert (await get(http, f"{base}/{blobs[3]}?ns=fake.test"))[0] == 200
             assert cdn.count("GET", "/blobs/") == 3  # ...and in use again
             assert fake.count("GET", "/blobs/") == 2
-            assert (
-                await metric(
-                    http,
-                    daemon,
-                    "cachesvc_upstream_endpoint_healthy",
-                    registry="fake.test",
-                    endpoint=cdn.url,
-                )
-                == 1
-            )
+            assert await healthy(http, daemon, cdn.url) == 1
 
 
 async def test_retry_after_keeps_the_endpoint_unasked_until_it_expires(

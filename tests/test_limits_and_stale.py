@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
 from cachesvc.app import Daemon
+from tests.conftest import StartDaemon, with_settings
 from tests.fakes.registry import FakeRegistry
 from tests.upstream_helpers import metric
 
-StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
 # Arrival times are taken at the fake upstream, which shares the event loop with cachesvc and
 # 200 client connections: a request paced at t can reach it some ms late (measured up to about
 # 17 ms at the start of the burst), bunching it with the next. The limiter spaces requests
 # 1/rate apart when it releases them; the upstream-side windows are this much shorter.
 JITTER = 0.05
+
+
+def manifest_url(daemon: Daemon, ref: str) -> str:
+    return f"{daemon.mirror_url}/v2/team/app/manifests/{ref}?ns=fake.test"
 
 
 def busiest_window(times: list[float], width: float) -> int:
@@ -34,10 +36,10 @@ async def test_two_hundred_cold_manifests_never_exceed_ten_per_second_upstream(
     for i in range(200):
         fake.add_image("team/app", f"t{i}", [f"layer {i}".encode()])
     limits = {"requests_per_second": 10, "queue_timeout": "3s", "queue_size": 500}
-    async with start_daemon({"fake.test": [fake.url]}, **{"registry:fake.test": limits}) as daemon:
+    async with with_settings(start_daemon, fake, **limits) as daemon:
 
         async def pull(i: int) -> tuple[int, str | None, bytes]:
-            url = f"{daemon.mirror_url}/v2/team/app/manifests/t{i}?ns=fake.test"
+            url = manifest_url(daemon, f"t{i}")
             async with http.get(url) as resp:
                 return resp.status, resp.headers.get("Retry-After"), await resp.read()
 
@@ -72,10 +74,10 @@ async def test_a_full_queue_is_refused_at_once(
         fake.add_image("team/app", f"t{i}", [b"x"])
     fake.faults.manifest_delay = 0.5
     limits = {"max_concurrent": 1, "queue_size": 2, "queue_timeout": "10s"}
-    async with start_daemon({"fake.test": [fake.url]}, **{"registry:fake.test": limits}) as daemon:
+    async with with_settings(start_daemon, fake, **limits) as daemon:
 
         async def pull(i: int) -> int:
-            url = f"{daemon.mirror_url}/v2/team/app/manifests/t{i}?ns=fake.test"
+            url = manifest_url(daemon, f"t{i}")
             async with http.get(url) as resp:
                 await resp.read()
                 return resp.status
@@ -97,10 +99,8 @@ async def test_stale_tag_carries_a_warning_is_counted_and_bounded_by_max_stale(
 ) -> None:
     digest, _ = fake.add_image("team/app", "v1", [b"one"])
     settings = {"tag_ttl": "0s", "max_stale": "1s"}
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": settings}
-    ) as daemon:
-        url = f"{daemon.mirror_url}/v2/team/app/manifests/v1?ns=fake.test"
+    async with with_settings(start_daemon, fake, **settings) as daemon:
+        url = manifest_url(daemon, "v1")
         async with http.get(url) as resp:
             assert resp.status == 200
             assert "Warning" not in resp.headers
@@ -124,10 +124,8 @@ async def test_a_refusal_is_not_papered_over_with_a_stale_tag(
     fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
 ) -> None:
     fake.add_image("team/app", "v1", [b"one"])
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": {"tag_ttl": "0s"}}
-    ) as daemon:
-        url = f"{daemon.mirror_url}/v2/team/app/manifests/v1?ns=fake.test"
+    async with with_settings(start_daemon, fake, tag_ttl="0s") as daemon:
+        url = manifest_url(daemon, "v1")
         async with http.get(url) as resp:
             assert resp.status == 200
         fake.faults.status = 403
@@ -140,10 +138,8 @@ async def test_our_own_rate_limit_falls_back_to_the_stale_tag(
 ) -> None:
     digest, _ = fake.add_image("team/app", "v1", [b"one"])
     settings = {"tag_ttl": "0s", "requests_per_minute": 1, "queue_timeout": "1s"}
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": settings}
-    ) as daemon:
-        url = f"{daemon.mirror_url}/v2/team/app/manifests/v1?ns=fake.test"
+    async with with_settings(start_daemon, fake, **settings) as daemon:
+        url = manifest_url(daemon, "v1")
         async with http.get(url) as resp:
             assert resp.status == 200
         async with http.get(url) as resp:  # the bucket is empty for a minute
@@ -156,10 +152,8 @@ async def test_our_own_rate_limit_falls_back_to_the_stale_tag(
 async def test_an_upstream_404_for_a_tag_is_remembered_for_negative_ttl(
     fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
 ) -> None:
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": {"negative_ttl": "500ms"}}
-    ) as daemon:
-        url = f"{daemon.mirror_url}/v2/team/app/manifests/typo?ns=fake.test"
+    async with with_settings(start_daemon, fake, negative_ttl="500ms") as daemon:
+        url = manifest_url(daemon, "typo")
         for _ in range(5):
             async with http.get(url) as resp:
                 assert resp.status == 404

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
 from cachesvc.app import Daemon
 from cachesvc.oci import Digest
+from tests.conftest import StartDaemon, with_settings
 from tests.fakes.registry import FakeRegistry
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -65,13 +64,11 @@ async def test_tag_cache_is_keyed_by_accept_set(
 
 async def test_expired_tag_is_revalidated_with_head_and_follows_a_moved_tag(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
 ) -> None:
     first, _ = fake.add_image("team/app", "v1", [b"one"])
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": {"tag_ttl": "0s"}}
-    ) as daemon:
+    async with with_settings(start_daemon, fake, tag_ttl="0s") as daemon:
         async with http.get(url(daemon, "v1")) as resp:
             assert resp.headers["Docker-Content-Digest"] == first
         async with http.get(url(daemon, "v1")) as resp:
@@ -86,13 +83,11 @@ async def test_expired_tag_is_revalidated_with_head_and_follows_a_moved_tag(
 
 async def test_stale_tag_is_served_when_upstream_fails(
     fake: FakeRegistry,
-    start_daemon: Callable[..., AbstractAsyncContextManager[Daemon]],
+    start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
 ) -> None:
     digest, _ = fake.add_image("team/app", "v1", [b"one"])
-    async with start_daemon(
-        {"fake.test": [fake.url]}, **{"registry:fake.test": {"tag_ttl": "0s"}}
-    ) as daemon:
+    async with with_settings(start_daemon, fake, tag_ttl="0s") as daemon:
         async with http.get(url(daemon, "v1")) as resp:
             assert resp.status == 200
         fake.faults.status = 503

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from cachesvc.app import Daemon
-from tests.fakes.auth import TokenService, running_service
+from tests.conftest import blob_url
+from tests.fakes.auth import TokenService
 from tests.fakes.registry import FakeRegistry
 
 
@@ -80,14 +81,8 @@ async def serving(cdn: Cdn) -> AsyncIterator[Cdn]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def tokens() -> AsyncIterator[TokenService]:
-    async with running_service(TokenService()) as service:
-        yield service
-
-
 async def fetch(http: aiohttp.ClientSession, daemon: Daemon, digest: str) -> tuple[int, bytes]:
-    async with http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp:
+    async with http.get(blob_url(daemon, digest)) as resp:
         return resp.status, await resp.read()
 
 

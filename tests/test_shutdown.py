@@ -62,6 +62,12 @@ async def serve_process(
             await proc.wait()
 
 
+def blob_path(storage: Path, digest: str) -> Path:
+    """Where the store keeps a committed blob."""
+    hexdigest = digest.split(":")[1]
+    return storage / "blobs" / "sha256" / hexdigest[:2] / hexdigest
+
+
 async def test_sigterm_lets_a_transfer_finish_within_the_deadline_and_exits_0(
     fake: FakeRegistry, tmp_path: Path
 ) -> None:
@@ -79,10 +85,7 @@ async def test_sigterm_lets_a_transfer_finish_within_the_deadline_and_exits_0(
         async with asyncio.timeout(20):
             assert await proc.wait() == 0, (tmp_path / "serve.log").read_text()
         assert os.listdir(storage / "tmp") == []
-        hexdigest = digest.split(":")[1]
-        assert (storage / "blobs" / "sha256" / hexdigest[:2] / hexdigest).stat().st_size == len(
-            data
-        )
+        assert blob_path(storage, digest).stat().st_size == len(data)
 
 
 async def test_sigterm_aborts_what_outlives_the_deadline_and_leaves_nothing(
@@ -104,5 +107,4 @@ async def test_sigterm_aborts_what_outlives_the_deadline_and_leaves_nothing(
             assert await proc.wait() == 0, (tmp_path / "serve.log").read_text()
         assert time.monotonic() - started < 6
         assert os.listdir(storage / "tmp") == []
-        hexdigest = digest.split(":")[1]
-        assert not (storage / "blobs" / "sha256" / hexdigest[:2] / hexdigest).exists()
+        assert not blob_path(storage, digest).exists()

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from cachesvc.app import Daemon
-from tests.fakes.auth import TokenService, basic, running_service
+from tests.conftest import StartDaemon, blob_url
+from tests.fakes.auth import TokenService, basic
 from tests.fakes.registry import FakeRegistry
 from tests.upstream_helpers import basic_entry, docker_config, editor_replace
-
-StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
-
-
-@pytest.fixture
-async def tokens() -> AsyncIterator[TokenService]:
-    async with running_service(TokenService()) as service:
-        yield service
 
 
 async def get_blob(
     http: aiohttp.ClientSession, daemon: Daemon, digest: str, repo: str = "team/app"
 ) -> int:
-    async with http.get(f"{daemon.mirror_url}/v2/{repo}/blobs/{digest}?ns=fake.test") as resp:
+    async with http.get(blob_url(daemon, digest, repo)) as resp:
         await resp.read()
         return resp.status
+
+
+def robot_behind_tokens(
+    fake: FakeRegistry, tokens: TokenService, tmp_path: Path, password: str
+) -> Path:
+    """The fake registry behind a token service that knows only user ``robot``; returns a
+    credentials file holding that user's password."""
+    tokens.anonymous = False
+    tokens.users = {"robot": password}
+    fake.gate = tokens
+    path = tmp_path / "config.json"
+    path.write_bytes(docker_config({"fake.test": basic_entry("robot", password)}))
+    return path
 
 
 async def test_anonymous_tokens_are_cached_per_scope(
@@ -58,15 +61,12 @@ async def test_credentials_go_to_the_token_service_never_to_the_registry(
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    tokens.anonymous = False
-    tokens.users = {"robot": "robot-pw"}
-    fake.gate = tokens
-    path = tmp_path / "config.json"
-    path.write_bytes(docker_config({"fake.test": basic_entry("robot", "robot-pw")}))
+    path = robot_behind_tokens(fake, tokens, tmp_path, "robot-pw")
     digest = fake.add_blob(b"private")
     async with start_daemon({"fake.test": [fake.url]}, credentials_file=str(path)) as daemon:
         assert await get_blob(http, daemon, digest) == 200
     assert [r.authorization for r in tokens.requests] == [basic("robot", "robot-pw")]
+    assert any(a is not None for a in fake.auth_seen)  # not vacuous: a token was presented
     assert all(a is None or a.startswith("Bearer ") for a in fake.auth_seen)
 
 
@@ -121,7 +121,7 @@ async def test_a_token_service_that_keeps_refusing_is_a_clear_401(
     tokens.anonymous = False
     fake.gate = tokens
     digest = fake.add_blob(b"x")
-    async with http.get(f"{mirror.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp:
+    async with http.get(blob_url(mirror, digest)) as resp:
         assert resp.status == 401
         message = (await resp.json())["errors"][0]["message"]
     assert "token service of fake.test refused the mirror" in message
@@ -135,11 +135,7 @@ async def test_rotated_credentials_drop_cached_tokens(
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    tokens.anonymous = False
-    tokens.users = {"robot": "old-pw"}
-    fake.gate = tokens
-    path = tmp_path / "config.json"
-    path.write_bytes(docker_config({"fake.test": basic_entry("robot", "old-pw")}))
+    path = robot_behind_tokens(fake, tokens, tmp_path, "old-pw")
     first, second = fake.add_blob(b"one"), fake.add_blob(b"two")
     async with start_daemon({"fake.test": [fake.url]}, credentials_file=str(path)) as daemon:
         assert await get_blob(http, daemon, first) == 200

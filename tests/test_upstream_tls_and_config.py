@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,8 @@ from aiohttp import web
 from cachesvc.app import Daemon
 from cachesvc.config import RegistryConfig, parse_config
 from cachesvc.errors import ConfigError
+from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry
-
-StartDaemon = Callable[..., AbstractAsyncContextManager[Daemon]]
 
 
 @asynccontextmanager
