@@ -21,7 +21,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
@@ -32,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.logs import FLUSH_SECONDS
 from tests.peers.containerd import Containerd
-from tests.peers.ports import LOOPBACK, free_port, wait_for_http
-from tests.peers.process import ManagedProcess
+from tests.peers.ports import LOOPBACK, free_port, http_answers
+from tests.peers.process import ManagedProcess, StartStop, start_until_ready
 from tests.peers.registry import DistributionRegistry
 from tests.peers.require import require
 
@@ -85,6 +84,17 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+async def get_sha256(session: aiohttp.ClientSession, url: str) -> tuple[int, int, str]:
+    """GET ``url`` streaming: (status, body size, ``sha256:<hex>`` of the body)."""
+    h = hashlib.sha256()
+    size = 0
+    async with session.get(url) as resp:
+        async for chunk in resp.content.iter_chunked(MiB):
+            h.update(chunk)
+            size += len(chunk)
+        return resp.status, size, "sha256:" + h.hexdigest()
+
+
 def wait_until_quiet(reg: DistributionRegistry, settle: float = 0.3, timeout: float = 5.0) -> int:
     """Wait until the registry's access log stops growing for ``settle`` s; its line count."""
     deadline = time.monotonic() + timeout
@@ -107,7 +117,7 @@ class CachesvcStartError(RuntimeError):
     """The daemon exited or did not become ready; the message carries its log tail."""
 
 
-class CachesvcProcess:
+class CachesvcProcess(StartStop):
     """``python -m cachesvc serve --config FILE`` on free loopback ports; a context manager.
 
     ``registries`` maps registry names to endpoint URL lists; ``storage`` persists across
@@ -191,55 +201,39 @@ class CachesvcProcess:
         if self._process is not None:
             raise RuntimeError("cachesvc already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):
-            self.mirror_port, self.admin_port = free_port(), free_port()
-            if self.mirror_port == self.admin_port:
-                continue
-            self.config_path.write_text(yaml.safe_dump(self.config()))
-            self._starts += 1
-            with self.log_path.open("a") as log:
-                log.write(f"\n=== start {self._starts} ===\n")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
-            proc = ManagedProcess(
-                [sys.executable, "-m", "cachesvc", "serve", "--config", str(self.config_path)],
-                stdout_path=self.workdir / "cachesvc.stdout",
-                stderr_path=self.log_path,
-                env=env,
-                cwd=REPO_ROOT,
-            )
-            proc.start()
-            self._process = proc
-            try:
-                self._wait_ready(proc)
-                return
-            except CachesvcStartError:
-                in_use = "address already in use" in proc.describe().lower()
-                self.stop()
-                if not in_use or attempt == 2:
-                    raise
+        self._process = start_until_ready(
+            self._launch,
+            lambda: http_answers(self.admin_url + "/readyz", ok_statuses=frozenset({200}))
+            and http_answers(self.mirror_url + "/v2/", ok_statuses=frozenset({200})),
+            name="cachesvc",
+            timeout=self.startup_timeout,
+            error=CachesvcStartError,
+            attempts=3,
+        )
 
-    def _wait_ready(self, proc: ManagedProcess) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if proc.returncode() is not None:
-                raise CachesvcStartError(f"cachesvc exited during start-up\n{proc.describe()}")
-            try:
-                wait_for_http(self.admin_url + "/readyz", timeout=0.2, ok_statuses=frozenset({200}))
-                wait_for_http(self.mirror_url + "/v2/", timeout=2, ok_statuses=frozenset({200}))
-                return
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise CachesvcStartError(
-                        f"cachesvc not ready after {self.startup_timeout}s\n{proc.describe()}"
-                    ) from None
+    def _launch(self) -> ManagedProcess:
+        self.mirror_port = free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.mirror_port:
+            self.admin_port = free_port()
+        self.config_path.write_text(yaml.safe_dump(self.config()))
+        self._starts += 1
+        with self.log_path.open("a") as log:
+            log.write(f"\n=== start {self._starts} ===\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
+        return ManagedProcess(
+            [sys.executable, "-m", "cachesvc", "serve", "--config", str(self.config_path)],
+            stdout_path=self.workdir / "cachesvc.stdout",
+            stderr_path=self.log_path,
+            env=env,
+            cwd=REPO_ROOT,
+        )
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM, then SIGKILL); idempotent."""
-        if self._process is not None:
-            try:
-                self._process.stop(grace=5.0)
-            finally:
-                self._process = None
+        proc, self._process = self._process, None
+        if proc is not None:
+            proc.stop(grace=5.0)
 
     def kill9(self) -> None:
         """SIGKILL the daemon, as a node crash or OOM kill would, and reap it."""
@@ -259,18 +253,6 @@ class CachesvcProcess:
 
     def describe(self) -> str:
         return self._process.describe() if self._process else f"(stopped) log: {self.log_path}"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- observation -------------------------------------------------------------------------
 

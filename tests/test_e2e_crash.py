@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +22,7 @@ from tests.peers_fixtures import (
     CachesvcProcess,
     MiB,
     ThrottleProxy,
+    get_sha256,
     registry,
     sha256_file,
     wait_until_quiet,
@@ -48,17 +48,11 @@ def big(registry: DistributionRegistry, tmp_path_factory: pytest.TempPathFactory
 
 async def _get(url: str) -> tuple[int, int, str]:
     """GET ``url`` streaming; (status, body size, sha256) — raises if the connection dies."""
-    h = hashlib.sha256()
-    size = 0
     timeout = aiohttp.ClientTimeout(total=40)
-    async with (
-        aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=False) as session,
-        session.get(url) as resp,
-    ):
-        async for chunk in resp.content.iter_chunked(MiB):
-            h.update(chunk)
-            size += len(chunk)
-        return resp.status, size, "sha256:" + h.hexdigest()
+    async with aiohttp.ClientSession(
+        timeout=timeout, auto_decompress=False, trust_env=False
+    ) as session:
+        return await get_sha256(session, url)
 
 
 async def test_kill_9_during_a_fill_leaves_nothing_and_the_restart_fetches_again(

@@ -5,7 +5,6 @@ access log, not in a fake)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,13 @@ from tests.peers.images import (
     skopeo_inspect_raw,
 )
 from tests.peers.registry import DistributionRegistry, blob_path
-from tests.peers_fixtures import CachesvcProcess, MiB, registry, wait_until_quiet
+from tests.peers_fixtures import (
+    CachesvcProcess,
+    MiB,
+    get_sha256,
+    registry,
+    wait_until_quiet,
+)
 
 __all__ = ["registry"]  # fixture imported for pytest
 
@@ -119,21 +124,12 @@ async def test_twenty_concurrent_cold_requests_make_one_upstream_get(
     before = registry.count_blob_gets("big", digest)
     url = f"{cachesvc.mirror_url}/v2/big/blobs/{digest}?ns={registry.host_port}"
 
-    async def pull(session: aiohttp.ClientSession) -> tuple[int, int, str]:
-        h = hashlib.sha256()
-        size = 0
-        async with session.get(url) as resp:
-            async for chunk in resp.content.iter_chunked(MiB):
-                h.update(chunk)
-                size += len(chunk)
-            return resp.status, size, "sha256:" + h.hexdigest()
-
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=45)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
     ) as session:
-        results = await asyncio.gather(*(pull(session) for _ in range(20)))
+        results = await asyncio.gather(*(get_sha256(session, url) for _ in range(20)))
 
     assert results == [(200, layer.size, digest)] * 20
     await asyncio.to_thread(wait_until_quiet, registry)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +33,9 @@ from tests.peers.registry import (
     blob_path,
     parse_access_log_line,
 )
-from tests.peers.require import require
+from tests.peers_fixtures import containerd, registry, require_registry_and_skopeo
+
+__all__ = ["containerd", "registry"]  # fixtures imported for pytest
 
 pytestmark = pytest.mark.peers
 
@@ -47,23 +47,9 @@ THREE_LAYERS = [
 
 
 @pytest.fixture(scope="module")
-def binaries() -> None:
-    require("docker-registry", "docker-registry")
-    require("skopeo", "skopeo")
-
-
-@pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[OCIImage, OCIImage]:
     root = tmp_path_factory.mktemp("layout")
     return build_image(root, "v1", THREE_LAYERS), build_index(root, "multi")
-
-
-@pytest.fixture(scope="module")
-def registry(
-    binaries: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DistributionRegistry]:
-    with DistributionRegistry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +60,6 @@ def pushed(
     assert push(image, None, registry.ref("app", "v1")) == image.digest
     assert push(index, None, registry.ref("app", "multi")) == index.digest
     return image, index
-
-
-@pytest.fixture(scope="module")
-def containerd(binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    require("containerd", "containerd")
-    require("ctr", "containerd")
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("containerd tests need root")
-        pytest.skip("containerd tests need root")
-    with Containerd(tmp_path_factory.mktemp("containerd")) as ctd:
-        yield ctd
 
 
 def test_layout_is_deterministic_and_matches_its_digests(tmp_path: Path) -> None:
@@ -214,9 +188,8 @@ def test_proxy_mode_registry_caches_after_a_double_fetch(
         assert registry.count_blob_gets("app", big) == upstream  # the second pull was a hit
 
 
-def test_tls_and_basic_auth(
-    binaries: None, layout: tuple[OCIImage, OCIImage], tmp_path: Path
-) -> None:
+def test_tls_and_basic_auth(layout: tuple[OCIImage, OCIImage], tmp_path: Path) -> None:
+    require_registry_and_skopeo()
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
     cert, key, certs = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "certs.d"

@@ -32,10 +32,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+from typing import Any
 
-from .process import ManagedProcess
+from .process import ManagedProcess, StartStop, start_until_ready
 
 __all__ = [
     "CONTAINERD_BINARY",
@@ -116,31 +115,17 @@ def write_hosts_toml(
     registry: str,
     mirror_urls: str | Sequence[str],
     server_url: str | None,
-    *,
-    capabilities: Sequence[str] = ("pull", "resolve"),
-    skip_verify: bool = False,
-    ca: Path | None = None,
-    override_path: bool = False,
-    headers: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> Path:
-    """Write ``hosts_dir/<registry>/hosts.toml`` (see :func:`hosts_toml`); return its path.
+    """Write ``hosts_dir/<registry>/hosts.toml`` (see :func:`hosts_toml`, which takes the
+    keyword ``options``); return its path.
 
     ``registry`` is the host of the image references (``docker.io``, ``127.0.0.1:5001``).
     ``server_url`` None leaves containerd's default for the registry (``https://<registry>``).
     """
     path = hosts_dir / registry / "hosts.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        hosts_toml(
-            mirror_urls,
-            server_url,
-            capabilities=capabilities,
-            skip_verify=skip_verify,
-            ca=ca,
-            override_path=override_path,
-            headers=headers,
-        )
-    )
+    path.write_text(hosts_toml(mirror_urls, server_url, **options))
     return path
 
 
@@ -167,7 +152,7 @@ class CtrResult:
     seconds: float
 
 
-class Containerd:
+class Containerd(StartStop):
     """containerd on a unix socket under ``workdir``; a context manager. Needs root.
 
     ``namespace`` is the containerd namespace every ``ctr`` call uses.
@@ -192,9 +177,6 @@ class Containerd:
         self._ctr = ctr_binary
         self._startup_timeout = startup_timeout
         self._process: ManagedProcess | None = None
-
-    write_hosts_toml = staticmethod(write_hosts_toml)
-    """The module function :func:`write_hosts_toml`, for callers holding only the instance."""
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -250,57 +232,33 @@ class Containerd:
             raise ContainerdError(f"socket path too long: {self.address}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
-        proc = ManagedProcess(
-            [self._binary, "--config", str(self.config_path)],
-            stdout_path=self.workdir / "containerd.stdout",
-            stderr_path=self.log_path,
-            env=_clean_env(),
+        self._process = start_until_ready(
+            lambda: ManagedProcess(
+                [self._binary, "--config", str(self.config_path)],
+                stdout_path=self.workdir / "containerd.stdout",
+                stderr_path=self.log_path,
+                env=_clean_env(),
+            ),
+            self._answers,
+            name="containerd",
+            timeout=self._startup_timeout,
+            error=ContainerdError,
         )
-        proc.start()
-        self._process = proc
-        deadline = time.monotonic() + self._startup_timeout
-        try:
-            while True:
-                if proc.returncode() is not None:
-                    raise ContainerdError(f"containerd exited during start-up\n{proc.describe()}")
-                if self.address.exists():
-                    done = subprocess.run(
-                        self._ctr_argv("version"),
-                        capture_output=True,
-                        env=_clean_env(),
-                        timeout=5,
-                        check=False,
-                    )
-                    if done.returncode == 0:
-                        return
-                if time.monotonic() >= deadline:
-                    raise ContainerdError(
-                        f"containerd not ready after {self._startup_timeout}s\n{proc.describe()}"
-                    )
-                time.sleep(0.02)
-        except BaseException:
-            self.stop()
-            raise
+
+    def _answers(self) -> bool:
+        """Does ``ctr version`` get an answer?"""
+        if not self.address.exists():
+            return False
+        done = subprocess.run(
+            self._ctr_argv("version"), capture_output=True, env=_clean_env(), timeout=5, check=False
+        )
+        return done.returncode == 0
 
     def stop(self) -> None:
         """Stop containerd (idempotent). Its root and log stay for inspection."""
-        if self._process is not None:
-            try:
-                self._process.stop(grace=10.0)
-            finally:
-                self._process = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        proc, self._process = self._process, None
+        if proc is not None:
+            proc.stop(grace=10.0)
 
     # -- ctr -------------------------------------------------------------------------------
 

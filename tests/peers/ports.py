@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["LOOPBACK", "free_port", "wait_for_http"]
+__all__ = ["LOOPBACK", "free_port", "http_answers", "wait_for_http"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -64,3 +64,12 @@ def wait_for_http(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{url} not ready after {timeout:.1f}s: {last}")
         time.sleep(0.05)
+
+
+def http_answers(url: str, *, ok_statuses: frozenset[int] = frozenset(range(200, 500))) -> bool:
+    """One GET of ``url`` (see :func:`wait_for_http`): did it answer with one of ``ok_statuses``?"""
+    try:
+        wait_for_http(url, timeout=0, ok_statuses=ok_statuses)
+    except TimeoutError:
+        return False
+    return True

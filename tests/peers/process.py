@@ -10,12 +10,13 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["ManagedProcess", "tail"]
+__all__ = ["ManagedProcess", "StartStop", "start_until_ready", "tail"]
 
 
 def tail(path: Path, max_bytes: int = 4000) -> str:
@@ -29,7 +30,71 @@ def tail(path: Path, max_bytes: int = 4000) -> str:
         return ""
 
 
-class ManagedProcess:
+class StartStop:
+    """A context manager that calls ``start()`` on entry and ``stop()`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_until_ready(
+    launch: Callable[[], ManagedProcess],
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    timeout: float,
+    error: type[Exception],
+    attempts: int = 1,
+    interval: float = 0.02,
+) -> ManagedProcess:
+    """Start ``launch()`` and poll ``ready()`` until it is true; return the running process.
+
+    ``launch`` builds a not yet started process (choosing ports and writing its config, so each
+    attempt gets fresh ports). ``error`` (carrying :meth:`ManagedProcess.describe`) is raised
+    when the process exits or is not ready after ``timeout`` seconds; a process whose log says
+    "address already in use" (a port taken between choosing and binding) is retried, up to
+    ``attempts`` starts in all. Whatever goes wrong, a process that is not returned is stopped.
+    """
+    for attempt in range(attempts):
+        proc = launch()
+        proc.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.returncode() is not None:
+                    raise error(f"{name} exited during start-up\n{proc.describe()}")
+                if ready():
+                    return proc
+                if time.monotonic() >= deadline:
+                    raise error(f"{name} not ready after {timeout}s\n{proc.describe()}")
+                time.sleep(interval)
+        except error:
+            in_use = "address already in use" in proc.describe().lower()
+            proc.stop()
+            if not in_use or attempt == attempts - 1:
+                raise
+        except BaseException:
+            proc.stop()
+            raise
+    raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+
+class ManagedProcess(StartStop):
     """``argv`` started with stdout and stderr appended to files; a context manager."""
 
     def __init__(
@@ -117,15 +182,3 @@ class ManagedProcess:
         for f in self._files:
             f.close()
         self._files = []
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -24,14 +24,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import urlsplit
 
 import bcrypt
 
-from .ports import LOOPBACK, free_port, wait_for_http
-from .process import ManagedProcess
+from .ports import LOOPBACK, free_port, http_answers
+from .process import ManagedProcess, StartStop, start_until_ready
 
 __all__ = [
     "REGISTRY_BINARY",
@@ -134,7 +132,7 @@ class RegistryStartError(RuntimeError):
     """The registry exited or did not answer in time; the message carries its logs."""
 
 
-class DistributionRegistry:
+class DistributionRegistry(StartStop):
     """``docker-registry serve CONFIG`` on 127.0.0.1, state under ``workdir``.
 
     Use as a context manager; ``url`` / ``host_port`` are valid inside it.
@@ -228,46 +226,20 @@ class DistributionRegistry:
             raise RuntimeError("registry already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(exist_ok=True)
-        attempts = 1 if self._requested_port is not None else 3
-        for attempt in range(attempts):
-            self._port = self._requested_port or free_port()
-            self.config_path.write_text(json.dumps(self._config(), indent=2))
-            proc = ManagedProcess(
-                [self._binary, "serve", str(self.config_path)],
-                stdout_path=self.access_log_path,
-                stderr_path=self.log_path,
-                env=self._child_env(),
-            )
-            proc.start()
-            self._process = proc
-            try:
-                self._wait_ready(proc)
-                return
-            except RegistryStartError:
-                in_use = "address already in use" in proc.describe()
-                self.stop()
-                if not in_use or attempt == attempts - 1:
-                    raise
+        self._process = start_until_ready(
+            self._launch,
+            lambda: http_answers(self.url + "/v2/"),
+            name="registry",
+            timeout=self._startup_timeout,
+            error=RegistryStartError,
+            attempts=1 if self._requested_port is not None else 3,
+        )
 
     def stop(self) -> None:
         """Stop the registry (idempotent). Storage and logs stay for inspection."""
-        if self._process is not None:
-            try:
-                self._process.stop()
-            finally:
-                self._process = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        proc, self._process = self._process, None
+        if proc is not None:
+            proc.stop()
 
     # -- access log --------------------------------------------------------------------------
 
@@ -369,16 +341,12 @@ class DistributionRegistry:
         env.update(self._env)
         return env
 
-    def _wait_ready(self, proc: ManagedProcess) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            if proc.returncode() is not None:
-                raise RegistryStartError(f"registry exited during start-up\n{proc.describe()}")
-            try:
-                wait_for_http(self.url + "/v2/", timeout=0.2)
-                return
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise RegistryStartError(
-                        f"registry not ready after {self._startup_timeout}s\n{proc.describe()}"
-                    ) from None
+    def _launch(self) -> ManagedProcess:
+        self._port = self._requested_port or free_port()
+        self.config_path.write_text(json.dumps(self._config(), indent=2))
+        return ManagedProcess(
+            [self._binary, "serve", str(self.config_path)],
+            stdout_path=self.access_log_path,
+            stderr_path=self.log_path,
+            env=self._child_env(),
+        )
