@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -167,11 +166,8 @@ async def test_one_json_access_log_line_per_request(
             await resp.read()
         # The line is written once the handler returns, which may be just after the
         # client has read the last byte.
-        for _ in range(100):
-            records = [r for r in caplog.records if r.name == "cachesvc.access"]
-            if records:
-                break
-            await asyncio.sleep(0.01)
+        assert await eventually(lambda: any(r.name == "cachesvc.access" for r in caplog.records))
+    records = [r for r in caplog.records if r.name == "cachesvc.access"]
     assert len(records) == 1
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["status"] == 200

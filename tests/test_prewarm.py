@@ -13,6 +13,7 @@ from cachesvc.oci import Digest
 from cachesvc.prewarm import node_platform, platform_matches
 from tests.fakes.registry import FakeRegistry
 from tests.operator import add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.polling import eventually
 
 
 async def test_multi_arch_prewarm_fetches_only_the_requested_platform(
@@ -100,16 +101,20 @@ async def test_failures_carry_a_reason_and_cancel_stops_a_job(
         assert "not found" in states["fake.test/team/missing:1"][1]
         assert "no manifest for linux/amd64" in states["fake.test/team/arm:1"][1]
 
-        big = fake.add_image("team/big", "1", [os.urandom(2_000_000)])
+        _, (_, big_layer) = fake.add_image("team/big", "1", [os.urandom(2_000_000)])
         fake.faults.slow_chunk_delay = 0.05
         job_id = await submit(http, daemon, ["fake.test/team/big:1"])
-        await asyncio.sleep(0.3)
+        layer = Digest.parse(big_layer)
+        # Cancel while the layer's fill is under way.
+        assert await eventually(lambda: daemon.parts.fills.get(layer) is not None)
         async with http.delete(f"{daemon.admin_url}/admin/v1/jobs/{job_id}", headers=auth()) as r:
             assert r.status == 202
         job = await wait_job(http, daemon, job_id)
         assert job["state"] == "cancelled"
         assert job["images"][0]["reason"] == "cancelled"
-        assert big  # the fill itself runs on for other clients; the job no longer follows it
+        # The fill itself runs on for other clients; the job just no longer follows it.
+        assert daemon.parts.store.size(layer) is None
+        assert await eventually(lambda: daemon.parts.store.size(layer) is not None, within=10)
 
 
 async def test_bad_requests_are_400_with_the_reason(
