@@ -1,13 +1,14 @@
 """Single-flight blob fills: one upstream fetch per digest, however many clients ask.
 
-A ``Fill`` is a task of its own. It opens upstream, writes the body to a temp file
-while hashing it, and only after the digest matched does it fsync, rename the file
-into place and release the last bytes. Clients never own the fill: they *follow*
-it, reading the temp file as bytes are released, so one that disconnects leaves the
-fill running and one that joins late starts from whatever is on disk.
+A ``Fill`` is a task of its own. It opens upstream, keeps the newest bytes in memory
+for its followers, hashes and writes the body to a temp file in worker threads (see
+``cachesvc.blobwriter``), and only after the digest matched does it release the last
+bytes, fsync and rename the file into place. Clients never own the fill: they
+*follow* it, taking bytes from memory while they keep up and from the temp file when
+they fall behind (or join late), so one that disconnects leaves the fill running.
 
 Release rule (the heart of "nothing unverified is served as complete"): while a fill
-runs, followers may read ``released`` bytes, which is at most ``size - 1`` when the
+runs, followers may send ``released`` bytes, which is at most ``size - 1`` when the
 size is known and lags the newest chunk when it is not. The final bytes are released
 only after verification; on any failure followers get ``FillFailed`` and their
 connections are aborted, so no client ever holds a complete, wrong body.
@@ -16,6 +17,7 @@ connections are aborted, so no client ever holds a complete, wrong body.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import os
@@ -25,6 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachesvc.blobwriter import Absorber
 from cachesvc.errors import DigestMismatch, RegistryError, UpstreamError, UpstreamTimeout
 from cachesvc.metrics import Metrics
 from cachesvc.oci import Digest
@@ -32,10 +35,10 @@ from cachesvc.store import Store
 
 log = logging.getLogger("cachesvc.fill")
 
-WRITE_CHUNK = 4 * 1024 * 1024  # most bytes handed to the hashing/writing thread at once
-MIN_WRITE_CHUNK = 64 * 1024  # least, when that thread is idle
+MEMORY_BYTES = 8 * 1024 * 1024  # newest bytes a fill keeps in memory for its followers
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
 FOLLOW_SPAN = 1024 * 1024  # bytes a follower waits for before sending (unless the end)
+NOTIFY_STEP = FOLLOW_SPAN // 2  # released bytes between wake-ups of the followers
 
 
 @dataclass(slots=True)
@@ -67,8 +70,9 @@ class Fill:
         self.destination = destination  # where a verified fill is renamed to
         self.registry = registry
         self.size: int | None = None
-        self.written = 0
-        self.released = 0
+        self.received = 0  # bytes read from upstream
+        self.written = 0  # bytes in the temp file (readable with pread/sendfile)
+        self.released = 0  # bytes followers may send (the release rule)
         self.final: Path | None = None
         self.verified = False  # every byte is written and the digest matched
         self.error: RegistryError | None = None
@@ -80,6 +84,13 @@ class Fill:
         self.ready: asyncio.Future[None] = loop.create_future()
         self._changed: asyncio.Future[None] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
+        # The newest bytes as received, for followers that keep up: chunk i starts at
+        # _offsets[i]; entries before _head are dropped (compacted now and then).
+        self._offsets: list[int] = []
+        self._chunks: list[bytes] = []
+        self._head = 0
+        self._in_memory = 0  # bytes in _chunks[_head:]
+        self._notified = 0  # ``released`` when followers were last woken
 
     @property
     def finished(self) -> bool:
@@ -87,6 +98,7 @@ class Fill:
         return self.final is not None or self.error is not None
 
     def _notify(self) -> None:
+        self._notified = self.released
         fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
         if not fut.done():
             fut.set_result(None)
@@ -100,6 +112,60 @@ class Fill:
     async def _wait_beyond(self, offset: int) -> None:
         while self.released <= offset and not self.verified and not self.finished:
             await asyncio.wait((self._changed,))
+
+    def keep(self, chunk: bytes) -> None:
+        """Take a received chunk into memory and release what the release rule allows."""
+        self._offsets.append(self.received)
+        self._chunks.append(chunk)
+        self._in_memory += len(chunk)
+        self.received += len(chunk)
+        if self.size is not None:
+            self.released = min(self.received, self.size - 1)
+        else:
+            self.released = self.received - len(chunk)  # hold the newest chunk back
+        # Followers wait for FOLLOW_SPAN at a time: waking them per chunk (16 followers,
+        # 256 KiB chunks) would cost more loop time than the sends themselves.
+        if self.released - self._notified >= NOTIFY_STEP:
+            self._notify()
+
+    def on_written(self, written: int) -> None:
+        """The temp file grew to ``written`` bytes: drop old in-memory chunks it holds.
+
+        The newest ``MEMORY_BYTES`` stay for followers that keep up; a chunk leaves
+        memory only once it is in the file, so every released byte is in one or the other.
+        """
+        self.written = written
+        head, chunks, offsets = self._head, self._chunks, self._offsets
+        while (
+            self._in_memory > MEMORY_BYTES
+            and head < len(chunks)
+            and offsets[head] + len(chunks[head]) <= written
+        ):
+            self._in_memory -= len(chunks[head])
+            head += 1
+        if head > 64:  # compact now and then; readers find chunks by bisect from _head
+            del offsets[:head], chunks[:head]
+            head = 0
+        self._head = head
+
+    def take(self, pos: int, stop: int) -> memoryview | int:
+        """Released bytes from ``pos`` (below ``stop``): from memory, or from the file.
+
+        Returns a view of the in-memory chunk holding ``pos`` (cut at ``stop``) or, when
+        ``pos`` is no longer in memory, how many bytes from ``pos`` to read from the
+        temp file (``open_reader``). The caller sends a view before it awaits anything.
+        """
+        offsets = self._offsets
+        if self._head < len(offsets) and pos >= offsets[self._head]:
+            index = bisect.bisect_right(offsets, pos, lo=self._head) - 1
+            chunk_start = offsets[index]
+            chunk = self._chunks[index]
+            if pos < chunk_start + len(chunk):
+                return memoryview(chunk)[pos - chunk_start : stop - chunk_start]
+        count = min(stop, self.written) - pos
+        if count <= 0:  # pragma: no cover - the release rule makes this unreachable
+            raise FillFailed(UpstreamError("released bytes are neither in memory nor on disk"))
+        return count
 
     def open_reader(self) -> int:
         """A read-only descriptor on the fill's file (temp, or final once committed)."""
@@ -121,8 +187,8 @@ class Fill:
     async def spans(self, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
         """Yield ``(offset, count)`` spans of ``[start, end)`` as they are released.
 
-        The caller reads each span from ``open_reader``'s descriptor (``sendfile`` or
-        ``pread``) before asking for the next. Raises ``FillFailed`` if the fill fails.
+        The caller sends each span (``take``) before asking for the next. Raises
+        ``FillFailed`` if the fill fails.
         """
         self.followers += 1
         self.peak_followers = max(self.peak_followers, self.followers)
@@ -226,37 +292,17 @@ class FillManager:
 
     async def _fetch(self, fill: Fill, opener: BodyOpener) -> None:
         loop = asyncio.get_running_loop()
-        hasher = fill.digest.hasher()
         async with opener() as body:
             fill.size = body.size
             fill.endpoint = body.endpoint
-            fd = os.open(fill.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            absorber = Absorber(fill.temp, fill.digest.hasher(), fill.on_written)
             try:
                 if fill.size != 0:
                     # Followers may start now: the release rule holds the last byte back.
                     # An empty body has no last byte to hold, so it is ready only once
                     # verified (a complete empty 200 must never carry a wrong digest).
                     fill.ready.set_result(None)
-
-                def absorb(batch: list[bytes]) -> None:
-                    # Off the event loop: hash and write the chunks as received, with no
-                    # copy (hashlib and writev release the GIL on buffers this size).
-                    for piece in batch:
-                        hasher.update(piece)
-                    views = [memoryview(piece) for piece in batch]
-                    while views:
-                        done = os.writev(fd, views)
-                        while views and done >= len(views[0]):
-                            done -= len(views[0])
-                            views.pop(0)
-                        if views and done:
-                            views[0] = views[0][done:]
-
                 received = self._metrics.upstream_bytes.labels(fill.registry)
-                pending: asyncio.Future[None] | None = None
-                pending_len = 0
-                batch: list[bytes] = []
-                batch_len = 0
                 chunks = body.chunks.__aiter__()
                 while True:
                     try:
@@ -266,67 +312,39 @@ class FillManager:
                         raise UpstreamTimeout(
                             f"upstream stalled: no bytes for {self._stall:g}s"
                         ) from None
-                    if chunk:
-                        batch.append(chunk)
-                        batch_len += len(chunk)
-                        if (
-                            fill.size is not None
-                            and fill.written + pending_len + batch_len > fill.size
-                        ):
-                            raise DigestMismatch("upstream sent more bytes than its Content-Length")
-                    # Hand a batch to the worker when it is big, when the body ended, or
-                    # when the worker is idle anyway: large batches at full speed, low
-                    # latency to first byte from a slow upstream.
-                    idle = pending is None or pending.done()
-                    if batch and (
-                        batch_len >= WRITE_CHUNK
-                        or chunk is None
-                        or (idle and batch_len >= MIN_WRITE_CHUNK)
-                    ):
-                        if pending is not None:
-                            await pending
-                            self._advance(fill, pending_len)
-                        received.inc(batch_len)
-                        pending_len = batch_len
-                        pending = loop.run_in_executor(None, absorb, batch)
-                        batch, batch_len = [], 0
                     if chunk is None:
                         break
-                if pending is not None:
-                    await pending
-                    self._advance(fill, pending_len)
-                if fill.size is not None and fill.written != fill.size:
+                    if not chunk:
+                        continue
+                    if fill.size is not None and fill.received + len(chunk) > fill.size:
+                        raise DigestMismatch("upstream sent more bytes than its Content-Length")
+                    fill.keep(chunk)
+                    received.inc(len(chunk))
+                    await absorber.feed(chunk)
+                await absorber.end()
+                if fill.size is not None and fill.received != fill.size:
                     raise UpstreamError(
-                        f"upstream body ended after {fill.written} of {fill.size} bytes"
+                        f"upstream body ended after {fill.received} of {fill.size} bytes"
                     )
-                if hasher.hexdigest() != fill.digest.hex:
+                if absorber.hexdigest() != fill.digest.hex:
                     self._metrics.digest_mismatches.labels(fill.registry).inc()
                     raise DigestMismatch(
                         f"upstream bytes for {fill.digest} have digest "
-                        f"{fill.digest.algorithm}:{hasher.hexdigest()}; nothing was kept"
+                        f"{fill.digest.algorithm}:{absorber.hexdigest()}; nothing was kept"
                     )
                 # Verified: release the last bytes now. Durability (fsync, rename) only
                 # decides whether the blob is kept, not whether these bytes are right,
                 # so followers need not wait for the disk.
-                fill.size = fill.written
-                fill.released = fill.written
+                fill.size = fill.received
+                fill.released = fill.received
                 fill.verified = True
                 if not fill.ready.done():
                     fill.ready.set_result(None)
                 fill._notify()
-                await loop.run_in_executor(None, os.fsync, fd)
+                await loop.run_in_executor(None, os.fsync, absorber.writer.fd)
             finally:
-                os.close(fd)
+                await absorber.close()
         fill.final = await loop.run_in_executor(None, self._store.commit, fill.temp, fill.digest)
-        fill._notify()
-
-    @staticmethod
-    def _advance(fill: Fill, count: int) -> None:
-        fill.written += count
-        if fill.size is not None:
-            fill.released = min(fill.written, fill.size - 1)
-        else:
-            fill.released = fill.written - count  # hold the newest chunk back
         fill._notify()
 
 

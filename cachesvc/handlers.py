@@ -305,8 +305,9 @@ async def _send_fill(
 ) -> None:
     """Send a fill's released bytes as they arrive, counting them in the audit record.
 
-    Zero-copy ``sendfile`` from the growing file where the loop supports it (the
-    asyncio loop); ``pread`` + write otherwise (uvloop has no native sendfile).
+    From the fill's memory while this client keeps up; from the temp file when it fell
+    behind (or joined late): zero-copy ``sendfile`` where the loop supports it (the
+    asyncio loop), ``pread`` + write otherwise (uvloop has no native sendfile).
     """
     loop = asyncio.get_running_loop()
     audit = request[AUDIT_KEY]
@@ -315,25 +316,31 @@ async def _send_fill(
         with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
             native = not response.chunked  # sendfile bypasses chunk framing
             async for offset, count in fill.spans(start, end):
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("client went away")
-                if native:
-                    try:
-                        await loop.sendfile(transport, fobj, offset, count, fallback=False)
-                        audit.bytes += count
-                        continue
-                    except (asyncio.SendfileNotAvailableError, NotImplementedError):
-                        # uvloop has no native sendfile and says so with NotImplementedError.
-                        native = False
                 pos, stop = offset, offset + count
                 while pos < stop:
-                    data = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-                    if not data:
-                        raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                    await response.write(data)
-                    pos += len(data)
-                    audit.bytes += len(data)
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        raise ConnectionResetError("client went away")
+                    piece = fill.take(pos, stop)
+                    if isinstance(piece, memoryview):
+                        sent = len(piece)
+                        await response.write(piece)
+                    elif native:
+                        try:
+                            await loop.sendfile(transport, fobj, pos, piece, fallback=False)
+                            sent = piece
+                        except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                            # uvloop has no native sendfile and says so with NotImplementedError.
+                            native = False
+                            continue
+                    else:
+                        data = os.pread(fd, min(READ_CHUNK, piece), pos)
+                        if not data:
+                            raise FillFailed(UpstreamError("temp file shorter than released bytes"))
+                        sent = len(data)
+                        await response.write(data)
+                    pos += sent
+                    audit.bytes += sent
     finally:
         os.close(fd)
 

@@ -342,7 +342,7 @@ class Prewarmer:
                 else:
                     fill = source.fill
                     while not fill.finished:
-                        progress[blob] = min(fill.written, size)
+                        progress[blob] = min(fill.received, size)
                         update()
                         await asyncio.sleep(POLL_SECONDS)
                     if fill.error is not None:

@@ -16,6 +16,8 @@ from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
 
+MIB = 1024 * 1024
+
 
 def stored(daemon: Daemon, digest: str) -> bool:
     return daemon.parts.store.size(Digest.parse(digest)) is not None
@@ -360,3 +362,31 @@ async def test_http_1_0_client_of_a_chunked_fill_gets_the_blob(
     assert head.split(b" ")[1] == b"200", head
     assert body == data
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_late_follower_reads_the_file_then_memory_and_gets_exact_bytes(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    # A fill keeps only its newest bytes in memory; older ones are read back from the
+    # temp file. Hold upstream well past that window, then join from byte 0.
+    data = os.urandom(20 * MIB)
+    digest = fake.add_blob(data)
+    fake.faults.hold_after = 14 * MIB
+    async with http.get(blob_url(mirror, digest)) as first:
+        await first.content.readexactly(MIB)
+        fill = mirror.parts.fills.get(Digest.parse(digest))
+        assert fill is not None
+        assert await eventually(lambda: fill.written >= 12 * MIB)
+        assert isinstance(fill.take(0, 1), int), "the oldest bytes should have left memory"
+        assert isinstance(fill.take(fill.received - 1, fill.received), memoryview)
+        async with http.get(
+            blob_url(mirror, digest), headers={"Range": "bytes=100-199"}
+        ) as ranged:
+            assert await ranged.read() == data[100:200]
+        async with http.get(blob_url(mirror, digest)) as late:
+            head = await late.content.readexactly(13 * MIB)
+            fake.faults.resume.set()
+            assert head + await late.read() == data
+        assert await first.read() == data[MIB:]
+    assert fake.count("GET", "/blobs/") == 1
+    assert await committed(mirror, digest)

@@ -3,7 +3,8 @@
 It serves manifests and blobs from memory, counts every request it gets, and can
 be told to misbehave: wrong bytes, a cut mid-body, a stall, a status (503, 429
 with Retry-After), no Content-Length (chunked), a Bearer token requirement with
-its own token endpoint, or a 307 redirect of blob GETs to another server.
+its own token endpoint, a 307 redirect of blob GETs to another server, or a pause
+mid-body until the test resumes it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Faults:
     extra_bytes: int = 0  # append garbage after the real body (Content-Length grows)
     empty_body: bool = False  # answer blob GETs with 200 and Content-Length: 0
     gzip: str | None = None  # "polite": gzip bodies when Accept-Encoding allows; "always"
+    hold_after: int | None = None  # pause after N body bytes until ``resume`` is set
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Gate(Protocol):
@@ -246,6 +249,11 @@ class FakeRegistry:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
+            if faults.hold_after is not None and at + len(piece) > faults.hold_after:
+                await response.write(piece[: max(0, faults.hold_after - at)])
+                await faults.resume.wait()
+                await response.write(piece[max(0, faults.hold_after - at) :])
+                continue
             if faults.stall_after is not None and at + len(piece) > faults.stall_after:
                 await response.write(piece[: max(0, faults.stall_after - at)])
                 await asyncio.sleep(3600)
