@@ -81,9 +81,9 @@ class BlobWriter:
         self.written += whole
         if whole < len(data):
             # The last stage's tail is shorter than a block: O_DIRECT cannot write it.
+            # (Only the last stage has one: nothing is written after it.)
             flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
             fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-            self.direct = False
             _write_all(self.fd, data[whole:], self.written)
             self.written = self.written + len(data) - whole
 
@@ -127,9 +127,14 @@ class Absorber:
     """
 
     def __init__(
-        self, path: Path, hasher: hashlib._Hash, on_written: Callable[[int], None]
+        self,
+        path: Path,
+        hasher: hashlib._Hash,
+        on_written: Callable[[int], None],
+        *,
+        direct: bool = True,
     ) -> None:
-        self.writer = BlobWriter(path)
+        self.writer = BlobWriter(path, direct=direct)
         self._hasher = hasher
         self._on_written = on_written
         self._stages = [_take_stage() for _ in range(STAGES_PER_FILL)]

@@ -36,6 +36,7 @@ from cachesvc.store import Store
 log = logging.getLogger("cachesvc.fill")
 
 MEMORY_BYTES = 8 * 1024 * 1024  # newest bytes a fill keeps in memory for its followers
+MEMORY_TOTAL = 64 * 1024 * 1024  # shared by all fills: many at once keep less each
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
 FOLLOW_SPAN = 1024 * 1024  # bytes a follower waits for before sending (unless the end)
 NOTIFY_STEP = FOLLOW_SPAN // 2  # released bytes between wake-ups of the followers
@@ -91,6 +92,7 @@ class Fill:
         self._head = 0
         self._in_memory = 0  # bytes in _chunks[_head:]
         self._notified = 0  # ``released`` when followers were last woken
+        self.window = MEMORY_BYTES  # written bytes kept in memory (the manager shares it out)
 
     @property
     def finished(self) -> bool:
@@ -131,13 +133,14 @@ class Fill:
     def on_written(self, written: int) -> None:
         """The temp file grew to ``written`` bytes: drop old in-memory chunks it holds.
 
-        The newest ``MEMORY_BYTES`` stay for followers that keep up; a chunk leaves
+        The newest ``window`` bytes stay for followers that keep up; a chunk leaves
         memory only once it is in the file, so every released byte is in one or the other.
         """
         self.written = written
+        window = self.window
         head, chunks, offsets = self._head, self._chunks, self._offsets
         while (
-            self._in_memory > MEMORY_BYTES
+            self._in_memory > window
             and head < len(chunks)
             and offsets[head] + len(chunks[head]) <= written
         ):
@@ -236,11 +239,17 @@ class FillManager:
             return existing, False
         fill = Fill(digest, self._store.new_temp(digest), registry, self._store.path(digest))
         self._fills[str(digest)] = fill
+        self._share_memory()
         fill.task = asyncio.get_running_loop().create_task(
             self._run(fill, opener), name=f"fill {digest}"
         )
         self._metrics.fills_in_flight.inc()
         return fill, True
+
+    def _share_memory(self) -> None:
+        window = min(MEMORY_BYTES, MEMORY_TOTAL // max(1, len(self._fills)))
+        for fill in self._fills.values():
+            fill.window = window
 
     async def close(self) -> None:
         """Cancel every running fill (their temp files are removed)."""
@@ -275,6 +284,7 @@ class FillManager:
             self._fail(fill, UpstreamError(f"fill failed unexpectedly: {type(exc).__name__}"))
         finally:
             self._fills.pop(str(fill.digest), None)
+            self._share_memory()
             self._metrics.fills_in_flight.dec()
             self._metrics.fill_seconds.labels(result).observe(time.monotonic() - fill.started)
             self._metrics.fill_waiters_per_fill.observe(fill.peak_followers)

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from cachesvc.app import Daemon
+from cachesvc.fill import MEMORY_TOTAL
 from cachesvc.oci import Digest
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry
@@ -390,3 +391,22 @@ async def test_a_late_follower_reads_the_file_then_memory_and_gets_exact_bytes(
         assert await first.read() == data[MIB:]
     assert fake.count("GET", "/blobs/") == 1
     assert await committed(mirror, digest)
+
+
+async def test_many_fills_at_once_share_one_memory_budget(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    blobs = [os.urandom(64 * 1024) for _ in range(16)]
+    digests = [fake.add_blob(data) for data in blobs]
+    fake.faults.hold_after = 1000
+
+    async def pull(digest: str) -> bytes:
+        async with http.get(blob_url(mirror, digest)) as resp:
+            return await resp.read()
+
+    pulls = [asyncio.ensure_future(pull(d)) for d in digests]
+    assert await eventually(lambda: len(mirror.parts.fills.running()) == 16)
+    assert {f.window for f in mirror.parts.fills.running()} == {MEMORY_TOTAL // 16}
+    fake.faults.resume.set()
+    assert await asyncio.gather(*pulls) == blobs
+    assert await eventually(lambda: not mirror.parts.fills.running())

@@ -1,0 +1,89 @@
+"""The absorber: every byte fed is hashed and lands in the file, in order, whatever the
+chunking; O_DIRECT where the filesystem takes it, buffered otherwise; failures surface."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cachesvc import blobwriter
+from cachesvc.blobwriter import ALIGN, STAGE_BYTES, Absorber
+
+SIZES = [1, ALIGN - 1, ALIGN, ALIGN + 1, STAGE_BYTES - 1, STAGE_BYTES, 3 * STAGE_BYTES + 12345]
+
+
+def takes_o_direct(directory: Path) -> bool:
+    """Whether the filesystem under ``directory`` accepts O_DIRECT (probed independently)."""
+    probe = directory / "probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+async def absorb(path: Path, data: bytes, chunk: int, *, direct: bool = True) -> list[int]:
+    """Feed ``data`` in ``chunk``-sized pieces; returns every ``written`` reported."""
+    reported: list[int] = []
+    absorber = Absorber(path, hashlib.sha256(), reported.append, direct=direct)
+    try:
+        for at in range(0, len(data), chunk):
+            await absorber.feed(data[at : at + chunk])
+        await absorber.end()
+        assert absorber.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert absorber.written == len(data)
+        if direct:
+            assert absorber.direct == takes_o_direct(path.parent)
+        else:
+            assert not absorber.direct
+    finally:
+        await absorber.close()
+    return reported
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("direct", [True, False])
+async def test_every_byte_lands_in_order_and_is_hashed(
+    size: int, direct: bool, tmp_path: Path
+) -> None:
+    data = os.urandom(size)
+    for chunk in (7, 65536, 256 * 1024 + 3):
+        path = tmp_path / f"blob-{chunk}"
+        reported = await absorb(path, data, chunk, direct=direct)
+        assert path.read_bytes() == data
+        assert reported == sorted(reported)
+        assert reported[-1] == size
+
+
+async def test_a_fill_cut_midway_closes_cleanly_and_gives_the_stages_back(tmp_path: Path) -> None:
+    absorber = Absorber(tmp_path / "cut", hashlib.sha256(), lambda _: None)
+    await absorber.feed(os.urandom(STAGE_BYTES + 5000))  # one stage in the lanes, one filling
+    await absorber.close()
+    await absorber.close()  # twice is harmless
+    assert absorber.writer.fd == -1
+    assert len(blobwriter._pool) >= blobwriter.STAGES_PER_FILL
+
+
+async def test_a_write_error_surfaces_and_close_still_works(tmp_path: Path) -> None:
+    path = tmp_path / "broken"
+    absorber = Absorber(path, hashlib.sha256(), lambda _: None)
+    # The disk turns read-only under the writer: its next write fails with EBADF.
+    read_only = os.open(path, os.O_RDONLY)
+    os.dup2(read_only, absorber.writer.fd)
+    os.close(read_only)
+    try:
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            for _ in range(blobwriter.STAGES_PER_FILL + 2):
+                await absorber.feed(os.urandom(STAGE_BYTES))
+            await absorber.end()
+    finally:
+        await absorber.close()
+    assert absorber.writer.fd == -1
