@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.containerd import Containerd, containerd_unavailable_reason
 from benchmarks.content import MANIFEST_ACCEPT
+from benchmarks.cpu import cpu_seconds
 from benchmarks.lab import BIG_REPOSITORY, COLD_REPOSITORY, IMAGE_TAG, SMALL_REPOSITORY, Lab
 from benchmarks.load import download, download_together, request_rate
 from benchmarks.measurement import (
@@ -113,20 +115,44 @@ async def warm_blob(lab: Lab, reps: int) -> list[Row]:
 
 
 async def cold_blob(lab: Lab, reps: int) -> list[Row]:
-    """One client downloads a blob no cache has seen (a fresh blob per system and repetition)."""
+    """One client downloads a blob no cache has seen (a fresh blob per system and repetition).
+
+    Also the CPU each transfer cost: the cache's process, and every process taking part (the
+    upstream registry, the cache, this harness as the client). On a machine this small the
+    three share the cores, so ``size / (all CPU / cores)`` bounds any cache's cold throughput.
+    """
     size = lab.plan.blob_size
-    samples = Samples()
+    samples, cache_cpu, all_cpu = Samples(), Samples(), Samples()
     samples.values["sha256"] = list(lab.sha256_samples)
     for _ in range(reps):
         for service in lab.caches:
             blob = await lab.cold_blob(size)
             url = lab.blob_url(service, COLD_REPOSITORY, blob.digest)
             os.sync()  # write-back of earlier blobs must not compete with this transfer
+            pids = (service.child.pid, lab.upstream.child.pid)
+            before = [cpu_seconds(pid) for pid in pids], time.process_time()
             await samples.take(service.name, partial(_mib_per_second, url, size))
+            after = [cpu_seconds(pid) for pid in pids], time.process_time()
+            cache_cpu.values[service.name].append(after[0][0] - before[0][0])
+            spent = sum(after[0]) - sum(before[0]) + after[1] - before[1]
+            all_cpu.values[service.name].append(spent)
     values = samples.medians()
     ceiling = _target(values, ">=", 0.8, "sha256", "sha256 ceiling")
     note = _note(lab, "sha256: hashlib, one core, idle machine, before the lab")
-    return [_throughput_row(f"cold blob {_size(size)}, 1 client", values, ceiling, note, samples)]
+    scenario = f"cold blob {_size(size)}, 1 client"
+    cores = os.cpu_count() or 1
+    all_medians = all_cpu.medians()
+    bound = {
+        name: size / MIB / (spent / cores) if spent else None
+        for name, spent in all_medians.items()
+    }
+    cpu_note = f"upstream + cache + client processes; bound = size / (CPU / {cores} cores)"
+    return [
+        _throughput_row(scenario, values, ceiling, note, samples),
+        Row(scenario, "CPU per transfer, cache process", "s", cache_cpu.medians()),
+        Row(scenario, "CPU per transfer, all processes", "s", all_medians, note=cpu_note),
+        Row(scenario, "throughput bound by that CPU", "MiB/s", bound, note=cpu_note),
+    ]
 
 
 async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
