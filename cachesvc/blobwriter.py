@@ -77,15 +77,27 @@ class BlobWriter:
     def write(self, data: memoryview) -> None:
         """Append ``data`` (a stage: page-aligned; all but the last are whole blocks)."""
         whole = len(data) - len(data) % ALIGN if self.direct else len(data)
-        _write_all(self.fd, data[:whole], self.written)
+        try:
+            _write_all(self.fd, data[:whole], self.written)
+        except OSError as exc:
+            if not (self.direct and exc.errno == errno.EINVAL):
+                raise
+            # The device wants a larger alignment than ALIGN: buffered writes from here on.
+            self._buffered()
+            self.direct = False
+            whole = len(data)
+            _write_all(self.fd, data, self.written)
         self.written += whole
         if whole < len(data):
             # The last stage's tail is shorter than a block: O_DIRECT cannot write it.
             # (Only the last stage has one: nothing is written after it.)
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            self._buffered()
             _write_all(self.fd, data[whole:], self.written)
             self.written = self.written + len(data) - whole
+
+    def _buffered(self) -> None:
+        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""

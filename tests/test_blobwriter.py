@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cachesvc import blobwriter
-from cachesvc.blobwriter import ALIGN, STAGE_BYTES, Absorber
+from cachesvc.blobwriter import ALIGN, STAGE_BYTES, Absorber, BlobWriter
 
 SIZES = [1, ALIGN - 1, ALIGN, ALIGN + 1, STAGE_BYTES - 1, STAGE_BYTES, 3 * STAGE_BYTES + 12345]
 
@@ -87,3 +87,19 @@ async def test_a_write_error_surfaces_and_close_still_works(tmp_path: Path) -> N
     finally:
         await absorber.close()
     assert absorber.writer.fd == -1
+
+
+def test_a_device_refusing_the_alignment_falls_back_to_buffered_writes(tmp_path: Path) -> None:
+    writer = BlobWriter(tmp_path / "blob")
+    if not writer.direct:
+        writer.close()
+        pytest.fail("this test needs a filesystem that takes O_DIRECT (ext4, xfs) under tmp")
+    # A buffer one byte off a page boundary: O_DIRECT refuses it with EINVAL, as a device
+    # with a larger logical block than ALIGN would refuse an aligned one.
+    data = memoryview(bytearray(os.urandom(3 * ALIGN + 1)))[1:]
+    try:
+        writer.write(data)
+    finally:
+        writer.close()
+    assert not writer.direct
+    assert (tmp_path / "blob").read_bytes() == bytes(data)
