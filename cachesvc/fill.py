@@ -29,14 +29,16 @@ from pathlib import Path
 
 from cachesvc.blobwriter import Absorber
 from cachesvc.errors import DigestMismatch, RegistryError, UpstreamError, UpstreamTimeout
+from cachesvc.heap import release_free_memory
 from cachesvc.metrics import Metrics
 from cachesvc.oci import Digest
 from cachesvc.store import Store
 
 log = logging.getLogger("cachesvc.fill")
 
-MEMORY_BYTES = 8 * 1024 * 1024  # newest bytes a fill keeps in memory for its followers
-MEMORY_TOTAL = 64 * 1024 * 1024  # shared by all fills: many at once keep less each
+MEMORY_BYTES = 4 * 1024 * 1024  # newest bytes a fill keeps in memory for its followers
+MEMORY_TOTAL = 32 * 1024 * 1024  # shared by all fills: many at once keep less each
+TRIM_DELAY = 1.0  # seconds after the last fill ended before free heap memory is returned
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
 FOLLOW_SPAN = 1024 * 1024  # bytes a follower waits for before sending (unless the end)
 NOTIFY_STEP = FOLLOW_SPAN // 2  # released bytes between wake-ups of the followers
@@ -151,6 +153,11 @@ class Fill:
             head = 0
         self._head = head
 
+    def forget_memory(self) -> None:
+        """Drop every in-memory chunk (the fill ended; the file has them all, or failed)."""
+        self._offsets, self._chunks = [], []
+        self._head = self._in_memory = 0
+
     def take(self, pos: int, stop: int) -> memoryview | int:
         """Released bytes from ``pos`` (below ``stop``): from memory, or from the file.
 
@@ -213,6 +220,8 @@ class Fill:
                 pos = limit
         finally:
             self.followers -= 1
+            if self.followers == 0 and self.finished:
+                self.forget_memory()
 
 
 class FillManager:
@@ -245,6 +254,10 @@ class FillManager:
         )
         self._metrics.fills_in_flight.inc()
         return fill, True
+
+    def _trim_if_idle(self) -> None:
+        if not self._fills:
+            release_free_memory()
 
     def _share_memory(self) -> None:
         window = min(MEMORY_BYTES, MEMORY_TOTAL // max(1, len(self._fills)))
@@ -285,6 +298,12 @@ class FillManager:
         finally:
             self._fills.pop(str(fill.digest), None)
             self._share_memory()
+            if fill.followers == 0:
+                fill.forget_memory()
+            if not self._fills:
+                # Followers still sending the last bytes hold chunks: trim a little later.
+                loop = asyncio.get_running_loop()
+                loop.call_later(TRIM_DELAY, self._trim_if_idle)
             self._metrics.fills_in_flight.dec()
             self._metrics.fill_seconds.labels(result).observe(time.monotonic() - fill.started)
             self._metrics.fill_waiters_per_fill.observe(fill.peak_followers)

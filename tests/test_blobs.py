@@ -391,6 +391,9 @@ async def test_a_late_follower_reads_the_file_then_memory_and_gets_exact_bytes(
         assert await first.read() == data[MIB:]
     assert fake.count("GET", "/blobs/") == 1
     assert await committed(mirror, digest)
+    # Once ended and followed by no one, a fill holds no chunks in memory.
+    assert await eventually(lambda: fill.followers == 0)
+    assert isinstance(fill.take(fill.received - 1, fill.received), int)
 
 
 async def test_many_fills_at_once_share_one_memory_budget(
