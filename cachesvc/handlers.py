@@ -85,8 +85,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         status = 499  # the client closed the connection mid-response
         raise
     finally:
-        metrics = request.app[METRICS_KEY]
-        metrics.http_responses.labels(request.method, str(status)).inc()
+        request.app[METRICS_KEY].http_responses_by(request.method, str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "request",
@@ -155,7 +154,7 @@ async def api(request: web.Request) -> web.StreamResponse:
 
 
 def _count(request: web.Request, kind: str, result: str, registry: str) -> None:
-    request.app[METRICS_KEY].requests.labels(kind, result, registry).inc()
+    request.app[METRICS_KEY].requests_by(kind, result, registry).inc()
 
 
 def _passthrough(answer: Passthrough, headers: dict[str, str]) -> web.Response:
@@ -172,15 +171,12 @@ async def _manifest(
     accept = normalize_accept(request.headers.getall("Accept", []))
     answer: ManifestAnswer = await mirror.manifest(target, reference, accept, head=head)
     record = answer.record
+    digest = str(record.digest)
     audit = request[AUDIT_KEY]
-    audit.cache, audit.upstream, audit.digest = answer.result, answer.upstream, str(record.digest)
-    headers.update(
-        {
-            "Content-Type": record.media_type,
-            "Docker-Content-Digest": str(record.digest),
-            "ETag": f'"{record.digest}"',
-        }
-    )
+    audit.cache, audit.upstream, audit.digest = answer.result, answer.upstream, digest
+    headers["Content-Type"] = record.media_type
+    headers["Docker-Content-Digest"] = digest
+    headers["ETag"] = f'"{digest}"'
     if answer.stale_age is not None:
         headers["Warning"] = (
             f'110 cachesvc "stale: upstream unavailable, tag last confirmed '
@@ -190,7 +186,7 @@ async def _manifest(
         return await _head(request, headers, record.size)
     body = answer.body or b""
     audit.bytes = len(body)
-    request.app[METRICS_KEY].served_bytes.labels("cache").inc(len(body))
+    request.app[METRICS_KEY].served_bytes_by("cache").inc(len(body))
     return web.Response(body=body, headers=headers)
 
 

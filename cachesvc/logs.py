@@ -12,13 +12,37 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from aiohttp.http_exceptions import HttpProcessingError
 
 from cachesvc.config import LogConfig
 
-# One encoder for every line: json.dumps with options builds a new one per call.
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+# One encoder for every line: json.dumps with options builds a new one per call, and
+# JSONEncoder.encode builds a new C encoder per call; the C encoder itself is reusable
+# (no circular check: a line is a flat dict).
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+# The arguments JSONEncoder.iterencode passes for the options above (typeshed omits it).
+_MAKE_C_ENCODER: Callable[..., Callable[[object, int], tuple[str, ...]]] | None = getattr(
+    json.encoder, "c_make_encoder", None
+)
+_C_ENCODER = (
+    _MAKE_C_ENCODER(
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    if _MAKE_C_ENCODER is not None
+    else None
+)
+
+
+def _encode(line: dict[str, object]) -> str:
+    if _C_ENCODER is None:
+        return _ENCODER.encode(line)
+    return "".join(_C_ENCODER(line, 0))
+
+
+# ".000Z" to ".999Z": the millisecond part of a line's time.
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 # Flush buffered log output at least this often (and whenever 64 KiB are waiting).
 FLUSH_SECONDS = 0.25
 
@@ -36,7 +60,7 @@ class JsonFormatter(logging.Formatter):
         if second != self._second:  # strftime once per second, not once per line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{min(999, round((created - second) * 1000)):03d}Z"
+        return self._stamp + _MILLISECONDS[min(999, round((created - second) * 1000))]
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -50,7 +74,7 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _ENCODE(line)
+        return _encode(line)
 
 
 class QuietBadRequests(logging.Filter):
@@ -125,8 +149,18 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.force_flush()
 
     def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        if record.levelno >= logging.WARNING:
+        # StreamHandler.emit, with the flush decision inline (this runs once per request).
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if (
+            record.levelno >= logging.WARNING
+            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+        ):
             self.force_flush()
 
     def close(self) -> None:

@@ -58,34 +58,46 @@ class ManifestAnswer:
     upstream: str | None = None  # the upstream endpoint asked for this answer, if any
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A verified manifest held in memory, with its hit answers built once."""
+
+    record: ManifestRecord
+    body: bytes
+    get: ManifestAnswer
+    head: ManifestAnswer
+
+
 class _BodyCache:
-    """A small LRU of manifest bodies bounded by total bytes."""
+    """A small LRU of manifest bodies bounded by total bytes, keyed by digest text."""
 
     def __init__(self, budget: int) -> None:
         self._budget = budget
         self._used = 0
-        self._items: OrderedDict[str, tuple[ManifestRecord, bytes]] = OrderedDict()
+        self._items: OrderedDict[str, _Held] = OrderedDict()
 
-    def get(self, digest: Digest) -> tuple[ManifestRecord, bytes] | None:
-        item = self._items.get(str(digest))
+    def get(self, key: str) -> _Held | None:
+        """The manifest whose digest is ``key`` (``str(digest)``), or None."""
+        item = self._items.get(key)
         if item is not None:
-            self._items.move_to_end(str(digest))
+            self._items.move_to_end(key)
         return item
 
     def put(self, record: ManifestRecord, body: bytes) -> None:
         key = str(record.digest)
         if key in self._items or len(body) > self._budget // 4:
             return
-        self._items[key] = (record, body)
+        hit = ManifestAnswer(record, body, "hit")
+        self._items[key] = _Held(record, body, hit, replace(hit, body=None))
         self._used += len(body)
         while self._used > self._budget:
-            _, (_, old) = self._items.popitem(last=False)
-            self._used -= len(old)
+            _, old = self._items.popitem(last=False)
+            self._used -= len(old.body)
 
     def drop(self, digest: Digest) -> None:
         item = self._items.pop(str(digest), None)
         if item is not None:
-            self._used -= len(item[1])
+            self._used -= len(item.body)
 
 
 def _media_type(answer: Answer) -> str:
@@ -137,15 +149,30 @@ class Manifests:
 
     def cached(self, digest: Digest) -> tuple[ManifestRecord, bytes] | None:
         """A stored manifest (memory first, then disk)."""
-        item = self._bodies.get(digest)
-        if item is None:
-            item = self._store.get_manifest(digest)
-            if item is not None:
-                self._bodies.put(*item)
+        held = self._bodies.get(str(digest))
+        if held is not None:
+            return held.record, held.body
+        item = self._store.get_manifest(digest)
+        if item is not None:
+            self._bodies.put(*item)
         return item
+
+    def held(self, reference: str, *, head: bool) -> ManifestAnswer | None:
+        """The hit answer for a digest reference held in memory, else None.
+
+        Keyed by the digest's text, so a hit needs no parse: only digests that were
+        verified against their bytes are ever keys.
+        """
+        held = self._bodies.get(reference)
+        if held is None:
+            return None
+        return held.head if head else held.get
 
     async def by_digest(self, target: Target, digest: Digest, *, head: bool) -> ManifestAnswer:
         """A manifest by digest: stored, or fetched once and verified."""
+        answer = self.held(str(digest), head=head)
+        if answer is not None:
+            return answer
         item = self.cached(digest)
         if item is not None:
             return ManifestAnswer(item[0], None if head else item[1], "hit")
@@ -224,6 +251,10 @@ class Manifests:
         result: Result,
         stale_age: float | None = None,
     ) -> ManifestAnswer | None:
+        if result == "hit" and stale_age is None:
+            held = self.held(str(record.digest), head=head)
+            if held is not None:
+                return held
         manifest = ManifestRecord(record.digest, record.media_type, record.size)
         item = self.cached(record.digest)
         if item is not None:

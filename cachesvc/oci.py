@@ -7,6 +7,7 @@ URL (names, tags); a value that does not is a 4xx ``RegistryError``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -142,6 +143,12 @@ _SUFFIXES: tuple[tuple[str, Kind], ...] = (
 )
 
 
+# Paths and Accept values repeat (every pull of an image asks the same few), so their
+# parses are memoized; bounded because clients choose them. Errors are never cached.
+_PARSE_MEMO = 4096
+
+
+@functools.lru_cache(maxsize=_PARSE_MEMO)
 def parse_api_path(tail: str) -> ApiPath:
     """Split the part of a path after ``/v2/`` on its LAST kind marker.
 
@@ -174,12 +181,16 @@ def normalize_accept(values: list[str]) -> tuple[str, ...]:
     (``;q=0.5``) are dropped and only known manifest types and ``*/*`` are kept:
     anything else would let a client mint endless cache keys (and upstream GETs).
     """
+    return _normalize_accept(",".join(values))
+
+
+@functools.lru_cache(maxsize=_PARSE_MEMO)
+def _normalize_accept(value: str) -> tuple[str, ...]:
     types: set[str] = set()
-    for value in values:
-        for part in value.split(","):
-            media = part.split(";", 1)[0].strip().lower()
-            if media in ACCEPTABLE_MANIFEST_TYPES:
-                types.add(media)
+    for part in value.split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media in ACCEPTABLE_MANIFEST_TYPES:
+            types.add(media)
     if not types:
         # A client that states no preference gets whatever the image is: ask upstream
         # for every manifest type rather than let it down-convert or refuse.

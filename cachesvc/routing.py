@@ -18,6 +18,9 @@ from cachesvc.config import RegistryConfig
 from cachesvc.errors import NameInvalid, NameUnknown
 from cachesvc.oci import is_registry_host, validate_name
 
+# Routed names remembered (client-chosen, so bounded: past this many, start over).
+ROUTES_REMEMBERED = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -35,9 +38,20 @@ class Router:
     def __init__(self, registries: Mapping[str, RegistryConfig], default: str | None) -> None:
         self._registries = registries
         self._default = default
+        # Answers for names seen before: every request of a pull routes the same name.
+        self._routes: dict[tuple[str | None, str], Target] = {}
 
     def route(self, ns: str | None, name: str) -> Target:
         """Resolve a request's registry and repository; validates the repository name."""
+        target = self._routes.get((ns, name))
+        if target is None:
+            target = self._route(ns, name)
+            if len(self._routes) >= ROUTES_REMEMBERED:
+                self._routes.clear()
+            self._routes[(ns, name)] = target
+        return target
+
+    def _route(self, ns: str | None, name: str) -> Target:
         if ns is not None:
             if not is_registry_host(ns):
                 raise NameInvalid(f"invalid ns parameter {ns[:80]!r}: expected a registry host")

@@ -73,3 +73,33 @@ def test_json_time_keeps_milliseconds_within_a_second() -> None:
     second = json.loads(formatter.format(record))["time"]
     assert first == "2025-11-26T06:53:20.123Z"
     assert second == "2025-11-26T06:53:20.987Z"
+
+
+def test_json_time_rounds_to_milliseconds_and_never_reaches_the_next_second() -> None:
+    formatter = JsonFormatter()
+    record = make_record(logging.INFO, "x")
+    record.created = 1_764_140_000.0004
+    assert json.loads(formatter.format(record))["time"] == "2025-11-26T06:53:20.000Z"
+    record.created = 1_764_140_000.9996
+    assert json.loads(formatter.format(record))["time"] == "2025-11-26T06:53:20.999Z"
+
+
+def test_json_lines_encode_like_json_dumps() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque \u00e9"
+
+    fields: dict[str, object] = {
+        "client": "127.0.0.1", "status": 200, "duration_ms": 0.25, "upstream": None,
+        "ok": True, "path": '/v2/a"b\\c\n', "list": [1, "x", None], "nested": {"k": 1.5},
+        "obj": Opaque(),
+    }  # fmt: skip
+    record = make_record(logging.INFO, "request %s", **fields)
+    record.args = ("done",)
+    record.created = 1_764_140_000.5
+    line = JsonFormatter().format(record)
+    expected = {
+        "time": "2025-11-26T06:53:20.500Z", "level": "info", "logger": "cachesvc.test",
+        "msg": "request done", **fields, "obj": "opaque \u00e9",
+    }  # fmt: skip
+    assert line == json.dumps(expected, default=str, separators=(",", ":"))

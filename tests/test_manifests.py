@@ -209,3 +209,42 @@ async def test_unknown_accept_values_do_not_mint_cache_keys(
         async with http.get(url(mirror, "v1"), headers=headers) as resp:
             assert resp.status == 200
     assert fake.count("GET", "/manifests/v1") == 1
+
+
+async def test_a_manifest_held_in_memory_answers_like_the_first_fetch(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    body = b'{"schemaVersion": 2, "mediaType": "%s", "layers": []}' % DOCKER.encode()
+    digest = fake.add_manifest("team/app", "v1", body, DOCKER)
+    answers = []
+    for method in ("GET", "GET", "HEAD", "HEAD"):
+        async with http.request(method, url(mirror, digest)) as resp:
+            assert resp.status == 200
+            headers = {k.lower(): v for k, v in resp.headers.items() if k != "Date"}
+            answers.append((method, headers, await resp.read()))
+    first, hit, head, head_hit = answers
+    assert first[1] == hit[1] == head[1] == head_hit[1]
+    assert hit[1]["etag"] == f'"{digest}"'
+    assert hit[1]["content-length"] == str(len(body))
+    assert first[2] == hit[2] == body
+    assert head[2] == head_hit[2] == b""
+    assert fake.count("GET", f"/manifests/{digest}") == 1
+    manifests = mirror.parts.mirror.manifests
+    held = manifests.held(digest, head=False)
+    assert held is not None
+    assert (held.body, held.result) == (body, "hit")
+    manifests.forget(Digest.parse(digest))  # what a purge does
+    assert manifests.held(digest, head=False) is None
+
+
+async def test_only_the_canonical_digest_text_is_a_memory_hit(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest, _ = fake.add_image("team/app", "v1", [b"one"])
+    async with http.get(url(mirror, digest)) as resp:
+        assert resp.status == 200
+    upper = "sha256:" + digest.removeprefix("sha256:").upper()
+    async with http.get(url(mirror, upper)) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
+    assert mirror.parts.mirror.manifests.held(upper, head=False) is None

@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.logs import JsonFormatter
-from cachesvc.metrics import Metrics
+from cachesvc.metrics import CHILDREN_LIMIT, Metrics
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
 from tests.operator import TOKEN, add_index, admin_daemon, auth, submit, wait_job, write_token
@@ -216,3 +216,18 @@ def test_every_metric_is_documented() -> None:
         if (name + "_total" if name in counters else name) not in docs
     )  # fmt: skip
     assert missing == []
+
+
+def test_bound_children_count_into_the_labelled_series_and_stay_bounded() -> None:
+    metrics = Metrics(CollectorRegistry())
+    for _ in range(3):
+        metrics.http_responses_by("GET", "200").inc()
+    metrics.http_responses.labels("GET", "200").inc()
+    assert metrics.http_responses_by("GET", "200") is metrics.http_responses_by("GET", "200")
+    for n in range(CHILDREN_LIMIT + 5):
+        metrics.served_bytes_by(f"source{n}").inc(n)
+    assert len(metrics.served_bytes_by._children) <= CHILDREN_LIMIT
+    values = parse(generate_latest(metrics.registry).decode())
+    assert values[("cachesvc_http_responses_total", (("code", "200"), ("method", "GET")))] == 4
+    last = CHILDREN_LIMIT + 4
+    assert values[("cachesvc_served_bytes_total", (("source", f"source{last}"),))] == last
