@@ -13,10 +13,12 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import IO, Any
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 
+from cachesvc import zerocopy
 from cachesvc.blobs import CachedBlob, FillingBlob
 from cachesvc.byterange import parse_range
 from cachesvc.errors import RegistryError, Unsupported, UpstreamError
@@ -286,6 +288,20 @@ class _LeasedFileResponse(web.FileResponse):
         finally:
             self.release()
 
+    async def _sendfile_fallback(
+        self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        # aiohttp lands here when the loop has no sendfile (uvloop): send zero-copy anyway.
+        transport = writer.transport
+        if transport is not None and not self.compression:
+            try:
+                await zerocopy.sendfile(transport, fobj.fileno(), offset, count)
+            except NotImplementedError:
+                pass
+            else:
+                return writer
+        return await super()._sendfile_fallback(writer, fobj, offset, count)
+
     def release(self) -> None:
         """Give the lease back (also when the response is never sent)."""
         if self._lease is not None:
@@ -311,6 +327,7 @@ async def _send_fill(
     try:
         with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
             native = not response.chunked  # sendfile bypasses chunk framing
+            loop_sendfile = True  # the loop's own sendfile; else cachesvc.zerocopy (uvloop)
             async for offset, count in fill.spans(start, end):
                 pos, stop = offset, offset + count
                 while pos < stop:
@@ -323,12 +340,19 @@ async def _send_fill(
                         await response.write(piece)
                     elif native:
                         try:
-                            await loop.sendfile(transport, fobj, pos, piece, fallback=False)
-                            sent = piece
-                        except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                            if loop_sendfile:
+                                await loop.sendfile(transport, fobj, pos, piece, fallback=False)
+                            else:
+                                await zerocopy.sendfile(transport, fd, pos, piece)
+                        except NotImplementedError:
                             # uvloop has no native sendfile and says so with NotImplementedError.
+                            native = loop_sendfile
+                            loop_sendfile = False
+                            continue
+                        except asyncio.SendfileNotAvailableError:
                             native = False
                             continue
+                        sent = piece
                     else:
                         data = os.pread(fd, min(READ_CHUNK, piece), pos)
                         if not data:

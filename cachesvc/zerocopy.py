@@ -1,0 +1,64 @@
+"""Zero-copy file sends on an event loop without ``loop.sendfile`` (uvloop).
+
+The standard asyncio loop sends files with ``os.sendfile`` on the loop thread and
+waits for the socket with ``add_writer``; uvloop raises ``NotImplementedError``
+instead, and aiohttp then reads the file into memory and writes it (about half the
+speed for a large layer, measured in the benchmarks). This does what asyncio does:
+once the transport has written everything before the body (the headers), it calls
+``os.sendfile`` on a duplicate of the socket's descriptor and waits on that duplicate
+when the socket is full (uvloop refuses ``add_writer`` on a descriptor a transport
+owns; the duplicate is a different number for the same socket). The transport writes
+nothing meanwhile: aiohttp waits for this send before it writes anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+
+SEND_CHUNK = 16 * 1024 * 1024  # at most this much per sendfile call
+_DRAIN_POLL = 0.0005  # seconds between checks that the headers left the transport
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+    loop.add_writer(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+async def sendfile(transport: asyncio.BaseTransport, fd: int, offset: int, count: int) -> None:
+    """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket.
+
+    Raises ``NotImplementedError`` when the transport has no socket (TLS, pipes), so
+    callers can fall back to read + write; ``ConnectionError`` when the client left.
+    """
+    sock = transport.get_extra_info("socket")
+    # uvloop's transports are not registered with asyncio's ABCs: look for the method.
+    buffered = getattr(transport, "get_write_buffer_size", None)
+    if sock is None or buffered is None:
+        raise NotImplementedError("no socket to send a file on")
+    while buffered():
+        if transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await asyncio.sleep(_DRAIN_POLL)
+    loop = asyncio.get_running_loop()
+    out = os.dup(sock.fileno())
+    try:
+        while count > 0:
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+            try:
+                sent = os.sendfile(out, fd, offset, min(count, SEND_CHUNK))
+            except BlockingIOError:
+                await _writable(loop, out)
+                continue
+            if sent == 0:
+                raise OSError(errno.EIO, "file ended before the bytes to send")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(out)
