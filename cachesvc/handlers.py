@@ -23,6 +23,7 @@ from cachesvc.blobs import CachedBlob, FillingBlob
 from cachesvc.byterange import parse_range
 from cachesvc.errors import RegistryError, Unsupported, UpstreamError
 from cachesvc.fill import READ_CHUNK, Fill, FillFailed, drain
+from cachesvc.logs import AccessLog
 from cachesvc.manifests import ManifestAnswer
 from cachesvc.metrics import Metrics
 from cachesvc.mirror import Mirror, Passthrough
@@ -30,7 +31,7 @@ from cachesvc.oci import Digest, normalize_accept, parse_api_path
 from cachesvc.routing import Target
 
 log = logging.getLogger("cachesvc.handlers")
-access_log = logging.getLogger("cachesvc.access")
+access_log = AccessLog(logging.getLogger("cachesvc.access"))
 
 
 @dataclass(slots=True)
@@ -88,27 +89,23 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         request.app[METRICS_KEY].http_responses_by(request.method, str(status)).inc()
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "client": request.remote,
-                        "method": request.method,
-                        "path": request.path[:512],
-                        "registry": audit.registry,
-                        "repository": audit.repository,
-                        "reference": audit.reference,
-                        "digest": audit.digest,
-                        "status": status,
-                        "bytes": audit.bytes,
-                        "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                        "cache": audit.cache,
-                        "upstream": audit.upstream,
-                        "error": audit.error,
-                    }
-                },
-            )
+        access_log.write(
+            {
+                "client": request.remote,
+                "method": request.method,
+                "path": request.path[:512],
+                "registry": audit.registry,
+                "repository": audit.repository,
+                "reference": audit.reference,
+                "digest": audit.digest,
+                "status": status,
+                "bytes": audit.bytes,
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                "cache": audit.cache,
+                "upstream": audit.upstream,
+                "error": audit.error,
+            }
+        )
 
 
 async def api_root(request: web.Request) -> web.Response:

@@ -63,18 +63,36 @@ class JsonFormatter(logging.Formatter):
         return self._stamp + _MILLISECONDS[min(999, round((created - second) * 1000))]
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "time": self._time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
+        line = self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+        )
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _encode(line)
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        msg: str,
+        fields: dict[str, object] | None,
+    ) -> dict[str, object]:
+        """The fields of one line, in order (``format`` and ``AccessLog`` share it)."""
+        line: dict[str, object] = {
+            "time": self._time(created),
+            "level": level.lower(),
+            "logger": logger,
+            "msg": msg,
+        }
+        if fields:
+            line.update(fields)
+        return line
 
 
 class QuietBadRequests(logging.Filter):
@@ -163,10 +181,66 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         ):
             self.force_flush()
 
+    def write_json(self, formatter: JsonFormatter, logger: str, fields: dict[str, object]) -> None:
+        """Write one INFO ``request`` line as ``emit`` would, without a ``LogRecord``."""
+        with self.lock:  # type: ignore[union-attr]  # the formatter's clock is shared
+            line = formatter.line(time.time(), "INFO", logger, "request", fields)
+            self.stream.write(_encode(line) + "\n")
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.force_flush()
+
     def close(self) -> None:
         self._stopped.set()
         self.force_flush()
         super().close()
+
+
+class AccessLog:
+    """One JSON line per request, written straight to the daemon's log handler.
+
+    Going through ``logging`` builds a ``LogRecord`` and walks the logger tree for every
+    request: about a tenth of a manifest hit's time at 10k requests/s. When the setup
+    is the one ``configure`` installs for JSON (nothing else listening on the way: no
+    filter, no other handler), the line is formatted by the same ``JsonFormatter.line``
+    and written directly; otherwise (text format, tests capturing logs) it is logged
+    normally. The output is the same either way.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._root = logging.getLogger()
+
+    def write(self, fields: dict[str, object]) -> None:
+        """Log ``fields`` as a ``request`` line at INFO, if the logger is enabled."""
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = self._direct_handler()
+        if handler is None:
+            logger.info("request", extra={"fields": fields})
+            return
+        formatter = handler.formatter
+        assert isinstance(formatter, JsonFormatter)
+        handler.write_json(formatter, logger.name, fields)
+
+    def _direct_handler(self) -> BufferedStreamHandler | None:
+        logger: logging.Logger | None = self._logger
+        while logger is not None and logger is not self._root:
+            if logger.handlers or logger.filters or not logger.propagate:
+                return None
+            logger = logger.parent
+        root = self._root
+        if root.filters or len(root.handlers) != 1:
+            return None
+        handler = root.handlers[0]
+        if (
+            type(handler) is not BufferedStreamHandler
+            or handler.filters
+            or handler.level > logging.INFO
+            or type(handler.formatter) is not JsonFormatter
+        ):
+            return None
+        return handler
 
 
 def configure(config: LogConfig) -> None:

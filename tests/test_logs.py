@@ -7,7 +7,9 @@ import logging
 import os
 import time
 
-from cachesvc.logs import FLUSH_SECONDS, BufferedStreamHandler, JsonFormatter
+import pytest
+
+from cachesvc.logs import FLUSH_SECONDS, AccessLog, BufferedStreamHandler, JsonFormatter
 
 
 def read_available(fd: int) -> bytes:
@@ -103,3 +105,47 @@ def test_json_lines_encode_like_json_dumps() -> None:
         "msg": "request done", **fields, "obj": "opaque \u00e9",
     }  # fmt: skip
     assert line == json.dumps(expected, default=str, separators=(",", ":"))
+
+
+def test_access_lines_written_directly_match_the_logging_path() -> None:
+    read_fd, write_fd = os.pipe()
+    handler = BufferedStreamHandler(write_fd)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logger = logging.getLogger("cachesvc.test-access")
+    access = AccessLog(logger)
+    fields: dict[str, object] = {"client": "127.0.0.1", "status": 200, "bytes": 5, "error": None}
+    try:
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        assert access._direct_handler() is handler
+        access.write(fields)
+        logger.addFilter(lambda record: True)  # anything else listening: the logging path
+        assert access._direct_handler() is None
+        access.write(fields)
+        handler.force_flush()
+        direct, logged = (json.loads(line) for line in read_available(read_fd).splitlines())
+        assert direct.pop("time")[-1] == logged.pop("time")[-1] == "Z"
+        assert direct == logged == {
+            "level": "info",
+            "logger": "cachesvc.test-access",
+            "msg": "request",
+            **fields,
+        }
+        assert list(direct) == list(logged)  # same key order, byte for byte apart from time
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_access_lines_reach_other_handlers_through_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    access = AccessLog(logging.getLogger("cachesvc.test-access"))
+    with caplog.at_level(logging.INFO, logger="cachesvc.test-access"):
+        access.write({"status": 404})
+    assert [getattr(r, "fields", None) for r in caplog.records] == [{"status": 404}]
