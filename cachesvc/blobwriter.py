@@ -58,6 +58,25 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[done:], offset + done
 
 
+def read_ahead(path: Path) -> None:
+    """Ask the kernel to read ``path`` into the page cache in the background.
+
+    A blob written with ``O_DIRECT`` is not in the page cache; a buffered write would
+    have left it there, and the next hit of a just-pulled layer should be a memory hit.
+    Best effort: errors are ignored (the file may be evicted already).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class BlobWriter:
     """Writes stages in order to a new file (worker-thread side)."""
 

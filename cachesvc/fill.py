@@ -27,7 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachesvc.blobwriter import Absorber
+from cachesvc.blobwriter import Absorber, read_ahead
 from cachesvc.errors import DigestMismatch, RegistryError, UpstreamError, UpstreamTimeout
 from cachesvc.heap import release_free_memory
 from cachesvc.metrics import Metrics
@@ -375,6 +375,9 @@ class FillManager:
                 await absorber.close()
         fill.final = await loop.run_in_executor(None, self._store.commit, fill.temp, fill.digest)
         fill._notify()
+        if absorber.direct:
+            # Not awaited: no client waits for the page cache to fill.
+            loop.run_in_executor(None, read_ahead, fill.final)
 
 
 async def drain(fill: Fill) -> None:

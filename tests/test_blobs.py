@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import logging
+import mmap
 import os
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -413,3 +416,34 @@ async def test_many_fills_at_once_share_one_memory_budget(
     fake.faults.resume.set()
     assert await asyncio.gather(*pulls) == blobs
     assert await eventually(lambda: not mirror.parts.fills.running())
+
+
+def cached_fraction(path: Path) -> float:
+    """The share of ``path``'s pages in the page cache (mincore on a fresh mapping, which
+    itself reads nothing: probing with a read would start the kernel's readahead)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+        anchor = ctypes.c_char.from_buffer(mm)
+        try:
+            address = ctypes.addressof(anchor)
+            if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del anchor
+    return sum(page & 1 for page in vector) / pages
+
+
+async def test_a_committed_fill_is_read_ahead_into_the_page_cache(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    # Written with O_DIRECT, the blob would otherwise be read from disk by its next hit.
+    data = os.urandom(4 * MIB)
+    digest = fake.add_blob(data)
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert await resp.read() == data
+    assert await committed(mirror, digest)
+    path = mirror.parts.store.path(Digest.parse(digest))
+    assert await eventually(lambda: cached_fraction(path) == 1.0)
