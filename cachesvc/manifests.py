@@ -166,6 +166,7 @@ class Manifests:
         held = self._bodies.get(reference)
         if held is None:
             return None
+        self._store.touch(held.record.digest)  # a memory hit is a use: eviction must know
         return held.head if head else held.get
 
     async def by_digest(self, target: Target, digest: Digest, *, head: bool) -> ManifestAnswer:

@@ -248,3 +248,18 @@ async def test_only_the_canonical_digest_text_is_a_memory_hit(
         assert resp.status == 400
         assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
     assert mirror.parts.mirror.manifests.held(upper, head=False) is None
+
+
+async def test_a_manifest_hit_from_memory_counts_as_a_use_for_eviction(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest, _ = fake.add_image("team/app", "v1", [b"one"])
+    async with http.get(url(mirror, digest)) as resp:
+        assert resp.status == 200
+    store = mirror.parts.store
+    store.flush_access()
+    first = store.last_access(Digest.parse(digest))
+    await asyncio.sleep(0.05)
+    async with http.get(url(mirror, digest)) as resp:  # held in memory: no disk read
+        assert resp.status == 200
+    assert store.last_access(Digest.parse(digest)) > first
