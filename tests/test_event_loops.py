@@ -1,8 +1,8 @@
 """The daemon as a process on each event loop it supports: every blob path serves bytes.
 
-asyncio has native ``sendfile``; uvloop does not, so fills and hits take the copying
-fallback there. Both must give the same answers.
-"""
+asyncio has native ``sendfile``; uvloop does not, so hits and lagging followers go through
+``cachesvc.zerocopy`` there (tested on its own in test_zerocopy.py). Both must give the
+same answers."""
 
 from __future__ import annotations
 
