@@ -15,7 +15,7 @@ import pytest
 
 from tests.peers.containerd import Containerd, write_hosts_toml
 from tests.peers.images import LayerSpec, OCIImage, build_image, build_index, push
-from tests.peers.ports import free_port
+from tests.peers.ports import refused_url
 from tests.peers.registry import DistributionRegistry, blob_path, manifest_path
 from tests.peers_fixtures import (
     CachesvcProcess,
@@ -63,9 +63,7 @@ def dead_server_hosts(
 ) -> Path:
     """A hosts dir: mirror = cachesvc, server = a loopback port where nothing listens."""
     hosts = tmp_path / "hosts"
-    write_hosts_toml(
-        hosts, registry.host_port, cachesvc.mirror_url, f"http://127.0.0.1:{free_port()}"
-    )
+    write_hosts_toml(hosts, registry.host_port, cachesvc.mirror_url, refused_url())
     return hosts
 
 

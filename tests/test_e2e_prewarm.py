@@ -14,7 +14,7 @@ import pytest
 
 from tests.peers.containerd import Containerd, write_hosts_toml
 from tests.peers.images import AMD64, ARM64, LayerSpec, OCIImage, build_index, push
-from tests.peers.ports import free_port
+from tests.peers.ports import refused_url
 from tests.peers.registry import DistributionRegistry, blob_path, manifest_path
 from tests.peers_fixtures import (
     REPO_ROOT,
@@ -70,9 +70,7 @@ def test_cli_prewarm_racing_a_containerd_pull_fetches_each_blob_once_and_one_pla
     tmp_path: Path,
 ) -> None:
     hosts = tmp_path / "hosts"
-    write_hosts_toml(
-        hosts, registry.host_port, cachesvc.mirror_url, f"http://127.0.0.1:{free_port()}"
-    )
+    write_hosts_toml(hosts, registry.host_port, cachesvc.mirror_url, refused_url())
     ref = registry.ref("app", "warm")
     amd, arm = index.for_platform("linux/amd64"), index.for_platform("linux/arm64")
     wanted = [amd.config_digest, *amd.layer_digests]

@@ -25,7 +25,7 @@ from tests.peers.images import (
     skopeo_inspect,
     skopeo_inspect_raw,
 )
-from tests.peers.ports import free_port
+from tests.peers.ports import free_port, refused_url
 from tests.peers.registry import (
     BasicAuth,
     DistributionRegistry,
@@ -174,7 +174,7 @@ def test_proxy_mode_registry_caches_after_a_double_fetch(
     before = registry.count_blob_gets("app", big)
     with DistributionRegistry(tmp_path / "proxy", proxy_remote_url=registry.url) as proxy:
         hosts = tmp_path / "hosts"
-        write_hosts_toml(hosts, registry.host_port, proxy.url, f"http://127.0.0.1:{free_port()}")
+        write_hosts_toml(hosts, registry.host_port, proxy.url, refused_url())
         ref = registry.ref("app", "v1")
         containerd.pull(ref, hosts)
         containerd.reset()

@@ -15,6 +15,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.app import Daemon
+from tests.peers.ports import refused_url as refused_url  # re-exported for the upstream tests
 
 
 def docker_config(auths: dict[str, dict[str, str]]) -> bytes:
@@ -112,13 +113,3 @@ async def black_hole() -> AsyncIterator[str]:
             writer.close()
         server.close()
         await server.wait_closed()
-
-
-def refused_url() -> str:
-    """A loopback URL where nothing listens (connections are refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"

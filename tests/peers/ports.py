@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["LOOPBACK", "free_port", "http_answers", "wait_for_http"]
+__all__ = ["LOOPBACK", "free_port", "http_answers", "refused_url", "wait_for_http"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -23,6 +23,11 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens (connections are refused)."""
+    return f"http://{LOOPBACK}:{free_port()}"
 
 
 def wait_for_http(
