@@ -178,8 +178,8 @@ class Absorber:
         self._current = 0
         self._filled = 0
         self._failure: BaseException | None = None
-        self._hash = self._lane(self._hash_stage)
-        self._write = self._lane(self._write_stage)
+        self._hash = self._lane(hasher.update)  # releases the GIL for a whole stage
+        self._write = self._lane(self.writer.write)
 
     @property
     def written(self) -> int:
@@ -262,12 +262,6 @@ class Absorber:
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
-
-    def _hash_stage(self, data: memoryview) -> None:
-        self._hasher.update(data)  # releases the GIL for the whole stage
-
-    def _write_stage(self, data: memoryview) -> None:
-        self.writer.write(data)
 
     def _stage_done(self, index: int) -> None:
         self._busy[index] -= 1

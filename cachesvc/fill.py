@@ -163,7 +163,7 @@ class Fill:
 
         Returns a view of the in-memory chunk holding ``pos`` (cut at ``stop``) or, when
         ``pos`` is no longer in memory, how many bytes from ``pos`` to read from the
-        temp file (``open_reader``). The caller sends a view before it awaits anything.
+        temp file (``open_reader``).
         """
         offsets = self._offsets
         if self._head < len(offsets) and pos >= offsets[self._head]:

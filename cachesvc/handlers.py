@@ -7,7 +7,6 @@ with its traceback and answered 500 without details.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -315,49 +314,38 @@ async def _send_fill(
     """Send a fill's released bytes as they arrive, counting them in the audit record.
 
     From the fill's memory while this client keeps up; from the temp file when it fell
-    behind (or joined late): zero-copy ``sendfile`` where the loop supports it (the
-    asyncio loop), ``pread`` + write otherwise (uvloop has no native sendfile).
+    behind (or joined late): zero-copy (``cachesvc.zerocopy``, on either loop) unless
+    the response is chunked, whose framing ``sendfile`` would bypass: ``pread`` + write.
     """
-    loop = asyncio.get_running_loop()
     audit = request[AUDIT_KEY]
     fd = fill.open_reader()
     try:
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as fobj:
-            native = not response.chunked  # sendfile bypasses chunk framing
-            loop_sendfile = True  # the loop's own sendfile; else cachesvc.zerocopy (uvloop)
-            async for offset, count in fill.spans(start, end):
-                pos, stop = offset, offset + count
-                while pos < stop:
-                    transport = request.transport
-                    if transport is None or transport.is_closing():
-                        raise ConnectionResetError("client went away")
-                    piece = fill.take(pos, stop)
-                    if isinstance(piece, memoryview):
-                        sent = len(piece)
-                        await response.write(piece)
-                    elif native:
-                        try:
-                            if loop_sendfile:
-                                await loop.sendfile(transport, fobj, pos, piece, fallback=False)
-                            else:
-                                await zerocopy.sendfile(transport, fd, pos, piece)
-                        except NotImplementedError:
-                            # uvloop has no native sendfile and says so with NotImplementedError.
-                            native = loop_sendfile
-                            loop_sendfile = False
-                            continue
-                        except asyncio.SendfileNotAvailableError:
-                            native = False
-                            continue
-                        sent = piece
-                    else:
-                        data = os.pread(fd, min(READ_CHUNK, piece), pos)
-                        if not data:
-                            raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                        sent = len(data)
-                        await response.write(data)
-                    pos += sent
-                    audit.bytes += sent
+        zero_copy = not response.chunked
+        async for offset, count in fill.spans(start, end):
+            pos, stop = offset, offset + count
+            while pos < stop:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("client went away")
+                piece = fill.take(pos, stop)
+                if isinstance(piece, memoryview):
+                    sent = len(piece)
+                    await response.write(piece)
+                elif zero_copy:
+                    try:
+                        await zerocopy.sendfile(transport, fd, pos, piece)
+                    except NotImplementedError:  # no socket under the transport
+                        zero_copy = False
+                        continue
+                    sent = piece
+                else:
+                    data = os.pread(fd, min(READ_CHUNK, piece), pos)
+                    if not data:
+                        raise FillFailed(UpstreamError("temp file shorter than released bytes"))
+                    sent = len(data)
+                    await response.write(data)
+                pos += sent
+                audit.bytes += sent
     finally:
         os.close(fd)
 

@@ -167,7 +167,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.force_flush()
 
     def emit(self, record: logging.LogRecord) -> None:
-        # StreamHandler.emit, with the flush decision inline (this runs once per request).
+        # StreamHandler.emit, with the batched flush (this runs for every line).
         try:
             self.stream.write(self.format(record) + "\n")
         except RecursionError:
@@ -175,19 +175,17 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if (
-            record.levelno >= logging.WARNING
-            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
-        ):
+        if record.levelno >= logging.WARNING:
             self.force_flush()
+        else:
+            self.flush()
 
     def write_json(self, formatter: JsonFormatter, logger: str, fields: dict[str, object]) -> None:
         """Write one INFO ``request`` line as ``emit`` would, without a ``LogRecord``."""
         with self.lock:  # type: ignore[union-attr]  # the formatter's clock is shared
             line = formatter.line(time.time(), "INFO", logger, "request", fields)
             self.stream.write(_encode(line) + "\n")
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.force_flush()
+        self.flush()
 
     def close(self) -> None:
         self._stopped.set()
