@@ -376,8 +376,10 @@ class FillManager:
         fill.final = await loop.run_in_executor(None, self._store.commit, fill.temp, fill.digest)
         fill._notify()
         if absorber.direct:
-            # Not awaited: no client waits for the page cache to fill.
-            loop.run_in_executor(None, read_ahead, fill.final)
+            # Not awaited: no client waits for the page cache to fill. (Refused once the
+            # executor is shutting down: then it does not matter.)
+            with contextlib.suppress(RuntimeError):
+                loop.run_in_executor(None, read_ahead, fill.final)
 
 
 async def drain(fill: Fill) -> None:
