@@ -21,7 +21,7 @@ import aiohttp
 from benchmarks.access_log import count_requests
 from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
 from benchmarks.machine import sha256_mib_per_second
-from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP
+from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP, MIB
 from benchmarks.processes import ChildError
 from benchmarks.systems import (
     Service,
@@ -31,7 +31,6 @@ from benchmarks.systems import (
     start_registry,
 )
 
-MIB = 1 << 20
 BIG_REPOSITORY = "bench/big"
 SMALL_REPOSITORY = "bench/small"
 INDEX_REPOSITORY = "bench/multiarch"

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from benchmarks.measurement import MIB
 from benchmarks.processes import run_command
 
-MIB = 1 << 20
 READ_BUFFER = 1 << 20
 MAX_PARALLEL = 64
 

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MIB = 1 << 20
+from benchmarks.measurement import MIB
+
 HASH_CHUNK = 1 << 20
 
 

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+MIB = 1 << 20
+"""Bytes in a MiB: every size and rate in the report is in MiB."""
+
 BASELINE = "distribution"
 CACHESVC = "cachesvc"
 """cachesvc with its default configuration (asyncio event loop): the targets are judged on it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MIB = 1 << 20
+from benchmarks.measurement import MIB
 
 
 def reset_peak_rss(pid: int) -> bool:

@@ -29,6 +29,7 @@ from benchmarks.measurement import (
     BASELINE,
     CACHESVC,
     CACHESVC_SYSTEMS,
+    MIB,
     Comparison,
     Row,
     Target,
@@ -38,7 +39,6 @@ from benchmarks.measurement import (
 from benchmarks.memory import peak_rss_mib, reset_peak_rss
 from benchmarks.systems import Service
 
-MIB = 1 << 20
 RATE_MULTIPLE = 10
 RSS_LIMIT_MIB = 150.0
 RSS_FLAT_FACTOR = 1.25
