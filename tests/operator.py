@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,13 @@ async def admin_daemon(
     config = replace(config, storage=replace(config.storage, max_size=max_size))
     async with daemon_for(config) as daemon:
         yield daemon
+
+
+def admin_with_token(
+    root: Path, fake: FakeRegistry, **extra: Any
+) -> AbstractAsyncContextManager[Daemon]:
+    """:func:`admin_daemon` with :data:`TOKEN` in a token file next to ``root``."""
+    return admin_daemon(root, fake, write_token(root.parent / "admin-token"), **extra)
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:

@@ -9,7 +9,16 @@ import aiohttp
 
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
-from tests.operator import TOKEN, add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.operator import (
+    TOKEN,
+    add_index,
+    admin_daemon,
+    admin_with_token,
+    auth,
+    submit,
+    wait_job,
+    write_token,
+)
 from tests.polling import eventually
 
 
@@ -55,22 +64,19 @@ async def test_admin_api_without_token_file_is_403_with_how_to(
 
 
 async def test_pins_persist_across_restarts_and_survive_eviction(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
-    token_file = write_token(tmp_path / "token")
     _, images = add_index(fake, "team/pinned", "1", {"linux/amd64": [300_000]})
     _, loose_digests = fake.add_image("team/loose", "1", [os.urandom(300_000)])
     pinned_blobs = images["linux/amd64"].blobs
-    async with admin_daemon(storage, fake, token_file) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job = await wait_job(http, daemon, await submit(
             http, daemon, ["fake.test/team/pinned:1"], platforms=["linux/amd64"], pin=True))  # fmt: skip
         assert job["state"] == "done"
         await wait_job(http, daemon, await submit(http, daemon, ["fake.test/team/loose:1"],
                                                   platforms=["linux/amd64"]))  # fmt: skip
     # Restart with a size bound far below what is stored: only the unpinned image goes.
-    async with admin_daemon(
-        storage, fake, token_file, max_size=1000
-    ) as daemon:
+    async with admin_with_token(storage, fake, max_size=1000) as daemon:
         async with http.get(f"{daemon.admin_url}/admin/v1/pins", headers=auth()) as resp:
             (pin,) = (await resp.json())["pins"]
             assert pin["ref"] == "fake.test/team/pinned:1"
@@ -98,13 +104,11 @@ async def test_pins_persist_across_restarts_and_survive_eviction(
 
 
 async def test_eviction_never_removes_a_blob_being_served(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     data = os.urandom(4 * 1024 * 1024)
     digest = fake.add_blob(data)
-    async with admin_daemon(
-        storage, fake, None, max_size=1000
-    ) as daemon:
+    async with admin_daemon(storage, fake, None, max_size=1000) as daemon:
         url = f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test"
         async with http.get(url) as resp:
             assert await resp.read() == data
@@ -129,12 +133,12 @@ async def test_eviction_never_removes_a_blob_being_served(
 
 
 async def test_inventory_lists_images_and_purge_keeps_shared_blobs(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     shared = os.urandom(200_000)
     _, a_blobs = fake.add_image("team/a", "1", [shared, os.urandom(1000)])
     _, b_blobs = fake.add_image("team/b", "1", [shared, os.urandom(2000)])
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job = await wait_job(http, daemon, await submit(
             http, daemon, ["fake.test/team/a:1", "fake.test/team/b:1"]))  # fmt: skip
         assert job["state"] == "done"

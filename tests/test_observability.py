@@ -19,7 +19,7 @@ from cachesvc.logs import JsonFormatter
 from cachesvc.metrics import CHILDREN_LIMIT, Metrics
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
-from tests.operator import TOKEN, add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.operator import TOKEN, add_index, admin_with_token, auth, submit, wait_job
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +38,12 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_operator_metrics_after_a_known_sequence(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     fake.require_token = True
     _, images = add_index(fake, "team/app", "1", {"linux/amd64": [100_000, 20_000]})
     amd = images["linux/amd64"]
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job = await wait_job(http, daemon, await submit(
             http, daemon, ["fake.test/team/app:1"], platforms=["linux/amd64"]))  # fmt: skip
         assert job["state"] == "done"
@@ -94,12 +94,11 @@ async def test_operator_metrics_after_a_known_sequence(
 async def test_access_log_schema_and_prewarm_events(
     fake: FakeRegistry,
     storage: Path,
-    tmp_path: Path,
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     manifest, blobs = fake.add_image("team/app", "1", [os.urandom(5000)])
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         base = f"{daemon.mirror_url}/v2/team/app"
         with caplog.at_level(logging.INFO):
             for url in (f"{base}/manifests/1?ns=fake.test", f"{base}/blobs/{blobs[1]}?ns=fake.test",
@@ -142,14 +141,13 @@ async def test_access_log_schema_and_prewarm_events(
 async def test_no_credential_or_token_is_ever_logged(
     fake: FakeRegistry,
     storage: Path,
-    tmp_path: Path,
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.require_token = True
     fake.add_image("team/app", "1", [os.urandom(1000)])
     client_secret = "client-secret-should-never-appear"
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         with caplog.at_level(logging.DEBUG):
             await wait_job(http, daemon, await submit(http, daemon, ["fake.test/team/app:1"]))
             async with http.get(

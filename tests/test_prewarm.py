@@ -12,17 +12,17 @@ import aiohttp
 from cachesvc.oci import Digest
 from cachesvc.prewarm import node_platform, platform_matches
 from tests.fakes.registry import FakeRegistry
-from tests.operator import add_index, admin_daemon, auth, submit, wait_job, write_token
+from tests.operator import add_index, admin_with_token, auth, submit, wait_job
 from tests.polling import eventually
 
 
 async def test_multi_arch_prewarm_fetches_only_the_requested_platform(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     _, images = add_index(
         fake, "team/app", "1.0", {"linux/amd64": [50_000, 70_000], "linux/arm64": [60_000, 80_000]}
     )
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job_id = await submit(http, daemon, ["fake.test/team/app:1.0"], platforms=["linux/arm64"])
         job = await wait_job(http, daemon, job_id)
         assert job["state"] == "done", job
@@ -51,11 +51,11 @@ async def test_multi_arch_prewarm_fetches_only_the_requested_platform(
 
 
 async def test_default_platform_is_the_nodes_own(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     other = "linux/s390x" if node_platform() != "linux/s390x" else "linux/ppc64le"
     _, images = add_index(fake, "team/app", "2", {node_platform(): [1000], other: [2000]})
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job = await wait_job(http, daemon, await submit(http, daemon, ["fake.test/team/app:2"]))
         assert job["state"] == "done"
         assert job["platforms"] == [node_platform()]
@@ -63,12 +63,12 @@ async def test_default_platform_is_the_nodes_own(
 
 
 async def test_prewarm_racing_a_pull_shares_one_upstream_get_per_blob(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     _, images = add_index(fake, "team/app", "3", {"linux/amd64": [3_000_000, 2_000_000]})
     amd = images["linux/amd64"]
     fake.faults.slow_chunk_delay = 0.01  # keep fills running while both sides ask
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
 
         async def pull(digest: str) -> str:
             url = f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test"
@@ -86,11 +86,11 @@ async def test_prewarm_racing_a_pull_shares_one_upstream_get_per_blob(
 
 
 async def test_failures_carry_a_reason_and_cancel_stops_a_job(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     fake.add_image("team/ok", "1", [os.urandom(1000)])
     add_index(fake, "team/arm", "1", {"linux/arm64": [100]})
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job = await wait_job(http, daemon, await submit(
             http, daemon, ["fake.test/team/ok:1", "fake.test/team/missing:1",
                            "fake.test/team/arm:1"], platforms=["linux/amd64"]))  # fmt: skip
@@ -118,9 +118,9 @@ async def test_failures_carry_a_reason_and_cancel_stops_a_job(
 
 
 async def test_bad_requests_are_400_with_the_reason(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         url = f"{daemon.admin_url}/admin/v1/prewarm"
         for body in ({"images": []}, {"images": ["UPPER/case"]}, {"images": ["x"], "pin": "yes"},
                      {"images": ["unknown.example/a:1"]}, {"images": ["a"], "platforms": ["x"]}):  # fmt: skip
