@@ -21,17 +21,22 @@ from pathlib import Path
 
 import aiohttp
 
+from cachesvc.oci import (
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
+)
+
 CHUNK = 1 << 20
 POOL_CHUNKS = 16
 TAR_BLOCK = 512
 TAR_OVERHEAD = 3 * TAR_BLOCK  # one ustar header block, two zero blocks at the end
 LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 CONFIG = "application/vnd.docker.container.image.v1+json"
-MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST_ACCEPT = ", ".join([MANIFEST, MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX])
+MANIFEST_ACCEPT = ", ".join(
+    [MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX]
+)
 
 
 class PushError(RuntimeError):
@@ -134,9 +139,8 @@ class Layout:
             entry = manifest.as_json()
             entry["platform"] = {"architecture": arch, "os": "linux"}
             entries.append(entry)
-        index = self.json_blob(
-            MANIFEST_LIST, {"schemaVersion": 2, "mediaType": MANIFEST_LIST, "manifests": entries}
-        )
+        document = {"schemaVersion": 2, "mediaType": MEDIA_DOCKER_LIST, "manifests": entries}
+        index = self.json_blob(MEDIA_DOCKER_LIST, document)
         return Image(repository, tag, index, tuple(all_layers), tuple(configs), tuple(children))
 
     def _manifest(self, layers: tuple[Descriptor, ...], arch: str) -> tuple[Descriptor, Descriptor]:
@@ -150,10 +154,10 @@ class Layout:
             },
         )
         manifest = self.json_blob(
-            MANIFEST,
+            MEDIA_DOCKER_MANIFEST,
             {
                 "schemaVersion": 2,
-                "mediaType": MANIFEST,
+                "mediaType": MEDIA_DOCKER_MANIFEST,
                 "config": config.as_json(),
                 "layers": [layer.as_json() for layer in layers],
             },
