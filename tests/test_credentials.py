@@ -197,46 +197,45 @@ async def test_secrets_never_reach_logs_metrics_or_responses(
     password, identity = "pa55-w0rd-SECRET", "identity-token-SECRET"
     secrets = [password, identity, base64.b64encode(f"alice:{password}".encode()).decode()]
     bodies: list[str] = []
+    fake.gate = BasicGate("alice", password)
+    # A blob per round: a cached one would be a 200 that never asks the registry.
+    blobs = {tag: fake.add_blob(tag.encode() * 100) for tag in ("v1", "v2", "v3")}
     path = tmp_path / "config.json"
-    async with running_service(TokenService(users={"alice": password})) as tokens:
-        second = FakeRegistry(gate=tokens)
-        async with running(second):
-            second.add_image("team/app", "v1", [b"layer"])
-            fake.gate = BasicGate("alice", password)
-            digest = fake.add_blob(b"y" * 100)
-            path.write_bytes(
-                docker_config(
-                    {
-                        "fake.test": basic_entry("alice", password),
-                        "tok.test": basic_entry("alice", password),
-                    }
-                )
-            )
-            async with start_daemon(
-                {"fake.test": [fake.url], "tok.test": [second.url]}, credentials_file=str(path)
-            ) as daemon:
-                urls = [
-                    blob_url(daemon, digest),
-                    f"{daemon.mirror_url}/v2/team/app/manifests/v1?ns=tok.test",
-                ]
-                for url in urls:  # success
-                    async with http.get(url) as resp:
-                        bodies.append(f"{resp.status} {dict(resp.headers)} {await resp.text()}")
-                fake.gate = BasicGate("alice", "changed")
-                tokens.users = {"alice": "changed"}
-                tokens.revoke_all()
-                overwrite(path, b'{"auths": {"fake.test": {"auth": "' + secrets[2].encode())
-                for url in urls:  # refused, half-written file
-                    async with http.get(url.replace("v1", "v2")) as resp:
-                        bodies.append(f"{resp.status} {dict(resp.headers)} {await resp.text()}")
-                overwrite(path, docker_config({"tok.test": {"identitytoken": identity}}))
-                for url in urls:  # identity token refused
-                    async with http.get(url.replace("v1", "v3")) as resp:
-                        bodies.append(f"{resp.status} {dict(resp.headers)} {await resp.text()}")
-                exposition = await metrics_text(http, daemon)
+    path.write_bytes(
+        docker_config(
+            {
+                "fake.test": basic_entry("alice", password),
+                "tok.test": basic_entry("alice", password),
+            }
+        )
+    )
+    async with (
+        running_service(TokenService(users={"alice": password})) as tokens,
+        running(FakeRegistry(gate=tokens)) as second,
+        start_daemon(
+            {"fake.test": [fake.url], "tok.test": [second.url]}, credentials_file=str(path)
+        ) as daemon,
+    ):
+        second.add_image("team/app", "v1", [b"layer"])
+
+        async def record_answers(tag: str) -> None:
+            manifest = f"{daemon.mirror_url}/v2/team/app/manifests/{tag}?ns=tok.test"
+            for url in (blob_url(daemon, blobs[tag]), manifest):
+                async with http.get(url) as resp:
+                    bodies.append(f"{resp.status} {dict(resp.headers)} {await resp.text()}")
+
+        await record_answers("v1")  # success
+        fake.gate = BasicGate("alice", "changed")
+        tokens.users = {"alice": "changed"}
+        tokens.revoke_all()
+        overwrite(path, b'{"auths": {"fake.test": {"auth": "' + secrets[2].encode())
+        await record_answers("v2")  # refused, half-written file
+        overwrite(path, docker_config({"tok.test": {"identitytoken": identity}}))
+        await record_answers("v3")  # identity token refused
+        exposition = await metrics_text(http, daemon)
     issued = tokens.issued_tokens
     assert issued
-    assert any(b.startswith("401") for b in bodies), bodies
+    assert [b[:3] for b in bodies] == ["200", "200", "401", "401", "401", "401"], bodies
     logs = "\n".join(
         f"{r.getMessage()} {getattr(r, 'fields', '')} {r.exc_text or ''}" for r in caplog.records
     )
