@@ -181,11 +181,7 @@ async def thundering_herd(lab: Lab, reps: int) -> list[Row]:
             path = f"/v2/{COLD_REPOSITORY}/blobs/{blob.digest}"
             os.sync()
             await wall.take(service.name, partial(download_together, [url] * clients, size))
-
-            async def upstream_gets(path: str = path) -> float:
-                return float(await lab.upstream_gets(path))
-
-            await gets.take(service.name, upstream_gets)
+            await gets.take(service.name, partial(lab.upstream_gets, path))
     scenario = f"{clients} clients, same cold blob {_size(size)}"
     get_values, wall_values = gets.medians(), wall.medians()
     return [
