@@ -235,6 +235,11 @@ class CachesvcProcess(StartStop):
         if proc is not None:
             proc.stop(grace=5.0)
 
+    def returncode(self) -> int | None:
+        """None while the daemon runs, else its exit status."""
+        assert self._process is not None
+        return self._process.returncode()
+
     def kill9(self) -> None:
         """SIGKILL the daemon, as a node crash or OOM kill would, and reap it."""
         proc = self._process
