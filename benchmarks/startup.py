@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmarks.lab import Lab
 from benchmarks.load import median_latency_ms
 from benchmarks.measurement import CACHESVC, Row, Target, median, ratio
+from benchmarks.ports import LOOPBACK
 from benchmarks.processes import Child
 from benchmarks.systems import spawn_cachesvc, write_cachesvc_config
 from cachesvc.oci import Digest
@@ -124,9 +125,9 @@ async def _measure(lab: Lab, count: int, rep: int, root: Path, digest: str) -> t
     started = time.perf_counter()
     child: Child = spawn_cachesvc(lab.workdir, name, config)
     try:
-        child.wait_http(f"http://127.0.0.1:{admin_port}/readyz", timeout=120.0)
+        child.wait_http(f"http://{LOOPBACK}:{admin_port}/readyz", timeout=120.0)
         seconds = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}/v2/{STORE_REPOSITORY}/blobs/{digest}"
+        url = f"http://{LOOPBACK}:{port}/v2/{STORE_REPOSITORY}/blobs/{digest}"
         latency = await median_latency_ms(lab.session, url, lab.plan.latency_samples)
     finally:
         child.stop()
