@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.app import Daemon
 from cachesvc.oci import Digest
 from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry, running
 from tests.polling import eventually
+from tests.upstream_helpers import metrics, sample
 
 
 async def test_routing_by_ns_prefix_and_default(
@@ -126,17 +127,7 @@ async def test_metrics_after_a_known_sequence(
         assert await eventually(lambda: mirror.parts.store.size(Digest.parse(digest)) is not None)
     async with http.get(f"{mirror.mirror_url}/v2/team/app/blobs/sha256:{'e' * 64}") as resp:
         assert resp.status == 404
-    async with http.get(f"{mirror.admin_url}/metrics") as resp:
-        text = await resp.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-    def value(name: str, **labels: str) -> float:
-        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
+    value = partial(sample, await metrics(http, mirror))
     assert value("cachesvc_requests_total", kind="blob", result="miss", registry="fake.test") == 1
     assert value("cachesvc_requests_total", kind="blob", result="hit", registry="fake.test") == 2
     assert value("cachesvc_requests_total", kind="blob", result="error", registry="fake.test") == 1

@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.logs import JsonFormatter
 from cachesvc.metrics import CHILDREN_LIMIT, Metrics
@@ -21,20 +21,13 @@ from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
 from tests.operator import TOKEN, add_index, admin_with_token, auth, submit, wait_job
 from tests.polling import eventually
+from tests.upstream_helpers import metrics, parse_metrics, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_FIELDS = {
     "time", "level", "logger", "msg", "client", "method", "path", "registry", "repository",
     "reference", "digest", "status", "bytes", "duration_ms", "cache", "upstream", "error",
 }  # fmt: skip
-
-
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 async def test_operator_metrics_after_a_known_sequence(
@@ -58,11 +51,7 @@ async def test_operator_metrics_after_a_known_sequence(
             f"{daemon.admin_url}/admin/v1/images/fake.test/team/app:1", headers=auth()
         ) as resp:
             purged = await resp.json()
-        async with http.get(f"{daemon.admin_url}/metrics") as resp:
-            samples = parse(await resp.text())
-
-    def value(name: str, **labels: str) -> float:
-        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+        value = partial(sample, await metrics(http, daemon))
 
     total = sum(amd.sizes)
     assert value("cachesvc_prewarm_jobs_total", result="done") == 1
@@ -225,7 +214,7 @@ def test_bound_children_count_into_the_labelled_series_and_stay_bounded() -> Non
     for n in range(CHILDREN_LIMIT + 5):
         metrics.served_bytes_by(f"source{n}").inc(n)
     assert len(metrics.served_bytes_by._children) <= CHILDREN_LIMIT
-    values = parse(generate_latest(metrics.registry).decode())
+    values = parse_metrics(generate_latest(metrics.registry).decode())
     assert values[("cachesvc_http_responses_total", (("code", "200"), ("method", "GET")))] == 4
     last = CHILDREN_LIMIT + 4
     assert values[("cachesvc_served_bytes_total", (("source", f"source{last}"),))] == last

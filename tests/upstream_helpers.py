@@ -74,11 +74,11 @@ def overwrite(path: Path, content: bytes) -> None:
         f.write(content)
 
 
-async def metrics(
-    http: aiohttp.ClientSession, daemon: Daemon
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with http.get(f"{daemon.admin_url}/metrics") as resp:
-        text = await resp.text()
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Prometheus samples by (name, sorted labels)."""
+
+
+def parse_metrics(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -86,14 +86,22 @@ async def metrics(
     }
 
 
-async def metric(http: aiohttp.ClientSession, daemon: Daemon, name: str, **labels: str) -> float:
-    samples = await metrics(http, daemon)
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """The value of series ``name`` with exactly these labels (0 when absent)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def metrics_text(http: aiohttp.ClientSession, daemon: Daemon) -> str:
     async with http.get(f"{daemon.admin_url}/metrics") as resp:
         return await resp.text()
+
+
+async def metrics(http: aiohttp.ClientSession, daemon: Daemon) -> Samples:
+    return parse_metrics(await metrics_text(http, daemon))
+
+
+async def metric(http: aiohttp.ClientSession, daemon: Daemon, name: str, **labels: str) -> float:
+    return sample(await metrics(http, daemon), name, **labels)
 
 
 @asynccontextmanager
