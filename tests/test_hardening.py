@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from cachesvc.credentials import Credentials, parse_docker_config
 from cachesvc.metrics import Metrics
 from tests.fakes.registry import OCI_MANIFEST, FakeRegistry
-from tests.operator import OCI_INDEX, admin_daemon, auth, submit, wait_job, write_token
+from tests.operator import OCI_INDEX, admin_with_token, auth, submit, wait_job
 
 
 async def raw(address: tuple[str, int], *parts: bytes) -> bytes:
@@ -31,12 +31,12 @@ async def raw(address: tuple[str, int], *parts: bytes) -> bytes:
 
 
 async def test_an_unusable_token_from_upstream_fails_the_fill_instead_of_hanging(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     fake.require_token = True
     fake.token_value = "tok-1\r\nX-Injected: yes"  # aiohttp refuses it as a header value
     digest = fake.add_blob(b"payload")
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         url = f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test"
         async with asyncio.timeout(10), http.get(url) as resp:
             assert resp.status == 502
@@ -44,7 +44,7 @@ async def test_an_unusable_token_from_upstream_fails_the_fill_instead_of_hanging
 
 
 async def test_an_index_entry_without_digest_fails_the_prewarm_job(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, http: aiohttp.ClientSession
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
 ) -> None:
     index = json.dumps(
         {"schemaVersion": 2, "mediaType": OCI_INDEX,
@@ -52,7 +52,7 @@ async def test_an_index_entry_without_digest_fails_the_prewarm_job(
                         "platform": {"os": "linux", "architecture": "amd64"}}]}
     ).encode()  # fmt: skip
     fake.add_manifest("team/app", "broken", index, OCI_INDEX)
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         job_id = await submit(
             http, daemon, ["fake.test/team/app:broken"], platforms=["linux/amd64"]
         )
@@ -62,10 +62,10 @@ async def test_an_index_entry_without_digest_fails_the_prewarm_job(
 
 
 async def test_admin_bodies_arriving_in_pieces_and_hostile_bodies(
-    fake: FakeRegistry, storage: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeRegistry, storage: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.add_image("team/app", "v1", [b"x"])
-    async with admin_daemon(storage, fake, write_token(tmp_path / "token")) as daemon:
+    async with admin_with_token(storage, fake) as daemon:
         assert daemon.admin_address is not None
         body = json.dumps({"images": ["fake.test/team/app:v1"]}).encode()
         head = (
