@@ -59,14 +59,16 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """An image whose blobs are on disk, and where it is pushed."""
+    """An image (or multi-arch index) whose blobs are on disk, and where it is pushed."""
 
     repository: str
     tag: str
     manifest: Descriptor
-    """The image manifest, pushed by tag."""
+    """The top-level manifest or index, pushed by tag."""
     layers: tuple[Descriptor, ...]
     configs: tuple[Descriptor, ...]
+    children: tuple[Descriptor, ...] = ()
+    """For an index: the per-platform manifests, pushed by digest before the index."""
 
 
 class Layout:
@@ -107,7 +109,7 @@ class Layout:
         return self._place(tmp, LAYER, digest.hexdigest(), written)
 
     def json_blob(self, media_type: str, document: object) -> Descriptor:
-        """Write a JSON document (config or manifest) as a blob."""
+        """Write a JSON document (config, manifest or index) as a blob."""
         data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
         hexdigest = hashlib.sha256(data).hexdigest()
         tmp = self.blobs / f".tmp-json-{hexdigest}"
@@ -121,6 +123,25 @@ class Layout:
         layers = tuple(self.layer(size) for size in layer_sizes)
         manifest, config = self._manifest(layers, arch)
         return Image(repository, tag, manifest, layers, (config,))
+
+    def index(self, repository: str, tag: str, arches: list[str], layer_size: int) -> Image:
+        """Build a multi-arch index with one small single-layer image per architecture."""
+        entries: list[dict[str, object]] = []
+        all_layers: list[Descriptor] = []
+        configs: list[Descriptor] = []
+        children: list[Descriptor] = []
+        for arch in arches:
+            layers = (self.layer(layer_size),)
+            all_layers.extend(layers)
+            manifest, config = self._manifest(layers, arch)
+            configs.append(config)
+            children.append(manifest)
+            entry = manifest.as_json()
+            entry["platform"] = {"architecture": arch, "os": "linux"}
+            entries.append(entry)
+        document = {"schemaVersion": 2, "mediaType": MEDIA_DOCKER_LIST, "manifests": entries}
+        index = self.json_blob(MEDIA_DOCKER_LIST, document)
+        return Image(repository, tag, index, tuple(all_layers), tuple(configs), tuple(children))
 
     def _manifest(self, layers: tuple[Descriptor, ...], arch: str) -> tuple[Descriptor, Descriptor]:
         config = self.json_blob(
@@ -159,13 +180,15 @@ class Layout:
 
 
 async def push_image(session: aiohttp.ClientSession, registry_url: str, image: Image) -> None:
-    """Push ``image`` with the distribution API: blobs, then the manifest by tag.
+    """Push ``image`` with the distribution API: blobs, then child manifests, then the tag.
 
     Not ``skopeo copy oci:...``: skopeo 1.9 finds only OCI media types in a layout's index,
     and these images carry Docker media types (see the module docstring).
     """
     for blob in (*image.layers, *image.configs):
         await upload_blob(session, registry_url, image.repository, blob)
+    for child in image.children:
+        await put_manifest(session, registry_url, image.repository, child.digest, child)
     await put_manifest(session, registry_url, image.repository, image.tag, image.manifest)
 
 

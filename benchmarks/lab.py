@@ -33,6 +33,7 @@ from benchmarks.systems import (
 
 BIG_REPOSITORY = "bench/big"
 SMALL_REPOSITORY = "bench/small"
+INDEX_REPOSITORY = "bench/multiarch"
 COLD_REPOSITORY = "bench/cold"
 IMAGE_TAG = "latest"
 # The upstream logs a request when its response has finished; a cache may still be finishing
@@ -88,6 +89,7 @@ class Lab:
     """Why ``cachesvc_uvloop`` is not running although cachesvc is (None otherwise)."""
     big: Image
     small: Image
+    index: Image
     sha256_samples: tuple[float, ...]
     """hashlib's single-core sha256 rate (MiB/s), measured before anything was started."""
 
@@ -173,7 +175,8 @@ class Lab:
                         services.append(cachesvc_uvloop)
                 big = layout.image(BIG_REPOSITORY, IMAGE_TAG, [plan.blob_size, plan.blob_size])
                 small = layout.image(SMALL_REPOSITORY, IMAGE_TAG, [4096, 8192, 16384])
-                for image in (big, small):
+                index = layout.index(INDEX_REPOSITORY, IMAGE_TAG, ["amd64", "arm64"], 4096)
+                for image in (big, small, index):
                     await push_image(session, upstream.url, image)
                 yield cls(
                     plan=plan,
@@ -189,6 +192,7 @@ class Lab:
                     cachesvc_uvloop_reason=uvloop_reason,
                     big=big,
                     small=small,
+                    index=index,
                     sha256_samples=sha256_samples,
                 )
         finally:
