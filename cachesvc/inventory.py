@@ -211,7 +211,12 @@ class Inventory:
                 )  # fmt: skip
             image = images.get(root)
             if image is None:
-                raise NotFound(f"{reference} is not cached")
+                raise NotFound(_not_cached(reference, root, images))
+            if image.origins and (target.registry, target.repository) not in image.origins:
+                raise NotFound(
+                    f"{reference} is not cached: {root} is cached for "
+                    f"{', '.join(_names(image.origins))}; purge it by one of those names"
+                )
             if root in self._pins.pinned_roots():
                 raise Conflict(
                     f"{reference} is pinned: unpin it first (DELETE /admin/v1/pins/{reference})"
@@ -243,11 +248,24 @@ class Inventory:
                     self._store.delete_tag(key)
             return {
                 "digest": root,
+                "repositories": _names(image.origins),
                 "blobs_removed": removed,
                 "bytes_freed": freed,
                 "blobs_shared": len(image.blobs) - len(doomed),
                 "kept_in_use": kept,
             }
+
+
+def _names(origins: set[tuple[str, str]]) -> list[str]:
+    """``registry/repository`` for each place an image was pulled from, sorted."""
+    return [f"{registry}/{repository}" for registry, repository in sorted(origins)]
+
+
+def _not_cached(reference: ImageReference, root: str, images: dict[str, _Image]) -> str:
+    parent = next((d for d, image in images.items() if root and root in image.manifests), None)
+    if parent is not None:  # a platform manifest of a cached index: the index is the image
+        return f"{reference} is part of the cached index {parent}: purge the index"
+    return f"{reference} is not cached"
 
 
 def _matches(row: dict[str, object], filters: dict[str, str]) -> bool:

@@ -174,3 +174,69 @@ async def test_inventory_lists_images_and_purge_keeps_shared_blobs(
             f"{daemon.admin_url}/admin/v1/images/fake.test/team/nothing:1", headers=auth()
         ) as resp:
             assert resp.status == 404
+
+
+async def test_purge_by_digest_needs_the_name_the_image_was_pulled_by(
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
+) -> None:
+    index, images = add_index(fake, "team/app", "1", {"linux/amd64": [50_000]})
+    fake.add_image("team/other", "1", [os.urandom(1000)])
+    amd = images["linux/amd64"]
+    async with admin_with_token(storage, fake) as daemon:
+        job = await wait_job(http, daemon, await submit(
+            http, daemon, ["fake.test/team/app:1", "fake.test/team/other:1"],
+            platforms=["linux/amd64"]))  # fmt: skip
+        assert job["state"] == "done"
+        store = daemon.parts.store
+        kept = [index, amd.manifest, *amd.blobs]
+        assert all(store.size(Digest.parse(d)) is not None for d in kept)
+        base = f"{daemon.admin_url}/admin/v1/images/fake.test"
+        # The right digest under another repository's name: refused, naming where it is.
+        async with http.delete(f"{base}/team/other@{index}", headers=auth()) as resp:
+            assert resp.status == 404
+            message = (await resp.json())["error"]["message"]
+            assert "is cached for fake.test/team/app" in message
+        # A platform manifest of a cached index: the index is what can be purged.
+        async with http.delete(f"{base}/team/app@{amd.manifest}", headers=auth()) as resp:
+            assert resp.status == 404
+            assert f"part of the cached index {index}" in (await resp.json())["error"]["message"]
+        assert all(store.size(Digest.parse(d)) is not None for d in kept)  # nothing lost
+        async with http.delete(f"{base}/team/app@{index}", headers=auth()) as resp:
+            result = await resp.json()
+            assert resp.status == 200, result
+        assert result["repositories"] == ["fake.test/team/app"]
+        assert result["blobs_removed"] == 4  # index, manifest, config, layer
+        assert all(store.size(Digest.parse(d)) is None for d in kept)
+
+
+async def test_pinning_a_tag_again_after_it_moved_keeps_both_digests_until_unpinned(
+    fake: FakeRegistry, storage: Path, http: aiohttp.ClientSession
+) -> None:
+    old, _ = fake.add_image("team/app", "1", [os.urandom(1000)])
+    async with admin_with_token(storage, fake, **{"registry:fake.test": {"tag_ttl": "0s"}}) as daemon:
+        pins_url = f"{daemon.admin_url}/admin/v1/pins"
+
+        async def pin() -> None:
+            job = await wait_job(http, daemon, await submit(
+                http, daemon, ["fake.test/team/app:1"], platforms=["linux/amd64"], pin=True))  # fmt: skip
+            assert job["state"] == "done"
+
+        async def pinned() -> list[str]:
+            async with http.get(pins_url, headers=auth()) as resp:
+                return [p["digest"] for p in (await resp.json())["pins"]]
+
+        await pin()
+        await pin()  # the same digest again: one pin, not two
+        assert await pinned() == [old]
+        new, _ = fake.add_image("team/app", "1", [os.urandom(1000)])  # the tag moves
+        await pin()
+        # The old digest may still run on this node: it stays pinned next to the new one.
+        assert await pinned() == [old, new]
+        async with http.delete(f"{pins_url}/fake.test/team/app@{old}", headers=auth()) as resp:
+            assert resp.status == 200
+            assert [p["digest"] for p in (await resp.json())["unpinned"]] == [old]
+        assert await pinned() == [new]
+        await pin()
+        async with http.delete(f"{pins_url}/fake.test/team/app:1", headers=auth()) as resp:
+            assert [p["digest"] for p in (await resp.json())["unpinned"]] == [new]
+        assert await pinned() == []
