@@ -255,6 +255,10 @@ def configure(config: LogConfig) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging.getLogger("cachesvc.access").disabled = not config.access_log
+    # The access log is its own switch: ``level: warning`` quiets the daemon's chatter,
+    # not the one line per request an SRE audits (as nginx's access_log and error_log).
+    access = logging.getLogger("cachesvc.access")
+    access.disabled = not config.access_log
+    access.setLevel(logging.INFO)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import pytest
 
-from cachesvc.logs import FLUSH_SECONDS, AccessLog, BufferedStreamHandler, JsonFormatter
+from cachesvc.config import LogConfig
+from cachesvc.logs import FLUSH_SECONDS, AccessLog, BufferedStreamHandler, JsonFormatter, configure
 
 
 def read_available(fd: int) -> bytes:
@@ -149,3 +151,31 @@ def test_access_lines_reach_other_handlers_through_logging(
     with caplog.at_level(logging.INFO, logger="cachesvc.test-access"):
         access.write({"status": 404})
     assert [getattr(r, "fields", None) for r in caplog.records] == [{"status": 404}]
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_access_log_is_its_own_switch_whatever_the_level(
+    monkeypatch: pytest.MonkeyPatch, access_log: bool
+) -> None:
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr(sys, "stderr", os.fdopen(write_fd, "w", closefd=False))
+    root, access = logging.getLogger(), logging.getLogger("cachesvc.access")
+    saved = root.handlers[:], root.level, access.level, access.disabled
+    try:
+        configure(LogConfig(level="warning", access_log=access_log))
+        (handler,) = root.handlers
+        assert isinstance(handler, BufferedStreamHandler)
+        AccessLog(access).write({"status": 200})
+        logging.getLogger("cachesvc.fill").info("below the level")
+        logging.getLogger("cachesvc.fill").warning("at the level")
+        handler.close()
+        lines = [json.loads(line) for line in read_available(read_fd).splitlines()]
+        expected = ["request", "at the level"] if access_log else ["at the level"]
+        assert [line["msg"] for line in lines] == expected
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        access.setLevel(saved[2])
+        access.disabled = saved[3]
+        os.close(read_fd)
+        os.close(write_fd)
