@@ -36,6 +36,7 @@ from cachesvc.adminclient import (
 from cachesvc.config import Config, ListenAddress, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
+from cachesvc.upstream import tls_context
 
 EXIT_USAGE = 2
 
@@ -238,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(config)
         if args.command == "check-config":
+            for registry in config.registries.values():
+                tls_context(registry)  # load ca_file and client certificates as serve would
             print(f"configuration OK: {len(config.registries)} registries "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip

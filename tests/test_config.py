@@ -219,3 +219,17 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port} (listen)" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Unclosed" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_check_config_loads_tls_files_as_serve_does(tmp_path: Path, content: str | None) -> None:
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"registries: {{r.io: {{endpoints: ['https://r.io'], ca_file: '{ca}'}}}}\n")
+    # (serve refuses it the same way: test_upstream_tls_and_config)
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "registries.r.io.ca_file" in result.stderr
+    assert "Traceback" not in result.stderr
