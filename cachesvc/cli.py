@@ -239,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(config)
         if args.command == "check-config":
-            for registry in config.registries.values():
-                tls_context(registry)  # load ca_file and client certificates as serve would
+            for settings in config.registries.values():
+                tls_context(settings)  # load ca_file and client certificates as serve would
             print(f"configuration OK: {len(config.registries)} registries "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip
