@@ -26,6 +26,7 @@ from cachesvc.auth import Authorizer
 from cachesvc.blobs import Blobs
 from cachesvc.config import Config, ListenAddress, RegistryConfig
 from cachesvc.credentials import Credentials
+from cachesvc.egress import Egress, from_environment
 from cachesvc.endpoints import Endpoints
 from cachesvc.errors import CachesvcError
 from cachesvc.eviction import Evictor
@@ -97,6 +98,7 @@ class Daemon:
         config = self.config
         # TLS first: a bad ca_file/client_cert is a ConfigError before anything is opened.
         tls = {name: tls_context(registry) for name, registry in config.registries.items()}
+        egress = {name: from_environment(r.proxy) for name, r in config.registries.items()}
         connector = aiohttp.TCPConnector(
             limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
         )
@@ -112,7 +114,7 @@ class Daemon:
         )
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
-            name: self._upstream(registry, session, credentials, tls[name])
+            name: self._upstream(registry, session, credentials, tls[name], egress[name])
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
@@ -150,6 +152,7 @@ class Daemon:
         session: aiohttp.ClientSession,
         credentials: Credentials,
         tls: ssl.SSLContext | bool,
+        egress: Egress,
     ) -> Upstream:
         """One registry's client: its TLS, credentials, endpoint health and limits."""
         authorizer = Authorizer(
@@ -160,6 +163,7 @@ class Daemon:
             timeout=self.config.timeouts.first_byte,
             ssl_context=tls,
             insecure=registry.insecure,
+            egress=egress,
         )
         endpoints = Endpoints(
             registry.name,
@@ -186,6 +190,7 @@ class Daemon:
             endpoints=endpoints,
             limiter=limiter,
             ssl_context=tls,
+            egress=egress,
         )
 
     def mirror_app(self) -> web.Application:

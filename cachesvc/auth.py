@@ -26,8 +26,16 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from cachesvc.credentials import Credential, Credentials
+from cachesvc.egress import (
+    CONNECT_DIRECTLY,
+    PROXY_AUTH_HINT,
+    PROXY_AUTH_REQUIRED,
+    Egress,
+    connection_failure,
+)
 from cachesvc.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -106,6 +114,7 @@ class Authorizer:
         timeout: float,
         ssl_context: ssl.SSLContext | bool = True,
         insecure: bool = False,
+        egress: Egress = CONNECT_DIRECTLY,
     ) -> None:
         self.registry = registry
         self._session = session
@@ -114,6 +123,7 @@ class Authorizer:
         self._timeout = timeout
         self._ssl = ssl_context
         self._insecure = insecure
+        self._egress = egress
         self._tokens: dict[_TokenKey, _Token] = {}
         self._inflight: dict[_TokenKey, asyncio.Task[_Token]] = {}
         self._basic: set[str] = set()  # endpoints that challenged with Basic
@@ -196,6 +206,7 @@ class Authorizer:
             params["service"] = challenge.params["service"]
         try:
             async with asyncio.timeout(self._timeout):
+                proxy = self._egress.proxy_for(URL(realm))
                 if credential is not None and credential.identity_token:
                     form = {
                         **params,
@@ -203,11 +214,11 @@ class Authorizer:
                         "refresh_token": credential.identity_token,
                         "client_id": "cachesvc",
                     }
-                    request = self._session.post(realm, data=form, ssl=self._ssl)
+                    request = self._session.post(realm, data=form, ssl=self._ssl, proxy=proxy)
                 else:
                     headers = {"Authorization": credential.basic()} if credential else {}
                     request = self._session.get(
-                        realm, params=params, headers=headers, ssl=self._ssl
+                        realm, params=params, headers=headers, ssl=self._ssl, proxy=proxy
                     )
                 async with request as resp:
                     body = await resp.read()
@@ -218,7 +229,7 @@ class Authorizer:
         except aiohttp.ClientError as exc:
             self._metrics.token_fetches.labels(registry, "error").inc()
             raise UpstreamError(
-                f"token service of {registry} unreachable: {exc.__class__.__name__}"
+                f"token service of {registry} unreachable: {connection_failure(exc)}"
             ) from None
         if status != 200:
             self._metrics.token_fetches.labels(registry, "error").inc()
@@ -230,6 +241,8 @@ class Authorizer:
                 )
             if status == 429:
                 raise UpstreamRateLimited(f"the token service of {registry} answered 429")
+            if status == PROXY_AUTH_REQUIRED:
+                raise UpstreamUnreachable(f"the token service of {registry}: {PROXY_AUTH_HINT}")
             raise UpstreamUnreachable(f"the token service of {registry} answered {status}")
         try:
             data = json.loads(body)

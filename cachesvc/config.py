@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cachesvc.egress import DIRECT, proxy_url
 from cachesvc.errors import ConfigError
 from cachesvc.oci import is_registry_host
 
@@ -103,6 +104,8 @@ class RegistryConfig:
       remembered (0: not at all).
     - ``cooldown``/``max_cooldown``: a failed endpoint is skipped for ``cooldown``, doubled
       per consecutive failure up to ``max_cooldown``.
+    - ``proxy``: the forward proxy for everything fetched for this registry
+      (``cachesvc.egress``); ``direct`` ignores ``HTTPS_PROXY``/``HTTP_PROXY``.
     """
 
     name: str
@@ -122,6 +125,7 @@ class RegistryConfig:
     negative_ttl: float = 15.0
     cooldown: float = 5.0
     max_cooldown: float = 300.0
+    proxy: str | None = None  # forward proxy URL, "direct", or None: the environment decides
 
     def path_prefix(self, index: int) -> str:
         """The repository prefix of ``endpoints[index]`` (``""`` when none)."""
@@ -281,7 +285,7 @@ _PREFIX_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _REGISTRY_KEYS = {
     "endpoints", "tag_ttl", "path_prefix", "ca_file", "client_cert", "client_key", "insecure",
     "max_concurrent", "requests_per_second", "requests_per_minute", "burst", "queue_size",
-    "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown",
+    "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown", "proxy",
 }  # fmt: skip
 
 
@@ -388,7 +392,15 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         negative_ttl=parse_duration(data.get("negative_ttl", "15s"), f"{key}.negative_ttl"),
         cooldown=cooldown,
         max_cooldown=max_cooldown,
+        proxy=_proxy(data.get("proxy"), f"{key}.proxy"),
     )
+
+
+def _proxy(value: object, key: str) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, key)
+    return DIRECT if text == DIRECT else proxy_url(text, key)
 
 
 def parse_config(data: object) -> Config:

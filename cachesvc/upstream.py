@@ -38,6 +38,13 @@ from yarl import URL
 
 from cachesvc.auth import Authorizer, parse_challenge, refused_hint
 from cachesvc.config import RegistryConfig, Timeouts
+from cachesvc.egress import (
+    CONNECT_DIRECTLY,
+    PROXY_AUTH_HINT,
+    PROXY_AUTH_REQUIRED,
+    Egress,
+    connection_failure,
+)
 from cachesvc.endpoints import Endpoints
 from cachesvc.errors import (
     ConfigError,
@@ -158,6 +165,7 @@ class Upstream:
         endpoints: Endpoints,
         limiter: Limiter,
         ssl_context: ssl.SSLContext | bool = True,
+        egress: Egress = CONNECT_DIRECTLY,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -168,6 +176,7 @@ class Upstream:
         self.endpoints = endpoints
         self.limiter = limiter
         self._ssl = ssl_context
+        self._egress = egress
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.stall
         )
@@ -271,6 +280,9 @@ class Upstream:
         if status >= 500:
             self.endpoints.failed(endpoint, "5xx")
             raise UpstreamUnreachable(f"{self.name} answered {status} at {endpoint}")
+        if status == PROXY_AUTH_REQUIRED:  # a plain-http request through a forward proxy
+            self.endpoints.failed(endpoint, "connect")
+            raise UpstreamUnreachable(f"{self.name} at {endpoint}: {PROXY_AUTH_HINT}")
         self.endpoints.succeeded(endpoint)
         credential = self._auth.credential(endpoint)
         if status == 401:
@@ -318,7 +330,7 @@ class Upstream:
             self._count(endpoint, "error")
             self.endpoints.failed(endpoint, "connect")
             raise UpstreamUnreachable(
-                f"{self.name} unreachable at {endpoint}: {exc.__class__.__name__}"
+                f"{self.name} unreachable at {endpoint}: {connection_failure(exc)}"
             ) from None
         except ValueError:
             # A request built from upstream-supplied data that aiohttp refuses (a token or
@@ -352,6 +364,7 @@ class Upstream:
                 allow_redirects=False,
                 auto_decompress=False,
                 ssl=self._ssl,
+                proxy=self._egress.proxy_for(url),
             )
             if response.status not in _REDIRECTS:
                 return response, hops

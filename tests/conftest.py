@@ -15,6 +15,7 @@ from cachesvc.app import Daemon
 from cachesvc.config import Config, parse_config
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
+from tests.tls_upstream import make_pki
 
 
 def make_config(storage: Path, upstreams: dict[str, list[str]], **extra: Any) -> Config:
@@ -102,3 +103,9 @@ async def tokens() -> AsyncIterator[TokenService]:
     """A fake token service; set it as ``fake.gate`` to put the fake registry behind it."""
     async with running_service(TokenService()) as service:
         yield service
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Any]:
+    """CA, server (127.0.0.1) and client certificates as files (``tests.tls_upstream``)."""
+    return make_pki(tmp_path)

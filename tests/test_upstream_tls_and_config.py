@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import trustme
-from aiohttp import web
 
 from cachesvc.app import Daemon
 from cachesvc.config import RegistryConfig, parse_config
 from cachesvc.errors import ConfigError
 from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry
-
-
-@asynccontextmanager
-async def https(registry: FakeRegistry, context: ssl.SSLContext) -> AsyncIterator[str]:
-    runner = web.AppRunner(registry.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    registry.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield registry.url
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, Any]:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    client = ca.issue_cert("cachesvc.node.test")
-    files = {
-        "ca_file": tmp_path / "ca.pem",
-        "cert": tmp_path / "client.pem",
-        "key": tmp_path / "client.key",
-    }
-    ca.cert_pem.write_to_path(str(files["ca_file"]))
-    client.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    client.private_key_pem.write_to_path(str(files["key"]))
-    return {"ca": ca, "server": server, **files}
-
-
-def server_context(pki: dict[str, Any], *, mutual: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    pki["server"].configure_cert(context)
-    if mutual:
-        pki["ca"].configure_trust(context)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+from tests.tls_upstream import https, server_context
 
 
 async def status_of(http: aiohttp.ClientSession, daemon: Daemon, digest: str) -> tuple[int, str]:
@@ -110,6 +68,9 @@ def test_defaults_of_the_upstream_keys() -> None:
     assert (r.max_stale, r.negative_ttl, r.cooldown, r.max_cooldown) == (7 * 86400, 15, 5, 300)
     assert (r.max_concurrent, r.requests_per_second, r.burst) == (None, None, 1)
     assert (r.queue_size, r.queue_timeout, r.insecure, r.ca_file) == (256, 10, False, None)
+    assert r.proxy is None  # the environment decides
+    assert registry_config(proxy="direct").proxy == "direct"
+    assert registry_config(proxy="proxy.corp:3128").proxy == "http://proxy.corp:3128"
     assert r.path_prefix(0) == ""
     assert registry_config(requests_per_minute=120).requests_per_second == 2
     prefixed = registry_config(
@@ -142,6 +103,9 @@ def test_defaults_of_the_upstream_keys() -> None:
         ({"insecure": "yes"}, "registries.r.test.insecure"),
         ({"max_stale": "forever"}, "registries.r.test.max_stale"),
         ({"cooldown": "10s", "max_cooldown": "1s"}, "registries.r.test.max_cooldown"),
+        ({"proxy": "https://proxy.corp:3128"}, "registries.r.test.proxy"),
+        ({"proxy": "http://proxy.corp:3128/path"}, "registries.r.test.proxy"),
+        ({"proxy": 3128}, "registries.r.test.proxy"),
         (
             {"endpoints": [{"url": "https://a.test", "prefix": "x"}]},
             "registries.r.test.endpoints[0].prefix",

@@ -1,0 +1,146 @@
+"""Which forward (egress) proxy a request to an upstream URL goes through, if any.
+
+A registry's ``proxy`` key decides for every request made for that registry: its
+endpoints, their redirects (a CDN) and its token service. Without it, the standard
+environment variables decide, read once at start-up as containerd reads them:
+``HTTPS_PROXY`` / ``HTTP_PROXY`` by the target's scheme (either case) and ``NO_PROXY``
+(comma-separated host names, domain suffixes, ``*`` for all). ``proxy: direct`` on a
+registry ignores the environment.
+
+Only ``http://`` proxies: plain requests go to them in absolute form, https ones
+through a ``CONNECT`` tunnel (what squid and most corporate proxies offer). Proxy
+credentials go in the URL (``http://user:password@proxy:3128``) and are sent as
+``Proxy-Authorization``; they are never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from cachesvc.errors import ConfigError
+
+DIRECT = "direct"  # the ``proxy`` value that ignores the environment
+PROXY_AUTH_REQUIRED = 407
+PROXY_AUTH_HINT = (
+    "the forward proxy asked for credentials (407 Proxy Authentication Required): put them "
+    "in the proxy URL (http://user:password@host:port) of the registry's 'proxy' key or of "
+    "$HTTPS_PROXY/$HTTP_PROXY"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """The proxy choice of one registry (see the module docstring)."""
+
+    configured: str | None = None  # the registry's ``proxy`` key: a URL, DIRECT or None
+    environment: Mapping[str, str] | None = None  # urllib's getproxies_environment()
+
+    def proxy_for(self, url: URL) -> URL | None:
+        """The proxy for a request to ``url``; None to connect directly."""
+        if self.configured is not None:
+            return None if self.configured == DIRECT else URL(self.configured)
+        environment = self.environment or {}
+        proxy = environment.get(url.scheme)
+        if not proxy or not url.host:
+            return None
+        if bypassed(url.host, url.port, environment.get("no", "")):
+            return None
+        return URL(proxy)
+
+
+def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """True when ``NO_PROXY`` names ``host`` (curl's rules).
+
+    Entries: ``*`` (everything), a host name (itself and its subdomains; a leading dot
+    is ignored), an IP address or CIDR range, each optionally with ``:port``.
+    """
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if entry == "*":
+            return True
+        entry, wanted_port = _split_port(entry)
+        if not entry or (wanted_port is not None and wanted_port != port):
+            continue
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry.strip("[]"), strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name = entry.lstrip(".").rstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):  # [v6] or [v6]:port
+        closing = entry.find("]")
+        rest = entry[closing + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+        return entry[: closing + 1], int(port) if port.isdigit() else None
+    if entry.count(":") == 1:  # name:port or v4:port (a bare v6 address has several)
+        name, port = entry.split(":")
+        return name, int(port) if port.isdigit() else None
+    return entry, None
+
+
+def proxy_url(value: str, key: str) -> str:
+    """Validate a proxy URL (``http://[user:password@]host[:port]``); ConfigError naming ``key``.
+
+    A bare ``host:port`` means ``http://host:port``, as curl and containerd read it.
+    """
+    text = value.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        url = URL(text)
+        url.explicit_port  # noqa: B018 - a port out of range raises here
+    except ValueError:
+        raise ConfigError(key, "not a usable URL") from None  # never echoed: may hold a password
+    if url.scheme != "http":
+        raise ConfigError(
+            key,
+            f"expected an http:// proxy (https targets go through CONNECT), got {url.scheme}://",
+        )
+    if not url.host or url.path not in ("", "/") or url.query_string or url.fragment:
+        raise ConfigError(key, "expected http://[user:password@]host[:port] and nothing else")
+    return str(url.with_path(""))
+
+
+def from_environment(configured: str | None) -> Egress:
+    """The choice for a registry with ``proxy: configured``; the environment is read now.
+
+    Raises ConfigError naming the variable when an environment proxy cannot be used.
+    """
+    environment = urllib.request.getproxies_environment()
+    for scheme in ("http", "https"):
+        if environment.get(scheme):
+            environment[scheme] = proxy_url(environment[scheme], f"${scheme.upper()}_PROXY")
+    return Egress(configured, environment)
+
+
+CONNECT_DIRECTLY = Egress(DIRECT)  # every request without a proxy, whatever the environment
+
+
+def connection_failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong on the way to an upstream, in words (a proxy's part named)."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        if exc.status == PROXY_AUTH_REQUIRED:
+            return PROXY_AUTH_HINT
+        return f"the forward proxy refused the tunnel ({exc.status} {exc.message})"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot connect to the forward proxy {exc.host}:{exc.port}"
+    return exc.__class__.__name__

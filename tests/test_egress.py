@@ -1,0 +1,219 @@
+"""Forward (egress) proxies: the registry's ``proxy`` key, HTTP(S)_PROXY and NO_PROXY."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from cachesvc.egress import DIRECT, Egress, bypassed, from_environment, proxy_url
+from cachesvc.errors import ConfigError
+from tests.conftest import StartDaemon
+from tests.fakes.auth import TokenService
+from tests.fakes.forward_proxy import ForwardProxy, running_proxy
+from tests.fakes.registry import FakeRegistry
+from tests.tls_upstream import https, plain, server_context
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "expected"),
+    [
+        ("registry.corp", 443, "", False),
+        ("registry.corp", 443, "*", True),
+        ("registry.corp", 443, "corp", True),
+        ("registry.corp", 443, ".corp", True),
+        ("a.registry.corp", 443, "registry.corp", True),
+        ("notregistry.corp", 443, "registry.corp", False),
+        ("registry.corp", 443, "registry.corp:443", True),
+        ("registry.corp", 443, "registry.corp:5000", False),
+        ("REGISTRY.corp.", 443, " other.test , Registry.Corp ", True),
+        ("10.1.2.3", 443, "10.0.0.0/8", True),
+        ("10.1.2.3", 443, "10.1.2.3", True),
+        ("11.1.2.3", 443, "10.0.0.0/8", False),
+        ("::1", 443, "::1", True),
+        ("[::1]", 5000, "[::1]:5000", True),
+        ("127.0.0.1", 80, "localhost", False),  # names are not resolved
+    ],
+)
+def test_no_proxy_follows_curls_rules(host: str, port: int, no_proxy: str, expected: bool) -> None:
+    assert bypassed(host, port, no_proxy) is expected
+
+
+def test_the_registry_key_wins_over_the_environment() -> None:
+    environment = {"https": "http://env:3128", "http": "http://env:3128", "no": "skip.test"}
+    target = URL("https://r.test/v2/")
+    assert Egress(None, environment).proxy_for(target) == URL("http://env:3128")
+    assert Egress(None, environment).proxy_for(URL("https://skip.test/v2/")) is None
+    assert Egress(None, {"http": "http://env:3128"}).proxy_for(target) is None  # by scheme
+    assert Egress("http://own:8080", environment).proxy_for(URL("https://skip.test/")) == URL(
+        "http://own:8080"
+    )
+    assert Egress(DIRECT, environment).proxy_for(target) is None
+    assert Egress().proxy_for(target) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("proxy.corp:3128", "http://proxy.corp:3128"),
+        ("http://proxy.corp:3128/", "http://proxy.corp:3128"),
+        ("http://user:s3cret@proxy.corp:3128", "http://user:s3cret@proxy.corp:3128"),
+        ("http://[::1]:3128", "http://[::1]:3128"),
+    ],
+)
+def test_proxy_urls_are_normalised(value: str, expected: str) -> None:
+    assert proxy_url(value, "k") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://proxy.corp:3128",
+        "socks5://proxy.corp:1080",
+        "http://proxy.corp:3128/path",
+        "http://proxy.corp:3128/?q=1",
+        "http://",
+        "http://user:s3cret@proxy.corp:99999",
+    ],
+)
+def test_unusable_proxy_urls_are_refused_without_echoing_a_password(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        proxy_url(value, "registries.r.test.proxy")
+    assert info.value.key == "registries.r.test.proxy"
+    assert "s3cret" not in str(info.value)
+
+
+def test_an_unusable_environment_proxy_names_the_variable(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.setenv("HTTPS_PROXY", "https://proxy.corp:3128")
+    with pytest.raises(ConfigError) as info:
+        from_environment(None)
+    assert info.value.key == "$HTTPS_PROXY"
+    clean_environment.setenv("HTTPS_PROXY", "proxy.corp:3128")  # curl's bare host:port
+    assert from_environment(None).proxy_for(URL("https://r.test/")) == URL("http://proxy.corp:3128")
+
+
+async def test_registry_proxy_carries_blobs_manifests_and_token_requests(
+    fake: FakeRegistry,
+    tokens: TokenService,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    fake.gate = tokens
+    layer = os.urandom(300_000)
+    manifest, (_, layer_digest) = fake.add_image("team/app", "1", [layer])
+    proxy = ForwardProxy(credentials=("egress", "pw"))
+    async with running_proxy(proxy):
+        own = proxy.url.replace("http://", "http://egress:pw@")
+        async with start_daemon(
+            {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": own}}
+        ) as daemon:
+            base = f"{daemon.mirror_url}/v2/team/app"
+            async with http.get(f"{base}/manifests/1?ns=fake.test") as resp:
+                assert resp.status == 200
+                assert resp.headers["Docker-Content-Digest"] == manifest
+            async with http.get(f"{base}/blobs/{layer_digest}?ns=fake.test") as resp:
+                assert await resp.read() == layer
+    registry, token_service = URL(fake.url), URL(tokens.url)
+    assert proxy.targets() == {
+        f"{registry.host}:{registry.port}",
+        f"{token_service.host}:{token_service.port}",
+    }
+    assert proxy.refused == 0
+    assert tokens.requests  # the token really was fetched (through the proxy)
+
+
+async def test_https_proxy_from_the_environment_tunnels_with_connect(
+    pki: dict[str, Any],
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"through a tunnel")
+    async with (
+        https(registry, server_context(pki, mutual=False)) as url,
+        running_proxy(ForwardProxy()) as proxy,
+    ):
+        clean_environment.setenv("HTTPS_PROXY", proxy.url)
+        async with (
+            start_daemon(
+                {"tls.test": [url]}, **{"registry:tls.test": {"ca_file": str(pki["ca_file"])}}
+            ) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=tls.test") as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.read() == b"through a tunnel"
+    assert proxy.seen == [("CONNECT", f"127.0.0.1:{URL(url).port}")]
+
+
+async def test_no_proxy_and_proxy_direct_connect_directly(
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    first, second = fake.add_blob(b"no_proxy"), fake.add_blob(b"direct")
+    async with running_proxy(ForwardProxy()) as proxy:
+        clean_environment.setenv("HTTP_PROXY", proxy.url)
+        clean_environment.setenv("NO_PROXY", "example.test,127.0.0.1")
+        async with (
+            start_daemon({"fake.test": [fake.url]}) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{first}?ns=fake.test") as resp,
+        ):
+            assert await resp.read() == b"no_proxy"
+        clean_environment.delenv("NO_PROXY")
+        async with (
+            start_daemon(
+                {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": "direct"}}
+            ) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{second}?ns=fake.test") as resp,
+        ):
+            assert await resp.read() == b"direct"
+    assert proxy.seen == []
+
+
+@pytest.mark.parametrize("tunnel", [False, True])
+async def test_a_proxy_asking_for_credentials_is_a_502_that_says_so(
+    pki: dict[str, Any],
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+    tunnel: bool,
+) -> None:
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"never reached")
+    proxy = ForwardProxy(credentials=("egress", "pw"))
+    async with running_proxy(proxy):
+        extra: dict[str, Any] = {"proxy": proxy.url}
+        if tunnel:
+            extra["ca_file"] = str(pki["ca_file"])
+            upstream = https(registry, server_context(pki, mutual=False))
+        else:
+            upstream = plain(registry)
+        async with (
+            upstream as url,
+            start_daemon({"r.test": [url]}, **{"registry:r.test": extra}) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=r.test") as resp,
+        ):
+            assert resp.status == 502
+            message = (await resp.json())["errors"][0]["message"]
+    assert "407 Proxy Authentication Required" in message
+    assert "http://user:password@host:port" in message
+    assert proxy.refused >= 1
+    assert registry.requests == {} or all(n == 0 for n in registry.requests.values())
