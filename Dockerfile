@@ -1,5 +1,6 @@
 # cachesvc: node-local pull-through cache for container images.
-# Build: docker build -t cachesvc:0.1.0 .   (runs as a DaemonSet: see deploy/daemonset.yaml)
+# Build: docker build -t <your-registry>/cachesvc:0.1.0 . && docker push it; then set both
+# image: lines of deploy/daemonset.yaml to it (a bare cachesvc:0.1.0 means docker.io/library/cachesvc)
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
