@@ -15,6 +15,7 @@ from tests.conftest import StartDaemon
 from tests.fakes.auth import TokenService
 from tests.fakes.forward_proxy import ForwardProxy, running_proxy
 from tests.fakes.registry import FakeRegistry
+from tests.peers.ports import refused_url
 from tests.tls_upstream import https, plain, server_context
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
@@ -217,3 +218,23 @@ async def test_a_proxy_asking_for_credentials_is_a_502_that_says_so(
     assert "http://user:password@host:port" in message
     assert proxy.refused >= 1
     assert registry.requests == {} or all(n == 0 for n in registry.requests.values())
+
+
+async def test_an_unreachable_proxy_is_a_502_naming_it(
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    digest = fake.add_blob(b"never reached")
+    dead = URL(refused_url())
+    async with (
+        start_daemon(
+            {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": str(dead)}}
+        ) as daemon,
+        http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp,
+    ):
+        assert resp.status == 502
+        message = (await resp.json())["errors"][0]["message"]
+    assert f"cannot connect to the forward proxy {dead.host}:{dead.port}" in message
+    assert fake.requests == {} or all(n == 0 for n in fake.requests.values())
