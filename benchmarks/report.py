@@ -55,8 +55,9 @@ def markdown(rows: list[Row], machine: Machine, command: str, notes: list[str], 
         f"- repetitions: {reps} per scenario and system, interleaved; values are medians",
         f"- baseline: the distribution registry in proxy mode ({BASELINE}); "
         "ratio = system / baseline",
-        f"- {CACHESVC}: the default configuration (event loop asyncio: loop.sendfile); "
-        f"{CACHESVC_UVLOOP}: the same plus `event_loop: uvloop` (cachesvc.zerocopy), "
+        f"- {CACHESVC}: the default configuration (event loop asyncio); "
+        f"{CACHESVC_UVLOOP}: the same plus `event_loop: uvloop`; both send hits with "
+        "cachesvc.zerocopy, "
         "not run in the containerd and store scenarios",
         f"- targets are judged on `{CACHESVC}` (the default) only; "
         f"`{CACHESVC_UVLOOP}` is shown for comparison",

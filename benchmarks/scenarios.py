@@ -111,6 +111,10 @@ async def warm_blob(lab: Lab, reps: int) -> list[Row]:
     samples = Samples()
     for name, url in urls.items():
         await samples.check(name, partial(_mib_per_second, url, blob.size))
+    # The warm-ups filled the caches: let their write-back (and the distribution proxy's
+    # second fetch for its own store) finish before anything is timed.
+    os.sync()
+    await until_idle((lab.upstream.child.pid, *(s.child.pid for s in lab.caches)))
     for _ in range(reps):
         for name, url in urls.items():
             await samples.take(name, partial(_mib_per_second, url, blob.size))

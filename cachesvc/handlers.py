@@ -284,10 +284,20 @@ class _LeasedFileResponse(web.FileResponse):
         finally:
             self.release()
 
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        # Not loop.sendfile, on either loop: uvloop has none, and asyncio's waits a loop
+        # turn after every partial send even while the socket has room (measured slower
+        # on warm hits than cachesvc.zerocopy, which sends until the socket is full).
+        writer = await super(web.FileResponse, self).prepare(request)  # the headers
+        assert writer is not None
+        return await self._sendfile_fallback(writer, fobj, offset, count)
+
     async def _sendfile_fallback(
         self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
-        # aiohttp lands here when the loop has no sendfile (uvloop): send zero-copy anyway.
+        # Zero-copy where the transport has a socket; aiohttp's read + write otherwise (TLS).
         transport = writer.transport
         if transport is not None and not self.compression:
             try:
