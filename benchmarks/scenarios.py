@@ -197,7 +197,7 @@ async def _cold_transfer(
     all_cpu.values[service.name].append(cache + upstream + client)
     if await until_idle((cache_pid, upstream_pid)):
         spent = cpu_seconds(cache_pid) - cache_before + cpu_seconds(upstream_pid) - upstream_before
-        after.values[service.name].append(round(spent - cache - upstream, 3))  # whole ticks
+        after.values[service.name].append(max(0.0, round(spent - cache - upstream, 3)))
     else:
         after.remarks.append(f"{service.name}: still busy 10 s after the transfer")
     return mib_per_second
