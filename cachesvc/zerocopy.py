@@ -43,6 +43,10 @@ async def sendfile(transport: asyncio.BaseTransport, fd: int, offset: int, count
     buffered = getattr(transport, "get_write_buffer_size", None)
     if sock is None or buffered is None:
         raise NotImplementedError("no socket to send a file on")
+    if transport.get_extra_info("ssl_object") is not None:
+        # A TLS transport (either loop) reports the TCP socket under it: bytes sent
+        # there would skip the encryption and break the TLS stream.
+        raise NotImplementedError("a TLS transport: the file must be encrypted")
     while buffered():
         if transport.is_closing():
             raise ConnectionResetError("client went away")

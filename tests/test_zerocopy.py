@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import uvloop
 
 from cachesvc import zerocopy
@@ -120,3 +122,46 @@ async def test_a_transport_without_a_socket_is_not_implemented(tmp_path: Path) -
         finally:
             transport.close()
             os.close(read_end)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_a_tls_transport_is_not_implemented(runner: str, tmp_path: Path) -> None:
+    # A TLS transport reports the TCP socket under it: bytes sent there would bypass the
+    # encryption (and corrupt the TLS stream). The caller must fall back to read + write.
+    path = tmp_path / "blob"
+    path.write_bytes(b"plaintext never goes on a TLS connection")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    outcome: list[BaseException | None] = []
+
+    async def scenario() -> None:
+        done = asyncio.get_running_loop().create_future()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                await zerocopy.sendfile(writer.transport, fd, 0, path.stat().st_size)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                os.close(fd)
+                writer.close()
+                done.set_result(None)
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=server_context)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+            await asyncio.wait_for(done, 10)
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    RUNNERS[runner](scenario())
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], NotImplementedError)
