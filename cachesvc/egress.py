@@ -58,7 +58,7 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     """True when ``NO_PROXY`` names ``host`` (curl's rules).
 
     Entries: ``*`` (everything), a host name (itself and its subdomains; a leading dot
-    is ignored), an IP address or CIDR range, each optionally with ``:port``.
+    or ``*.`` is ignored), an IP address or CIDR range, each optionally with ``:port``.
     """
     host = host.strip("[]").lower().rstrip(".")
     try:
@@ -79,7 +79,8 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
             except ValueError:
                 pass
             continue
-        name = entry.lstrip(".").rstrip(".")
+        # ``*.corp`` (Go's form, so containerd's: the same NO_PROXY serves both) = ``.corp``
+        name = entry.removeprefix("*").lstrip(".").rstrip(".")
         if host == name or host.endswith("." + name):
             return True
     return False

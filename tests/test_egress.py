@@ -47,6 +47,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("::1", 443, "::1", True),
         ("[::1]", 5000, "[::1]:5000", True),
         ("127.0.0.1", 80, "localhost", False),  # names are not resolved
+        ("registry.corp", 443, "*.corp", True),  # containerd's (Go's) wildcard form
+        ("a.registry.corp", 443, "other.test,*.registry.corp:443", True),
+        ("registry.corpx", 443, "*.corp", False),
     ],
 )
 def test_no_proxy_follows_curls_rules(host: str, port: int, no_proxy: str, expected: bool) -> None:
