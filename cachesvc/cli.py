@@ -35,6 +35,7 @@ from cachesvc.adminclient import (
 )
 from cachesvc.config import Config, ListenAddress, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
+from cachesvc.egress import from_environment
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
 from cachesvc.upstream import tls_context
 
@@ -241,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             for settings in config.registries.values():
                 tls_context(settings)  # load ca_file and client certificates as serve would
+                from_environment(settings.proxy)  # and refuse an unusable $HTTPS_PROXY
             print(f"configuration OK: {len(config.registries)} registries "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -232,4 +233,19 @@ def test_check_config_loads_tls_files_as_serve_does(tmp_path: Path, content: str
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "registries.r.io.ca_file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_refuses_an_unusable_environment_proxy_as_serve_does(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: {r.io: {endpoints: ['https://r.io']}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["HTTPS_PROXY"] = "https://user:s3cret@proxy.corp:3128"
+    # (serve stops the same way: Daemon reads the environment through cachesvc.egress)
+    result = run_cli("check-config", "--config", str(config), env=env)
+    assert result.returncode == 2, result.stdout
+    assert "$HTTPS_PROXY" in result.stderr
+    assert "s3cret" not in result.stderr
     assert "Traceback" not in result.stderr
