@@ -206,7 +206,6 @@ class Authorizer:
             params["service"] = challenge.params["service"]
         try:
             async with asyncio.timeout(self._timeout):
-                proxy = self._egress.proxy_for(URL(realm))
                 if credential is not None and credential.identity_token:
                     form = {
                         **params,
@@ -214,11 +213,25 @@ class Authorizer:
                         "refresh_token": credential.identity_token,
                         "client_id": "cachesvc",
                     }
-                    request = self._session.post(realm, data=form, ssl=self._ssl, proxy=proxy)
+                    proxy, proxy_headers, headers = self._egress.route(URL(realm), {})
+                    request = self._session.post(
+                        realm,
+                        data=form,
+                        headers=headers,
+                        ssl=self._ssl,
+                        proxy=proxy,
+                        proxy_headers=proxy_headers,
+                    )
                 else:
-                    headers = {"Authorization": credential.basic()} if credential else {}
+                    basic = {"Authorization": credential.basic()} if credential else {}
+                    proxy, proxy_headers, headers = self._egress.route(URL(realm), basic)
                     request = self._session.get(
-                        realm, params=params, headers=headers, ssl=self._ssl, proxy=proxy
+                        realm,
+                        params=params,
+                        headers=headers,
+                        ssl=self._ssl,
+                        proxy=proxy,
+                        proxy_headers=proxy_headers,
                     )
                 async with request as resp:
                     body = await resp.read()

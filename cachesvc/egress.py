@@ -53,6 +53,30 @@ class Egress:
             return None
         return URL(proxy)
 
+    def route(
+        self, url: URL, headers: Mapping[str, str]
+    ) -> tuple[URL | None, dict[str, str] | None, Mapping[str, str]]:
+        """aiohttp's ``proxy`` and ``proxy_headers``, and the request's ``headers``, for ``url``.
+
+        Credentials go in ``Proxy-Authorization`` encoded as UTF-8, as Go (so containerd)
+        and curl send them: aiohttp would encode those it finds in the proxy URL as
+        Latin-1, which a proxy refuses for any non-ASCII password (and fails on one
+        outside Latin-1). On the ``CONNECT`` for https targets; on the request itself
+        for http ones (aiohttp sends ``proxy_headers`` only on a ``CONNECT``), never on a
+        request inside a tunnel, which the registry would see.
+        """
+        proxy = self.proxy_for(url)
+        if proxy is None or proxy.user is None:
+            return proxy, None, headers
+        credentials = {
+            "Proxy-Authorization": aiohttp.encode_basic_auth(
+                proxy.user, proxy.password or "", "utf-8"
+            )
+        }
+        if url.scheme == "http":
+            return proxy.with_user(None), None, {**headers, **credentials}
+        return proxy.with_user(None), credentials, headers
+
 
 def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     """True when ``NO_PROXY`` names ``host`` (curl's rules).
@@ -118,6 +142,8 @@ def proxy_url(value: str, key: str) -> str:
         )
     if not url.host or url.path not in ("", "/") or url.query_string or url.fragment:
         raise ConfigError(key, "expected http://[user:password@]host[:port] and nothing else")
+    if url.user and ":" in url.user:  # Basic credentials cannot carry it
+        raise ConfigError(key, "the proxy user name cannot contain ':' (%3A)")
     return str(url.with_path(""))
 
 

@@ -355,16 +355,18 @@ class Upstream:
         seen = {str(url)}
         hops = 0
         while True:
+            proxy, proxy_headers, sent = self._egress.route(url, headers)
             response = await self._session.request(
                 method,
                 url,
-                headers=headers,
+                headers=sent,
                 params=params,
                 timeout=self._client_timeout,
                 allow_redirects=False,
                 auto_decompress=False,
                 ssl=self._ssl,
-                proxy=self._egress.proxy_for(url),
+                proxy=proxy,
+                proxy_headers=proxy_headers,
             )
             if response.status not in _REDIRECTS:
                 return response, hops

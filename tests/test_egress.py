@@ -91,6 +91,7 @@ def test_proxy_urls_are_normalised(value: str, expected: str) -> None:
         "http://proxy.corp:3128/?q=1",
         "http://",
         "http://user:s3cret@proxy.corp:99999",
+        "http://us%3Aer:s3cret@proxy.corp:3128",  # no ':' in a Basic user name
     ],
 )
 def test_unusable_proxy_urls_are_refused_without_echoing_a_password(value: str) -> None:
@@ -241,3 +242,36 @@ async def test_an_unreachable_proxy_is_a_502_naming_it(
         message = (await resp.json())["errors"][0]["message"]
     assert f"cannot connect to the forward proxy {dead.host}:{dead.port}" in message
     assert fake.requests == {} or all(n == 0 for n in fake.requests.values())
+
+
+@pytest.mark.parametrize("tunnel", [False, True])
+@pytest.mark.parametrize("password", ["p@ss:w/rd", "pässwörd", "p€ss"])
+async def test_proxy_passwords_are_sent_as_containerd_sends_them(
+    pki: dict[str, Any],
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+    password: str,
+    tunnel: bool,
+) -> None:
+    # Percent-encoded in the URL; sent as the UTF-8 bytes (Go's net/url, curl), so a
+    # HTTPS_PROXY that works for containerd works here too.
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"through an authenticated proxy")
+    proxy = ForwardProxy(credentials=("egress", password))
+    extra: dict[str, Any] = {}
+    if tunnel:
+        extra["ca_file"] = str(pki["ca_file"])
+        upstream = https(registry, server_context(pki, mutual=False))
+    else:
+        upstream = plain(registry)
+    async with running_proxy(proxy), upstream as url:
+        extra["proxy"] = str(URL(proxy.url).with_user("egress").with_password(password))
+        async with (
+            start_daemon({"r.test": [url]}, **{"registry:r.test": extra}) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=r.test") as resp,
+        ):
+            body = await resp.read()
+            assert resp.status == 200, body
+            assert body == b"through an authenticated proxy"
+    assert proxy.refused == 0
