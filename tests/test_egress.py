@@ -16,6 +16,7 @@ from tests.fakes.auth import TokenService
 from tests.fakes.forward_proxy import ForwardProxy, running_proxy
 from tests.fakes.registry import FakeRegistry
 from tests.peers.ports import refused_url
+from tests.test_redirects import Cdn, serving
 from tests.tls_upstream import https, plain, server_context
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
@@ -275,3 +276,29 @@ async def test_proxy_passwords_are_sent_as_containerd_sends_them(
             assert resp.status == 200, body
             assert body == b"through an authenticated proxy"
     assert proxy.refused == 0
+
+
+async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    data = os.urandom(50_000)
+    digest = fake.add_blob(data)
+    async with serving(Cdn({digest: data})) as cdn, running_proxy(ForwardProxy()) as proxy:
+        cdn_host = URL(cdn.url).host
+        if cdn_host == URL(fake.url).host:
+            pytest.skip("needs a second loopback address for the CDN")
+        fake.faults.redirect_location = f"{cdn.url}/cdn/{digest}"
+        clean_environment.setenv("HTTP_PROXY", proxy.url)
+        clean_environment.setenv("NO_PROXY", f"{cdn_host}")
+        async with (
+            start_daemon({"fake.test": [fake.url]}) as daemon,
+            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.read() == data
+    registry = URL(fake.url)
+    assert proxy.targets() == {f"{registry.host}:{registry.port}"}  # the CDN: direct
+    assert [path for path, _ in cdn.seen] == [f"/cdn/{digest}"]
