@@ -8,10 +8,13 @@ import hashlib
 import logging
 import mmap
 import os
+import socket
+import struct
 from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from cachesvc.app import Daemon
 from cachesvc.fill import MEMORY_TOTAL
@@ -449,3 +452,35 @@ async def test_a_committed_fill_is_read_ahead_into_the_page_cache(
     assert await committed(mirror, digest)
     path = mirror.parts.store.path(Digest.parse(digest))
     assert await eventually(lambda: cached_fraction(path) == 1.0)
+
+
+async def test_hits_answer_head_ranges_and_a_client_leaving_mid_send_frees_the_blob(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    # Hits go out through _LeasedFileResponse._sendfile (cachesvc.zerocopy): the lease
+    # that keeps eviction away must be released however the send ends.
+    data = os.urandom(64 * MIB)  # more than loopback socket buffers hold
+    digest = fake.add_blob(data)
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert await resp.read() == data
+    assert await committed(mirror, digest)
+    leases = mirror.parts.leases
+    async with http.head(blob_url(mirror, digest)) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(data))
+        assert await resp.read() == b""
+    async with http.get(blob_url(mirror, digest), headers={"Range": "bytes=10-19"}) as resp:
+        assert resp.status == 206
+        assert await resp.read() == data[10:20]
+    url = URL(blob_url(mirror, digest))
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+    await reader.readexactly(1 << 20)  # headers and the first bytes: the send is under way
+    assert len(leases) == 1
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()  # a reset
+    assert await eventually(lambda: len(leases) == 0)
+    async with http.get(blob_url(mirror, digest)) as resp:
+        assert await resp.read() == data
+    assert fake.count("GET", "/blobs/") == 1
