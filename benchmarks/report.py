@@ -145,7 +145,7 @@ def chart(rows: list[Row], machine: Machine, path: Path) -> None:
     )
     right.axvline(1.0, color="black", linewidth=1, linestyle="--", label="target")
     right.set_yticks(
-        range(len(targets)), [f"{r.scenario}: {t.label}" for r, t in targets], fontsize=7
+        range(len(targets)), [f"{r.scenario}:\n{t.label}" for r, t in targets], fontsize=7
     )
     right.invert_yaxis()
     right.set_xscale("log")
