@@ -228,9 +228,19 @@ async def _blob(
             if source.lease is not None:
                 source.lease.release()
             raise
-        audit.bytes = source.size if span is None else span[1] - span[0]
-        metrics.served_bytes.labels("cache").inc(audit.bytes)
-        return _LeasedFileResponse(source, headers=headers)
+        # Sent here rather than by aiohttp after the middleware: the access line and
+        # served_bytes then say what the client really got, and a client that left is 499.
+        hit = _LeasedFileResponse(source, headers=headers)
+        try:
+            await hit.prepare(request)
+        except ConnectionError:
+            audit.hung_up = True
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            audit.bytes = hit.sent
+            metrics.served_bytes.labels("cache").inc(hit.sent)
+        return hit
     fill = source.fill
     start, end = 0, fill.size
     streaming = web.StreamResponse(status=200, headers=headers)
@@ -277,12 +287,18 @@ class _LeasedFileResponse(web.FileResponse):
     def __init__(self, blob: CachedBlob, *, headers: dict[str, str]) -> None:
         super().__init__(blob.path, headers=headers)
         self._lease = blob.lease
+        self.sent = 0  # body bytes the client's socket took
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # sent by the handler; aiohttp calls prepare again after it
+            return await super(web.FileResponse, self).prepare(request)
         try:
             return await super().prepare(request)
         finally:
             self.release()
+
+    def _count(self, sent: int) -> None:
+        self.sent += sent
 
     async def _sendfile(
         self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
@@ -301,12 +317,14 @@ class _LeasedFileResponse(web.FileResponse):
         transport = writer.transport
         if transport is not None and not self.compression:
             try:
-                await zerocopy.sendfile(transport, fobj.fileno(), offset, count)
+                await zerocopy.sendfile(transport, fobj.fileno(), offset, count, self._count)
             except NotImplementedError:
                 pass
             else:
                 return writer
-        return await super()._sendfile_fallback(writer, fobj, offset, count)
+        result = await super()._sendfile_fallback(writer, fobj, offset, count)
+        self.sent += count
+        return result
 
     def release(self) -> None:
         """Give the lease back (also when the response is never sent)."""

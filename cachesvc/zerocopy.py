@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Callable
 
 SEND_CHUNK = 16 * 1024 * 1024  # at most this much per sendfile call
 _DRAIN_POLL = 0.0005  # seconds between checks that the headers left the transport
@@ -32,8 +33,16 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_writer(fd)
 
 
-async def sendfile(transport: asyncio.BaseTransport, fd: int, offset: int, count: int) -> None:
+async def sendfile(
+    transport: asyncio.BaseTransport,
+    fd: int,
+    offset: int,
+    count: int,
+    on_sent: Callable[[int], None] | None = None,
+) -> None:
     """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket.
+
+    ``on_sent`` is told each count the socket took (what a client that leaves midway got).
 
     Raises ``NotImplementedError`` when the transport has no socket (TLS, pipes), so
     callers can fall back to read + write; ``ConnectionError`` when the client left.
@@ -66,5 +75,7 @@ async def sendfile(transport: asyncio.BaseTransport, fd: int, offset: int, count
                 raise OSError(errno.EIO, "file ended before the bytes to send")
             offset += sent
             count -= sent
+            if on_sent is not None:
+                on_sent(sent)
     finally:
         os.close(out)

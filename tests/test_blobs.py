@@ -455,7 +455,10 @@ async def test_a_committed_fill_is_read_ahead_into_the_page_cache(
 
 
 async def test_hits_answer_head_ranges_and_a_client_leaving_mid_send_frees_the_blob(
-    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+    fake: FakeRegistry,
+    mirror: Daemon,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Hits go out through _LeasedFileResponse._sendfile (cachesvc.zerocopy): the lease
     # that keeps eviction away must be released however the send ends.
@@ -472,15 +475,30 @@ async def test_hits_answer_head_ranges_and_a_client_leaving_mid_send_frees_the_b
     async with http.get(blob_url(mirror, digest), headers={"Range": "bytes=10-19"}) as resp:
         assert resp.status == 206
         assert await resp.read() == data[10:20]
+    served = mirror.metrics.registry.get_sample_value(
+        "cachesvc_served_bytes_total", {"source": "cache"}
+    )
+    assert served == 10  # the range (the first GET was the fill, counted as upstream)
     url = URL(blob_url(mirror, digest))
     reader, writer = await asyncio.open_connection(url.host, url.port)
-    writer.write(f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
-    await reader.readexactly(1 << 20)  # headers and the first bytes: the send is under way
-    assert len(leases) == 1
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()  # a reset
-    assert await eventually(lambda: len(leases) == 0)
+    with caplog.at_level(logging.INFO):
+        writer.write(f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+        await reader.readexactly(1 << 20)  # headers and the first bytes: the send is under way
+        assert len(leases) == 1
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # a reset
+        assert await eventually(lambda: len(leases) == 0)
+        assert await eventually(lambda: any(r.name == "cachesvc.access" for r in caplog.records))
+    # The access line and the metric say what the client got, not what it asked for.
+    (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == "cachesvc.access"]
+    assert line["status"] == 499
+    assert line["cache"] == "hit"
+    assert 1 << 20 <= line["bytes"] < len(data)
+    assert mirror.metrics.registry.get_sample_value(
+        "cachesvc_served_bytes_total", {"source": "cache"}
+    ) == served + line["bytes"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     async with http.get(blob_url(mirror, digest)) as resp:
         assert await resp.read() == data
     assert fake.count("GET", "/blobs/") == 1
