@@ -26,7 +26,7 @@ from cachesvc.auth import Authorizer
 from cachesvc.blobs import Blobs
 from cachesvc.config import Config, ListenAddress, RegistryConfig
 from cachesvc.credentials import Credentials
-from cachesvc.egress import Egress, from_environment
+from cachesvc.egress import Egress
 from cachesvc.endpoints import Endpoints
 from cachesvc.errors import CachesvcError
 from cachesvc.eviction import Evictor
@@ -98,7 +98,8 @@ class Daemon:
         config = self.config
         # TLS first: a bad ca_file/client_cert is a ConfigError before anything is opened.
         tls = {name: tls_context(registry) for name, registry in config.registries.items()}
-        egress = {name: from_environment(r.proxy) for name, r in config.registries.items()}
+        environment = dict(config.proxy_environment)
+        egress = {name: Egress(r.proxy, environment) for name, r in config.registries.items()}
         connector = aiohttp.TCPConnector(
             limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
         )

@@ -35,7 +35,7 @@ from cachesvc.adminclient import (
 )
 from cachesvc.config import Config, ListenAddress, default_config, load_config
 from cachesvc.containerd import hosts_toml, write_hosts_dir
-from cachesvc.egress import from_environment
+from cachesvc.egress import proxy_environment
 from cachesvc.errors import CachesvcError, ConfigError, StoreError
 from cachesvc.upstream import tls_context
 
@@ -237,12 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         if args.command in ("prewarm", "status", "images"):
             return _admin(args, config)
+        # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
+        config = replace(config, proxy_environment=proxy_environment(os.environ))
         if args.command == "serve":
             return _serve(config)
         if args.command == "check-config":
             for settings in config.registries.values():
                 tls_context(settings)  # load ca_file and client certificates as serve would
-                from_environment(settings.proxy)  # and refuse an unusable $HTTPS_PROXY
             print(f"configuration OK: {len(config.registries)} registries "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip

@@ -183,6 +183,9 @@ class Config:
     prewarm: PrewarmConfig = field(default_factory=PrewarmConfig)
     # A Docker config.json (a mounted dockerconfigjson Secret); unset: every registry anonymous.
     credentials_file: Path | None = None
+    # HTTP(S)_PROXY / NO_PROXY as the CLI read them (cachesvc.egress.proxy_environment):
+    # (scheme, value) pairs for registries without a ``proxy`` key; empty: connect directly.
+    proxy_environment: tuple[tuple[str, str], ...] = ()
 
 
 def parse_duration(value: object, key: str) -> float:

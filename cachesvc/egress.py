@@ -2,7 +2,8 @@
 
 A registry's ``proxy`` key decides for every request made for that registry: its
 endpoints, their redirects (a CDN) and its token service. Without it, the standard
-environment variables decide, read once at start-up as containerd reads them:
+environment variables decide, read once at start-up by the CLI (``proxy_environment``,
+kept in ``Config.proxy_environment``) as containerd reads them:
 ``HTTPS_PROXY`` / ``HTTP_PROXY`` by the target's scheme (either case) and ``NO_PROXY``
 (comma-separated host names, domain suffixes, ``*`` for all). ``proxy: direct`` on a
 registry ignores the environment.
@@ -16,7 +17,6 @@ credentials go in the URL (``http://user:password@proxy:3128``) and are sent as
 from __future__ import annotations
 
 import ipaddress
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,7 +39,7 @@ class Egress:
     """The proxy choice of one registry (see the module docstring)."""
 
     configured: str | None = None  # the registry's ``proxy`` key: a URL, DIRECT or None
-    environment: Mapping[str, str] | None = None  # urllib's getproxies_environment()
+    environment: Mapping[str, str] | None = None  # dict(proxy_environment(...))
 
     def proxy_for(self, url: URL) -> URL | None:
         """The proxy for a request to ``url``; None to connect directly."""
@@ -147,16 +147,21 @@ def proxy_url(value: str, key: str) -> str:
     return str(url.with_path(""))
 
 
-def from_environment(configured: str | None) -> Egress:
-    """The choice for a registry with ``proxy: configured``; the environment is read now.
+def proxy_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` of ``environ``, validated.
 
-    Raises ConfigError naming the variable when an environment proxy cannot be used.
+    As ``(scheme, value)`` pairs (``http``, ``https``, ``no``) for ``Egress``; the lower-case
+    variable wins over the upper-case one, and an empty one means unset. Raises
+    ConfigError naming the variable when a proxy URL cannot be used. Only the CLI calls
+    this (with ``os.environ``): the daemon gets the pairs in its ``Config``.
     """
-    environment = urllib.request.getproxies_environment()
-    for scheme in ("http", "https"):
-        if environment.get(scheme):
-            environment[scheme] = proxy_url(environment[scheme], f"${scheme.upper()}_PROXY")
-    return Egress(configured, environment)
+    pairs: list[tuple[str, str]] = []
+    for scheme in ("http", "https", "no"):
+        upper, lower = f"{scheme.upper()}_PROXY", f"{scheme}_proxy"
+        value = environ[lower] if lower in environ else environ.get(upper, "")
+        if value:
+            pairs.append((scheme, value if scheme == "no" else proxy_url(value, f"${upper}")))
+    return tuple(pairs)
 
 
 CONNECT_DIRECTLY = Egress(DIRECT)  # every request without a proxy, whatever the environment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,18 @@ from prometheus_client import CollectorRegistry
 
 from cachesvc.app import Daemon
 from cachesvc.config import Config, parse_config
+from cachesvc.egress import proxy_environment
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 from tests.tls_upstream import make_pki
 
 
 def make_config(storage: Path, upstreams: dict[str, list[str]], **extra: Any) -> Config:
-    """A config with port 0 listeners; registry names map to endpoint URL lists."""
+    """A config with port 0 listeners; registry names map to endpoint URL lists.
+
+    ``proxy_environment={"HTTPS_PROXY": ...}`` stands for the variables the CLI would read.
+    """
+    environment = extra.pop("proxy_environment", {})
     registries: dict[str, Any] = {}
     for name, endpoints in upstreams.items():
         registries[name] = {"endpoints": endpoints, **extra.pop(f"registry:{name}", {})}
@@ -34,7 +40,7 @@ def make_config(storage: Path, upstreams: dict[str, list[str]], **extra: Any) ->
         "timeouts": {"connect": "2s", "first_byte": "5s", "stall": "2s"},
     }
     data.update(extra)
-    return parse_config(data)
+    return replace(parse_config(data), proxy_environment=proxy_environment(environment))
 
 
 @asynccontextmanager
@@ -79,7 +85,9 @@ async def fake() -> AsyncIterator[FakeRegistry]:
 def start_daemon(storage: Path) -> StartDaemon:
     """``async with start_daemon({"reg": [url]}, **config) as d``."""
 
-    def factory(upstreams: dict[str, list[str]], **extra: Any) -> AbstractAsyncContextManager[Daemon]:
+    def factory(
+        upstreams: dict[str, list[str]], **extra: Any
+    ) -> AbstractAsyncContextManager[Daemon]:
         return daemon_for(make_config(storage, upstreams, **extra))
 
     return factory

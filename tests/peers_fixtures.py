@@ -121,7 +121,8 @@ class CachesvcProcess(StartStop):
     """``python -m cachesvc serve --config FILE`` on free loopback ports; a context manager.
 
     ``registries`` maps registry names to endpoint URL lists; ``storage`` persists across
-    :meth:`restart` (that is the point of a crash test). ``extra`` is merged into the config.
+    :meth:`restart` (that is the point of a crash test). ``extra`` is merged into the config;
+    ``env`` is added to the daemon's environment (e.g. ``HTTPS_PROXY``).
     """
 
     def __init__(
@@ -132,9 +133,11 @@ class CachesvcProcess(StartStop):
         default_registry: str | None = None,
         storage: Path | None = None,
         extra: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})
         self.registries = dict(registries)
         self.default_registry = default_registry or next(iter(self.registries))
         self.storage = storage or workdir / "storage"
@@ -203,8 +206,10 @@ class CachesvcProcess(StartStop):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._process = start_until_ready(
             self._launch,
-            lambda: http_answers(self.admin_url + "/readyz", ok_statuses=frozenset({200}))
-            and http_answers(self.mirror_url + "/v2/", ok_statuses=frozenset({200})),
+            lambda: (
+                http_answers(self.admin_url + "/readyz", ok_statuses=frozenset({200}))
+                and http_answers(self.mirror_url + "/v2/", ok_statuses=frozenset({200}))
+            ),
             name="cachesvc",
             timeout=self.startup_timeout,
             error=CachesvcStartError,
@@ -220,7 +225,13 @@ class CachesvcProcess(StartStop):
         self._starts += 1
         with self.log_path.open("a") as log:
             log.write(f"\n=== start {self._starts} ===\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHESVC_")}
+        # Neither the runner's CACHESVC_* nor its proxy variables: loopback stays direct.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CACHESVC_") and not k.lower().endswith("_proxy")
+        }
+        env.update(self.env)
         return ManagedProcess(
             [sys.executable, "-m", "cachesvc", "serve", "--config", str(self.config_path)],
             stdout_path=self.workdir / "cachesvc.stdout",

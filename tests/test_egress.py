@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
-from cachesvc.egress import DIRECT, Egress, bypassed, from_environment, proxy_url
+from cachesvc.egress import DIRECT, Egress, bypassed, proxy_environment, proxy_url
 from cachesvc.errors import ConfigError
 from tests.conftest import StartDaemon
 from tests.fakes.auth import TokenService
 from tests.fakes.forward_proxy import ForwardProxy, running_proxy
 from tests.fakes.registry import FakeRegistry
 from tests.peers.ports import refused_url
+from tests.peers_fixtures import CachesvcProcess
 from tests.test_redirects import Cdn, serving
 from tests.tls_upstream import https, plain, server_context
-
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
-
-
-@pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    return monkeypatch
 
 
 @pytest.mark.parametrize(
@@ -102,15 +95,18 @@ def test_unusable_proxy_urls_are_refused_without_echoing_a_password(value: str) 
     assert "s3cret" not in str(info.value)
 
 
-def test_an_unusable_environment_proxy_names_the_variable(
-    clean_environment: pytest.MonkeyPatch,
-) -> None:
-    clean_environment.setenv("HTTPS_PROXY", "https://proxy.corp:3128")
+def test_the_environment_is_read_as_curl_and_containerd_read_it() -> None:
     with pytest.raises(ConfigError) as info:
-        from_environment(None)
+        proxy_environment({"HTTPS_PROXY": "https://user:s3cret@proxy.corp:3128"})
     assert info.value.key == "$HTTPS_PROXY"
-    clean_environment.setenv("HTTPS_PROXY", "proxy.corp:3128")  # curl's bare host:port
-    assert from_environment(None).proxy_for(URL("https://r.test/")) == URL("http://proxy.corp:3128")
+    assert "s3cret" not in str(info.value)
+    assert proxy_environment({"HTTPS_PROXY": "proxy.corp:3128"}) == (  # a bare host:port
+        ("https", "http://proxy.corp:3128"),
+    )
+    environ = {"HTTP_PROXY": "http://upper:1", "http_proxy": "http://lower:2", "NO_PROXY": "a,b"}
+    assert proxy_environment(environ) == (("http", "http://lower:2"), ("no", "a,b"))
+    assert proxy_environment({"HTTPS_PROXY": "http://upper:1", "https_proxy": ""}) == ()
+    assert proxy_environment({"PATH": "/bin", "FTP_PROXY": "http://x:1"}) == ()
 
 
 async def test_registry_proxy_carries_blobs_manifests_and_token_requests(
@@ -118,7 +114,6 @@ async def test_registry_proxy_carries_blobs_manifests_and_token_requests(
     tokens: TokenService,
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
 ) -> None:
     fake.gate = tokens
     layer = os.urandom(300_000)
@@ -148,23 +143,21 @@ async def test_https_proxy_from_the_environment_tunnels_with_connect(
     pki: dict[str, Any],
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
 ) -> None:
     registry = FakeRegistry()
     digest = registry.add_blob(b"through a tunnel")
     async with (
         https(registry, server_context(pki, mutual=False)) as url,
         running_proxy(ForwardProxy()) as proxy,
+        start_daemon(
+            {"tls.test": [url]},
+            proxy_environment={"HTTPS_PROXY": proxy.url},
+            **{"registry:tls.test": {"ca_file": str(pki["ca_file"])}},
+        ) as daemon,
+        http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=tls.test") as resp,
     ):
-        clean_environment.setenv("HTTPS_PROXY", proxy.url)
-        async with (
-            start_daemon(
-                {"tls.test": [url]}, **{"registry:tls.test": {"ca_file": str(pki["ca_file"])}}
-            ) as daemon,
-            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=tls.test") as resp,
-        ):
-            assert resp.status == 200
-            assert await resp.read() == b"through a tunnel"
+        assert resp.status == 200
+        assert await resp.read() == b"through a tunnel"
     assert proxy.seen == [("CONNECT", f"127.0.0.1:{URL(url).port}")]
 
 
@@ -172,21 +165,20 @@ async def test_no_proxy_and_proxy_direct_connect_directly(
     fake: FakeRegistry,
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
 ) -> None:
     first, second = fake.add_blob(b"no_proxy"), fake.add_blob(b"direct")
     async with running_proxy(ForwardProxy()) as proxy:
-        clean_environment.setenv("HTTP_PROXY", proxy.url)
-        clean_environment.setenv("NO_PROXY", "example.test,127.0.0.1")
+        environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": "example.test,127.0.0.1"}
         async with (
-            start_daemon({"fake.test": [fake.url]}) as daemon,
+            start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
             http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{first}?ns=fake.test") as resp,
         ):
             assert await resp.read() == b"no_proxy"
-        clean_environment.delenv("NO_PROXY")
         async with (
             start_daemon(
-                {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": "direct"}}
+                {"fake.test": [fake.url]},
+                proxy_environment={"HTTP_PROXY": proxy.url},
+                **{"registry:fake.test": {"proxy": "direct"}},
             ) as daemon,
             http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{second}?ns=fake.test") as resp,
         ):
@@ -199,7 +191,6 @@ async def test_a_proxy_asking_for_credentials_is_a_502_that_says_so(
     pki: dict[str, Any],
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
     tunnel: bool,
 ) -> None:
     registry = FakeRegistry()
@@ -229,7 +220,6 @@ async def test_an_unreachable_proxy_is_a_502_naming_it(
     fake: FakeRegistry,
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
 ) -> None:
     digest = fake.add_blob(b"never reached")
     dead = URL(refused_url())
@@ -251,7 +241,6 @@ async def test_proxy_passwords_are_sent_as_containerd_sends_them(
     pki: dict[str, Any],
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
     password: str,
     tunnel: bool,
 ) -> None:
@@ -282,19 +271,16 @@ async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
     fake: FakeRegistry,
     start_daemon: StartDaemon,
     http: aiohttp.ClientSession,
-    clean_environment: pytest.MonkeyPatch,
 ) -> None:
     data = os.urandom(50_000)
     digest = fake.add_blob(data)
     async with serving(Cdn({digest: data})) as cdn, running_proxy(ForwardProxy()) as proxy:
         cdn_host = URL(cdn.url).host
-        if cdn_host == URL(fake.url).host:
-            pytest.skip("needs a second loopback address for the CDN")
+        assert cdn_host != URL(fake.url).host  # the CDN listens on another loopback address
         fake.faults.redirect_location = f"{cdn.url}/cdn/{digest}"
-        clean_environment.setenv("HTTP_PROXY", proxy.url)
-        clean_environment.setenv("NO_PROXY", f"{cdn_host}")
+        environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": f"{cdn_host}"}
         async with (
-            start_daemon({"fake.test": [fake.url]}) as daemon,
+            start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
             http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp,
         ):
             assert resp.status == 200
@@ -302,3 +288,23 @@ async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
     registry = URL(fake.url)
     assert proxy.targets() == {f"{registry.host}:{registry.port}"}  # the CDN: direct
     assert [path for path, _ in cdn.seen] == [f"/cdn/{digest}"]
+
+
+async def test_serve_takes_the_proxy_from_its_environment(
+    fake: FakeRegistry, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # Only the CLI reads the environment: this is the path from HTTP_PROXY to a request.
+    digest = fake.add_blob(b"via the environment")
+    async with running_proxy(ForwardProxy()) as proxy:
+        daemon = CachesvcProcess(
+            tmp_path / "cachesvc", {"fake.test": [fake.url]}, env={"http_proxy": proxy.url}
+        )
+        await asyncio.to_thread(daemon.start)  # the loop keeps serving proxy and registry
+        try:
+            url = f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test"
+            async with http.get(url) as resp:
+                assert await resp.read() == b"via the environment"
+        finally:
+            await asyncio.to_thread(daemon.stop)
+    registry = URL(fake.url)
+    assert proxy.targets() == {f"{registry.host}:{registry.port}"}
