@@ -237,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         if args.command in ("prewarm", "status", "images"):
             return _admin(args, config)
-        # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
-        config = replace(config, proxy_environment=proxy_environment(os.environ))
+        if args.command in ("serve", "check-config"):
+            # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
+            config = replace(config, proxy_environment=proxy_environment(os.environ))
         if args.command == "serve":
             return _serve(config)
         if args.command == "check-config":

@@ -249,3 +249,13 @@ def test_check_config_refuses_an_unusable_environment_proxy_as_serve_does(
     assert "$HTTPS_PROXY" in result.stderr
     assert "s3cret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_containerd_config_does_not_care_about_proxy_variables(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: {r.io: {endpoints: ['https://r.io']}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["HTTPS_PROXY"] = "https://proxy.corp:3128"  # unusable for serve, irrelevant here
+    result = run_cli("containerd-config", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "r.io/hosts.toml" in result.stdout
