@@ -206,34 +206,31 @@ class Authorizer:
             params["service"] = challenge.params["service"]
         try:
             async with asyncio.timeout(self._timeout):
+                form: dict[str, str] | None = None
+                query: dict[str, str] | None = params
+                given: dict[str, str] = {}
                 if credential is not None and credential.identity_token:
+                    # OAuth2: the identity token in a form, nothing in the query.
                     form = {
                         **params,
                         "grant_type": "refresh_token",
                         "refresh_token": credential.identity_token,
                         "client_id": "cachesvc",
                     }
-                    proxy, proxy_headers, headers = self._egress.route(URL(realm), {})
-                    request = self._session.post(
-                        realm,
-                        data=form,
-                        headers=headers,
-                        ssl=self._ssl,
-                        proxy=proxy,
-                        proxy_headers=proxy_headers,
-                    )
-                else:
-                    basic = {"Authorization": credential.basic()} if credential else {}
-                    proxy, proxy_headers, headers = self._egress.route(URL(realm), basic)
-                    request = self._session.get(
-                        realm,
-                        params=params,
-                        headers=headers,
-                        ssl=self._ssl,
-                        proxy=proxy,
-                        proxy_headers=proxy_headers,
-                    )
-                async with request as resp:
+                    query = None
+                elif credential is not None:
+                    given = {"Authorization": credential.basic()}
+                proxy, proxy_headers, headers = self._egress.route(URL(realm), given)
+                async with self._session.request(
+                    "GET" if form is None else "POST",
+                    realm,
+                    data=form,
+                    params=query,
+                    headers=headers,
+                    ssl=self._ssl,
+                    proxy=proxy,
+                    proxy_headers=proxy_headers,
+                ) as resp:
                     body = await resp.read()
                     status = resp.status
         except TimeoutError:
