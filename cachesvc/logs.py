@@ -167,18 +167,9 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.force_flush()
 
     def emit(self, record: logging.LogRecord) -> None:
-        # StreamHandler.emit, with the batched flush (this runs for every line).
-        try:
-            self.stream.write(self.format(record) + "\n")
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
-            return
+        super().emit(record)  # which calls the batched ``flush``
         if record.levelno >= logging.WARNING:
             self.force_flush()
-        else:
-            self.flush()
 
     def write_json(self, formatter: JsonFormatter, logger: str, fields: dict[str, object]) -> None:
         """Write one INFO ``request`` line as ``emit`` would, without a ``LogRecord``."""
