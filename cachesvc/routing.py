@@ -11,6 +11,7 @@ registries and is not an open proxy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from cachesvc.config import RegistryConfig
 from cachesvc.errors import NameInvalid, NameUnknown
 from cachesvc.oci import is_registry_host, validate_name
 
-# Routed names remembered (client-chosen, so bounded: past this many, start over).
+# Routed names remembered (client-chosen, so bounded: least recently used go first).
 ROUTES_REMEMBERED = 4096
 
 
@@ -38,18 +39,13 @@ class Router:
     def __init__(self, registries: Mapping[str, RegistryConfig], default: str | None) -> None:
         self._registries = registries
         self._default = default
-        # Answers for names seen before: every request of a pull routes the same name.
-        self._routes: dict[tuple[str | None, str], Target] = {}
+        # Answers for names seen before: every request of a pull routes the same name
+        # (errors are not remembered).
+        self._remembered = functools.lru_cache(maxsize=ROUTES_REMEMBERED)(self._route)
 
     def route(self, ns: str | None, name: str) -> Target:
         """Resolve a request's registry and repository; validates the repository name."""
-        target = self._routes.get((ns, name))
-        if target is None:
-            target = self._route(ns, name)
-            if len(self._routes) >= ROUTES_REMEMBERED:
-                self._routes.clear()
-            self._routes[(ns, name)] = target
-        return target
+        return self._remembered(ns, name)
 
     def _route(self, ns: str | None, name: str) -> Target:
         if ns is not None:

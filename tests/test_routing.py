@@ -41,7 +41,7 @@ def test_remembered_routes_are_bounded() -> None:
     router = Router(REGISTRIES, "docker.io")
     for n in range(ROUTES_REMEMBERED + 10):
         assert router.route(None, f"team/app{n}").repository == f"team/app{n}"
-    assert len(router._routes) <= ROUTES_REMEMBERED
+    assert router._remembered.cache_info().currsize <= ROUTES_REMEMBERED
 
 
 def test_memoized_parsers_answer_like_fresh_ones() -> None:
