@@ -7,41 +7,29 @@ gets its own set. Names follow ``cachesvc_<thing>_<unit>``; labels are bounded
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-# Bound children kept per metric; past this many label sets the memo starts over.
+# Bound children remembered per metric (label sets are bounded; this bounds the memo).
 CHILDREN_LIMIT = 1024
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
 
-class Children(Generic[_M]):
-    """A labelled metric's children, looked up once per label-value tuple.
+def bound_children(metric: _M) -> Callable[..., _M]:
+    """``metric.labels`` remembered per label-value tuple (least recently used go first).
 
     ``labels()`` validates, converts and locks on every call: three of those were a
-    few percent of a manifest hit at thousands of requests per second. The memo is
-    bounded, and dropping it only costs the next lookup (prometheus keeps the child).
+    few percent of a manifest hit at thousands of requests per second. Forgetting a
+    child only costs the next lookup (prometheus keeps it).
     """
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: _M) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], _M] = {}
-
-    def __call__(self, *values: str) -> _M:
-        """The child for ``values`` (the metric's labels, in order)."""
-        child = self._children.get(values)
-        if child is None:
-            if len(self._children) >= CHILDREN_LIMIT:
-                self._children.clear()
-            child = self._children[values] = self._metric.labels(*values)
-        return child
+    return functools.lru_cache(maxsize=CHILDREN_LIMIT)(metric.labels)
 
 
 class Metrics:
@@ -224,10 +212,10 @@ class Metrics:
             registry=registry,
         )
         self._upstream_access(registry)
-        # The per-request counters of the mirror API, bound (see ``Children``).
-        self.requests_by = Children(self.requests)
-        self.served_bytes_by = Children(self.served_bytes)
-        self.http_responses_by = Children(self.http_responses)
+        # The per-request counters of the mirror API, bound (see ``bound_children``).
+        self.requests_by = bound_children(self.requests)
+        self.served_bytes_by = bound_children(self.served_bytes)
+        self.http_responses_by = bound_children(self.http_responses)
 
     def _upstream_access(self, registry: CollectorRegistry) -> None:
         """Upstream access: credentials, endpoint health, limits, stale and negative answers."""
