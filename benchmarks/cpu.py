@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_LIMIT_SECONDS = 10.0
+"""How long ``until_idle`` waits by default before giving up."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -17,11 +19,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def until_idle(
-    pids: tuple[int, ...], *, step: float = 0.2, quiet: float = 0.015, limit: float = 10.0
+    pids: tuple[int, ...],
+    *,
+    step: float = 0.2,
+    quiet: float = 1.5 / _TICKS,
+    limit: float = IDLE_LIMIT_SECONDS,
 ) -> bool:
     """Wait until ``pids`` together use less than ``quiet`` CPU seconds per ``step``.
 
-    (/proc counts in clock ticks, 10 ms here: ``quiet`` allows one tick per step.)
+    (/proc counts in clock ticks: the default ``quiet`` allows one tick per step.)
 
     For work a transfer leaves behind after its last byte (a cache's fsync and commit, the
     distribution proxy's second fetch for its own store). False if still busy at ``limit``.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.containerd import Containerd, containerd_unavailable_reason
 from benchmarks.content import MANIFEST_ACCEPT
-from benchmarks.cpu import cpu_seconds, until_idle
+from benchmarks.cpu import IDLE_LIMIT_SECONDS, cpu_seconds, until_idle
 from benchmarks.lab import (
     BIG_REPOSITORY,
     COLD_REPOSITORY,
@@ -191,15 +191,17 @@ async def _cold_transfer(
     client_before = time.process_time()
     mib_per_second = await _mib_per_second(url, size)
     client = time.process_time() - client_before
-    cache = cpu_seconds(cache_pid) - cache_before
-    upstream = cpu_seconds(upstream_pid) - upstream_before
+    cache_end, upstream_end = cpu_seconds(cache_pid), cpu_seconds(upstream_pid)
+    cache, upstream = cache_end - cache_before, upstream_end - upstream_before
     cache_cpu.values[service.name].append(cache)
     all_cpu.values[service.name].append(cache + upstream + client)
     if await until_idle((cache_pid, upstream_pid)):
-        spent = cpu_seconds(cache_pid) - cache_before + cpu_seconds(upstream_pid) - upstream_before
-        after.values[service.name].append(max(0.0, round(spent - cache - upstream, 3)))
+        spent = cpu_seconds(cache_pid) - cache_end + cpu_seconds(upstream_pid) - upstream_end
+        after.values[service.name].append(max(0.0, round(spent, 3)))
     else:
-        after.remarks.append(f"{service.name}: still busy 10 s after the transfer")
+        after.remarks.append(
+            f"{service.name}: still busy {IDLE_LIMIT_SECONDS:.0f} s after the transfer"
+        )
     return mib_per_second
 
 
