@@ -23,14 +23,7 @@ from pathlib import Path
 from benchmarks.containerd import Containerd, containerd_unavailable_reason
 from benchmarks.content import MANIFEST_ACCEPT
 from benchmarks.cpu import IDLE_LIMIT_SECONDS, cpu_seconds, until_idle
-from benchmarks.lab import (
-    BIG_REPOSITORY,
-    COLD_REPOSITORY,
-    IMAGE_TAG,
-    INDEX_REPOSITORY,
-    SMALL_REPOSITORY,
-    Lab,
-)
+from benchmarks.lab import BIG_REPOSITORY, COLD_REPOSITORY, IMAGE_TAG, Lab
 from benchmarks.load import download, download_together, request_rate
 from benchmarks.measurement import (
     BASELINE,
@@ -250,12 +243,12 @@ async def manifest_rates(lab: Lab, reps: int) -> list[Row]:
     plan = lab.plan
     rows: list[Row] = []
     headers = {"Accept": MANIFEST_ACCEPT}
-    for label, repository, reference in (
-        ("by digest, warm", SMALL_REPOSITORY, lab.small.manifest.digest),
-        ("by tag (multi-arch index), within TTL", INDEX_REPOSITORY, IMAGE_TAG),
+    for label, image, reference in (
+        ("by digest, warm", lab.small, lab.small.manifest.digest),
+        ("by tag (multi-arch index), within TTL", lab.index, lab.index.tag),
     ):
         rates, p99s = Samples(), Samples()
-        urls = {s.name: lab.manifest_url(s, repository, reference) for s in lab.caches}
+        urls = {s.name: lab.manifest_url(s, image.repository, reference) for s in lab.caches}
         for name, url in urls.items():
             await rates.check(name, partial(_get_ok, lab, url))
         for _ in range(reps):
