@@ -15,8 +15,12 @@ from benchmarks.lab import Lab
 from benchmarks.load import median_latency_ms
 from benchmarks.measurement import CACHESVC, Row, Target, median, ratio
 from benchmarks.ports import LOOPBACK
-from benchmarks.processes import Child
-from benchmarks.systems import spawn_cachesvc, write_cachesvc_config
+from benchmarks.systems import (
+    Service,
+    cachesvc_ready_url,
+    spawn_cachesvc,
+    write_cachesvc_config,
+)
 from cachesvc.oci import Digest
 from cachesvc.store import Store
 
@@ -123,12 +127,12 @@ async def _measure(lab: Lab, count: int, rep: int, root: Path, digest: str) -> t
     name = f"cachesvc-store-{count}-{rep}"
     config, port, admin_port = write_cachesvc_config(lab.workdir, name, root, lab.upstream)
     started = time.perf_counter()
-    child: Child = spawn_cachesvc(lab.workdir, name, config)
+    service = Service(name, f"{LOOPBACK}:{port}", spawn_cachesvc(lab.workdir, name, config))
     try:
-        child.wait_http(f"http://{LOOPBACK}:{admin_port}/readyz", timeout=120.0)
+        service.child.wait_http(cachesvc_ready_url(admin_port), timeout=120.0)
         seconds = time.perf_counter() - started
-        url = f"http://{LOOPBACK}:{port}/v2/{STORE_REPOSITORY}/blobs/{digest}"
+        url = lab.blob_url(service, STORE_REPOSITORY, digest)
         latency = await median_latency_ms(lab.session, url, lab.plan.latency_samples)
     finally:
-        child.stop()
+        service.stop()
     return seconds, latency

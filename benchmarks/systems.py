@@ -201,8 +201,13 @@ def start_cachesvc(
     config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream, event_loop)
     child = spawn_cachesvc(workdir, name, config)
     service = Service(name, f"{LOOPBACK}:{port}", child)
-    _ready(service, f"http://{LOOPBACK}:{admin_port}/readyz")
+    _ready(service, cachesvc_ready_url(admin_port))
     return service
+
+
+def cachesvc_ready_url(admin_port: int) -> str:
+    """cachesvc's readiness endpoint on its admin listener."""
+    return f"http://{LOOPBACK}:{admin_port}/readyz"
 
 
 def _ready(service: Service, url: str, ok_status: int = 200) -> None:
