@@ -239,7 +239,7 @@ async def _blob(
                 request.transport.abort()
         finally:
             audit.bytes = hit.sent
-            metrics.served_bytes.labels("cache").inc(hit.sent)
+            metrics.served_bytes_by("cache").inc(hit.sent)
         return hit
     fill = source.fill
     start, end = 0, fill.size
@@ -273,7 +273,7 @@ async def _blob(
             request.transport.abort()
         return streaming
     finally:
-        metrics.served_bytes.labels("upstream").inc(audit.bytes)
+        metrics.served_bytes_by("upstream").inc(audit.bytes)
     return streaming
 
 
@@ -346,6 +346,10 @@ async def _send_fill(
     the response is chunked, whose framing ``sendfile`` would bypass: ``pread`` + write.
     """
     audit = request[AUDIT_KEY]
+
+    def sent(count: int) -> None:  # as the client's socket takes them (zerocopy: per call)
+        audit.bytes += count  # so ``start + audit.bytes`` is where this client is
+
     fd = fill.open_reader()
     try:
         zero_copy = not response.chunked
@@ -357,23 +361,20 @@ async def _send_fill(
                     raise ConnectionResetError("client went away")
                 piece = fill.take(pos, stop)
                 if isinstance(piece, memoryview):
-                    sent = len(piece)
                     await response.write(piece)
+                    sent(len(piece))
                 elif zero_copy:
                     try:
-                        await zerocopy.sendfile(transport, fd, pos, piece)
+                        await zerocopy.sendfile(transport, fd, pos, piece, sent)
                     except NotImplementedError:  # no socket under the transport
                         zero_copy = False
-                        continue
-                    sent = piece
                 else:
                     data = os.pread(fd, min(READ_CHUNK, piece), pos)
                     if not data:
                         raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                    sent = len(data)
                     await response.write(data)
-                pos += sent
-                audit.bytes += sent
+                    sent(len(data))
+                pos = start + audit.bytes  # every byte sent so far is counted
     finally:
         os.close(fd)
 
