@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from yarl import URL
 
 from cachesvc.egress import DIRECT, Egress, bypassed, proxy_environment, proxy_url
 from cachesvc.errors import ConfigError
-from tests.conftest import StartDaemon
+from tests.conftest import StartDaemon, blob_url, with_settings
 from tests.fakes.auth import TokenService
 from tests.fakes.forward_proxy import ForwardProxy, running_proxy
 from tests.fakes.registry import FakeRegistry
@@ -21,6 +22,17 @@ from tests.peers.ports import refused_url
 from tests.peers_fixtures import CachesvcProcess
 from tests.test_redirects import Cdn, serving
 from tests.tls_upstream import https, plain, server_context
+
+
+def upstream(
+    registry: FakeRegistry, pki: dict[str, Any], tunnel: bool, settings: dict[str, Any]
+) -> AbstractAsyncContextManager[str]:
+    """``registry`` over https when ``tunnel`` (its CA goes into the registry ``settings``: a
+    proxy must then CONNECT), else over plain http; yields its URL."""
+    if tunnel:
+        settings["ca_file"] = str(pki["ca_file"])
+        return https(registry, server_context(pki, mutual=False))
+    return plain(registry)
 
 
 @pytest.mark.parametrize(
@@ -121,14 +133,12 @@ async def test_registry_proxy_carries_blobs_manifests_and_token_requests(
     proxy = ForwardProxy(credentials=("egress", "pw"))
     async with running_proxy(proxy):
         own = proxy.url.replace("http://", "http://egress:pw@")
-        async with start_daemon(
-            {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": own}}
-        ) as daemon:
-            base = f"{daemon.mirror_url}/v2/team/app"
-            async with http.get(f"{base}/manifests/1?ns=fake.test") as resp:
+        async with with_settings(start_daemon, fake, proxy=own) as daemon:
+            manifest_url = f"{daemon.mirror_url}/v2/team/app/manifests/1?ns=fake.test"
+            async with http.get(manifest_url) as resp:
                 assert resp.status == 200
                 assert resp.headers["Docker-Content-Digest"] == manifest
-            async with http.get(f"{base}/blobs/{layer_digest}?ns=fake.test") as resp:
+            async with http.get(blob_url(daemon, layer_digest)) as resp:
                 assert await resp.read() == layer
     registry, token_service = URL(fake.url), URL(tokens.url)
     assert proxy.targets() == {
@@ -171,7 +181,7 @@ async def test_no_proxy_and_proxy_direct_connect_directly(
         environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": "example.test,127.0.0.1"}
         async with (
             start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
-            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{first}?ns=fake.test") as resp,
+            http.get(blob_url(daemon, first)) as resp,
         ):
             assert await resp.read() == b"no_proxy"
         async with (
@@ -180,7 +190,7 @@ async def test_no_proxy_and_proxy_direct_connect_directly(
                 proxy_environment={"HTTP_PROXY": proxy.url},
                 **{"registry:fake.test": {"proxy": "direct"}},
             ) as daemon,
-            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{second}?ns=fake.test") as resp,
+            http.get(blob_url(daemon, second)) as resp,
         ):
             assert await resp.read() == b"direct"
     assert proxy.seen == []
@@ -198,13 +208,8 @@ async def test_a_proxy_asking_for_credentials_is_a_502_that_says_so(
     proxy = ForwardProxy(credentials=("egress", "pw"))
     async with running_proxy(proxy):
         extra: dict[str, Any] = {"proxy": proxy.url}
-        if tunnel:
-            extra["ca_file"] = str(pki["ca_file"])
-            upstream = https(registry, server_context(pki, mutual=False))
-        else:
-            upstream = plain(registry)
         async with (
-            upstream as url,
+            upstream(registry, pki, tunnel, extra) as url,
             start_daemon({"r.test": [url]}, **{"registry:r.test": extra}) as daemon,
             http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=r.test") as resp,
         ):
@@ -213,7 +218,7 @@ async def test_a_proxy_asking_for_credentials_is_a_502_that_says_so(
     assert "407 Proxy Authentication Required" in message
     assert "http://user:password@host:port" in message
     assert proxy.refused >= 1
-    assert registry.requests == {} or all(n == 0 for n in registry.requests.values())
+    assert sum(registry.requests.values()) == 0
 
 
 async def test_an_unreachable_proxy_is_a_502_naming_it(
@@ -224,15 +229,13 @@ async def test_an_unreachable_proxy_is_a_502_naming_it(
     digest = fake.add_blob(b"never reached")
     dead = URL(refused_url())
     async with (
-        start_daemon(
-            {"fake.test": [fake.url]}, **{"registry:fake.test": {"proxy": str(dead)}}
-        ) as daemon,
-        http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp,
+        with_settings(start_daemon, fake, proxy=str(dead)) as daemon,
+        http.get(blob_url(daemon, digest)) as resp,
     ):
         assert resp.status == 502
         message = (await resp.json())["errors"][0]["message"]
     assert f"cannot connect to the forward proxy {dead.host}:{dead.port}" in message
-    assert fake.requests == {} or all(n == 0 for n in fake.requests.values())
+    assert sum(fake.requests.values()) == 0
 
 
 @pytest.mark.parametrize("tunnel", [False, True])
@@ -250,12 +253,7 @@ async def test_proxy_passwords_are_sent_as_containerd_sends_them(
     digest = registry.add_blob(b"through an authenticated proxy")
     proxy = ForwardProxy(credentials=("egress", password))
     extra: dict[str, Any] = {}
-    if tunnel:
-        extra["ca_file"] = str(pki["ca_file"])
-        upstream = https(registry, server_context(pki, mutual=False))
-    else:
-        upstream = plain(registry)
-    async with running_proxy(proxy), upstream as url:
+    async with running_proxy(proxy), upstream(registry, pki, tunnel, extra) as url:
         extra["proxy"] = str(URL(proxy.url).with_user("egress").with_password(password))
         async with (
             start_daemon({"r.test": [url]}, **{"registry:r.test": extra}) as daemon,
@@ -281,7 +279,7 @@ async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
         environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": f"{cdn_host}"}
         async with (
             start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
-            http.get(f"{daemon.mirror_url}/v2/team/app/blobs/{digest}?ns=fake.test") as resp,
+            http.get(blob_url(daemon, digest)) as resp,
         ):
             assert resp.status == 200
             assert await resp.read() == data
