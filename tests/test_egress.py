@@ -263,6 +263,8 @@ async def test_proxy_passwords_are_sent_as_containerd_sends_them(
             assert resp.status == 200, body
             assert body == b"through an authenticated proxy"
     assert proxy.refused == 0
+    # Through the proxy, not directly: tunnelled for https, forwarded for http.
+    assert proxy.seen == [("CONNECT" if tunnel else "GET", f"{URL(url).host}:{URL(url).port}")]
 
 
 async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
