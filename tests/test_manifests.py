@@ -237,12 +237,18 @@ async def test_a_manifest_held_in_memory_answers_like_the_first_fetch(
     assert manifests.held(digest, head=False) is None
 
 
-async def test_only_the_canonical_digest_text_is_a_memory_hit(
-    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
-) -> None:
+async def fetched_by_digest(fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession) -> str:
+    """An image's manifest, GET once through ``mirror`` by its digest; returns that digest."""
     digest, _ = fake.add_image("team/app", "v1", [b"one"])
     async with http.get(url(mirror, digest)) as resp:
         assert resp.status == 200
+    return digest
+
+
+async def test_only_the_canonical_digest_text_is_a_memory_hit(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    digest = await fetched_by_digest(fake, mirror, http)
     upper = "sha256:" + digest.removeprefix("sha256:").upper()
     async with http.get(url(mirror, upper)) as resp:
         assert resp.status == 400
@@ -253,9 +259,7 @@ async def test_only_the_canonical_digest_text_is_a_memory_hit(
 async def test_a_manifest_hit_from_memory_counts_as_a_use_for_eviction(
     fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
 ) -> None:
-    digest, _ = fake.add_image("team/app", "v1", [b"one"])
-    async with http.get(url(mirror, digest)) as resp:
-        assert resp.status == 200
+    digest = await fetched_by_digest(fake, mirror, http)
     store = mirror.parts.store
     store.flush_access()
     first = store.last_access(Digest.parse(digest))
