@@ -236,13 +236,18 @@ def test_check_config_loads_tls_files_as_serve_does(tmp_path: Path, content: str
     assert "Traceback" not in result.stderr
 
 
+def without_proxies(**variables: str) -> dict[str, str]:
+    """The runner's environment without its proxy variables, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    return {**env, **variables}
+
+
 def test_check_config_refuses_an_unusable_environment_proxy_as_serve_does(
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("registries: {r.io: {endpoints: ['https://r.io']}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["HTTPS_PROXY"] = "https://user:s3cret@proxy.corp:3128"
+    env = without_proxies(HTTPS_PROXY="https://user:s3cret@proxy.corp:3128")
     # (serve stops the same way: Daemon reads the environment through cachesvc.egress)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2, result.stdout
@@ -254,8 +259,8 @@ def test_check_config_refuses_an_unusable_environment_proxy_as_serve_does(
 def test_containerd_config_does_not_care_about_proxy_variables(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("registries: {r.io: {endpoints: ['https://r.io']}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["HTTPS_PROXY"] = "https://proxy.corp:3128"  # unusable for serve, irrelevant here
+    # Unusable for serve, irrelevant here.
+    env = without_proxies(HTTPS_PROXY="https://proxy.corp:3128")
     result = run_cli("containerd-config", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert "r.io/hosts.toml" in result.stdout
