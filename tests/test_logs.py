@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -109,21 +110,42 @@ def test_json_lines_encode_like_json_dumps() -> None:
     assert line == json.dumps(expected, default=str, separators=(",", ":"))
 
 
+@pytest.fixture
+def saved_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Puts back what a test and :func:`configure` change in logging: the root's handlers,
+    the levels of root, cachesvc.access and aiohttp.access, whether the access log is
+    disabled, and the record details logging computes."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    root, access = logging.getLogger(), logging.getLogger("cachesvc.access")
+    loggers = (root, access, logging.getLogger("aiohttp.access"))
+    handlers, levels, disabled = root.handlers[:], [lg.level for lg in loggers], access.disabled
+    yield
+    root.handlers[:] = handlers
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+    access.disabled = disabled
+
+
+@pytest.mark.usefixtures("saved_logging")
 def test_access_lines_written_directly_match_the_logging_path() -> None:
     read_fd, write_fd = os.pipe()
     handler = BufferedStreamHandler(write_fd)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
     logger = logging.getLogger("cachesvc.test-access")
     access = AccessLog(logger)
     fields: dict[str, object] = {"client": "127.0.0.1", "status": 200, "bytes": 5, "error": None}
+
+    def listening(record: logging.LogRecord) -> bool:
+        return True
+
     try:
         root.handlers[:] = [handler]
         root.setLevel(logging.INFO)
         assert access._direct_handler() is handler
         access.write(fields)
-        logger.addFilter(lambda record: True)  # anything else listening: the logging path
+        logger.addFilter(listening)  # anything else listening: the logging path
         assert access._direct_handler() is None
         access.write(fields)
         handler.force_flush()
@@ -137,8 +159,7 @@ def test_access_lines_written_directly_match_the_logging_path() -> None:
         }
         assert list(direct) == list(logged)  # same key order, byte for byte apart from time
     finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
+        logger.removeFilter(listening)
         handler.close()
         os.close(read_fd)
         os.close(write_fd)
@@ -153,6 +174,7 @@ def test_access_lines_reach_other_handlers_through_logging(
     assert [getattr(r, "fields", None) for r in caplog.records] == [{"status": 404}]
 
 
+@pytest.mark.usefixtures("saved_logging")
 @pytest.mark.parametrize("access_log", [True, False])
 def test_access_log_is_its_own_switch_whatever_the_level(
     monkeypatch: pytest.MonkeyPatch, access_log: bool
@@ -160,7 +182,6 @@ def test_access_log_is_its_own_switch_whatever_the_level(
     read_fd, write_fd = os.pipe()
     monkeypatch.setattr(sys, "stderr", os.fdopen(write_fd, "w", closefd=False))
     root, access = logging.getLogger(), logging.getLogger("cachesvc.access")
-    saved = root.handlers[:], root.level, access.level, access.disabled
     try:
         configure(LogConfig(level="warning", access_log=access_log))
         (handler,) = root.handlers
@@ -173,9 +194,5 @@ def test_access_log_is_its_own_switch_whatever_the_level(
         expected = ["request", "at the level"] if access_log else ["at the level"]
         assert [line["msg"] for line in lines] == expected
     finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        access.setLevel(saved[2])
-        access.disabled = saved[3]
         os.close(read_fd)
         os.close(write_fd)
