@@ -248,7 +248,7 @@ def test_check_config_refuses_an_unusable_environment_proxy_as_serve_does(
     config = tmp_path / "c.yaml"
     config.write_text("registries: {r.io: {endpoints: ['https://r.io']}}\n")
     env = without_proxies(HTTPS_PROXY="https://user:s3cret@proxy.corp:3128")
-    # (serve stops the same way: Daemon reads the environment through cachesvc.egress)
+    # (serve stops the same way: the CLI reads the variables for both commands)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2, result.stdout
     assert "$HTTPS_PROXY" in result.stderr
