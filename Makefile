@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cachesvc tests benchmarks
 	$(VENV)/bin/ruff format --check cachesvc
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy cachesvc tests/peers benchmarks

@@ -22,7 +22,7 @@ from benchmarks.systems import (
     write_cachesvc_config,
 )
 from cachesvc.oci import Digest
-from cachesvc.store import Store
+from cachesvc.store.store import Store
 
 STARTUP_LIMIT_SECONDS = 2.0
 LATENCY_FLAT_FACTOR = 1.5

@@ -21,27 +21,30 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from cachesvc import admin, adminapi, handlers, logs
-from cachesvc.auth import Authorizer
-from cachesvc.blobs import Blobs
+from cachesvc import logs
 from cachesvc.config import Config, ListenAddress, RegistryConfig
-from cachesvc.credentials import Credentials
-from cachesvc.egress import Egress
-from cachesvc.endpoints import Endpoints
 from cachesvc.errors import CachesvcError
-from cachesvc.eviction import Evictor
-from cachesvc.fill import FillManager
-from cachesvc.inventory import Inventory
-from cachesvc.lease import Leases
-from cachesvc.manifests import Manifests
 from cachesvc.metrics import Metrics
-from cachesvc.mirror import Mirror
-from cachesvc.pins import Pins
-from cachesvc.prewarm import Prewarmer
-from cachesvc.ratelimit import Limiter
-from cachesvc.routing import Router
-from cachesvc.store import ACCESS_FLUSH_SECONDS, Store
-from cachesvc.upstream import Upstream, tls_context
+from cachesvc.mirror.blobs import Blobs
+from cachesvc.mirror.facade import Mirror
+from cachesvc.mirror.fill import FillManager
+from cachesvc.mirror.manifests import Manifests
+from cachesvc.mirror.routing import Router
+from cachesvc.ops.inventory import Inventory
+from cachesvc.ops.prewarm import Prewarmer
+from cachesvc.server import admin_api as adminapi
+from cachesvc.server import health as admin
+from cachesvc.server import mirror_api as handlers
+from cachesvc.store.eviction import Evictor
+from cachesvc.store.lease import Leases
+from cachesvc.store.pins import Pins
+from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
+from cachesvc.upstream.auth import Authorizer
+from cachesvc.upstream.client import Upstream, tls_context
+from cachesvc.upstream.credentials import Credentials
+from cachesvc.upstream.egress import Egress
+from cachesvc.upstream.endpoints import Endpoints
+from cachesvc.upstream.ratelimit import Limiter
 
 log = logging.getLogger("cachesvc")
 

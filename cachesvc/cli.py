@@ -26,18 +26,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cachesvc import __version__, logs
-from cachesvc.adminclient import (
+from cachesvc.config import Config, ListenAddress, default_config, load_config, proxy_environment
+from cachesvc.errors import CachesvcError, ConfigError, StoreError
+from cachesvc.ops.adminclient import (
     AdminClient,
     AdminUnavailable,
     run_images,
     run_prewarm,
     run_status,
 )
-from cachesvc.config import Config, ListenAddress, default_config, load_config
-from cachesvc.containerd import hosts_toml, write_hosts_dir
-from cachesvc.egress import proxy_environment
-from cachesvc.errors import CachesvcError, ConfigError, StoreError
-from cachesvc.upstream import tls_context
+from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
+from cachesvc.upstream.client import tls_context
 
 EXIT_USAGE = 2
 

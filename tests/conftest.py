@@ -13,8 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cachesvc.app import Daemon
-from cachesvc.config import Config, parse_config
-from cachesvc.egress import proxy_environment
+from cachesvc.config import Config, parse_config, proxy_environment
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 from tests.tls_upstream import make_pki

@@ -17,7 +17,7 @@ import pytest
 from yarl import URL
 
 from cachesvc.app import Daemon
-from cachesvc.fill import MEMORY_TOTAL
+from cachesvc.mirror.fill import MEMORY_TOTAL
 from cachesvc.oci import Digest
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry

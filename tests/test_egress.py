@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from cachesvc.egress import DIRECT, Egress, bypassed, proxy_environment, proxy_url
+from cachesvc.config import DIRECT, proxy_environment, proxy_url
 from cachesvc.errors import ConfigError
+from cachesvc.upstream.egress import Egress, bypassed
 from tests.conftest import StartDaemon, blob_url, with_settings
 from tests.fakes.auth import TokenService
 from tests.fakes.forward_proxy import ForwardProxy, running_proxy

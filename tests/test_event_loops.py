@@ -1,7 +1,7 @@
 """The daemon as a process on each event loop it supports: every blob path serves bytes.
 
 asyncio has native ``sendfile``; uvloop does not, so hits and lagging followers go through
-``cachesvc.zerocopy`` there (tested on its own in test_zerocopy.py). Both must give the
+``cachesvc.server.zerocopy`` there (tested on its own in test_zerocopy.py). Both must give the
 same answers."""
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from cachesvc.credentials import Credentials, parse_docker_config
 from cachesvc.metrics import Metrics
+from cachesvc.upstream.credentials import Credentials, parse_docker_config
 from tests.fakes.registry import OCI_MANIFEST, FakeRegistry
 from tests.operator import OCI_INDEX, admin_with_token, auth, submit, wait_job
 

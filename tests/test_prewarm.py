@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from cachesvc.oci import Digest
-from cachesvc.prewarm import node_platform, platform_matches
+from cachesvc.ops.prewarm import node_platform, platform_matches
 from tests.fakes.registry import FakeRegistry
 from tests.operator import add_index, admin_with_token, auth, submit, wait_job
 from tests.polling import eventually

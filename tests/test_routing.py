@@ -6,8 +6,8 @@ import pytest
 
 from cachesvc.config import RegistryConfig
 from cachesvc.errors import NameInvalid, NameUnknown
+from cachesvc.mirror.routing import ROUTES_REMEMBERED, Router, Target
 from cachesvc.oci import normalize_accept, parse_api_path
-from cachesvc.routing import ROUTES_REMEMBERED, Router, Target
 
 REGISTRIES = {
     name: RegistryConfig(name=name, endpoints=(f"https://{name}",))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from cachesvc import zerocopy
+from cachesvc.server import zerocopy
 from tests.tls_upstream import server_context
 
 RUNNERS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {

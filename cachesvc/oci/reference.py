@@ -9,10 +9,29 @@ would be, so prewarm, pins and purge name images the way pulls do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachesvc.errors import NameInvalid
-from cachesvc.oci import Digest, is_registry_host, validate_tag
-from cachesvc.routing import Router, Target
+from cachesvc.oci.digest import Digest
+from cachesvc.oci.names import is_registry_host, validate_tag
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A repository at a configured registry, as upstream names it."""
+
+    registry: str
+    repository: str
+    via_ns: bool  # the client named the registry with ?ns= (affects Link rewriting)
+    client_name: str  # the name as the client wrote it in the path
+
+
+class Routes(Protocol):
+    """What routes a (registry, name) pair to a ``Target`` (``cachesvc.mirror.routing``)."""
+
+    def route(self, ns: str | None, name: str) -> Target:
+        """The configured registry and repository for ``name``, or a ``RegistryError``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +56,7 @@ class ImageReference:
         return name
 
 
-def parse_reference(text: str, router: Router, default_registry: str | None) -> ImageReference:
+def parse_reference(text: str, router: Routes, default_registry: str | None) -> ImageReference:
     """Parse and route ``text``; ``NameInvalid``/``NameUnknown`` when it cannot be."""
     text = text.strip()
     if not text or len(text) > 512:

@@ -2,7 +2,7 @@
 
 A ``Fill`` is a task of its own. It opens upstream, keeps the newest bytes in memory
 for its followers, hashes and writes the body to a temp file in worker threads (see
-``cachesvc.blobwriter``), and only after the digest matched does it release the last
+``cachesvc.store.ingest``), and only after the digest matched does it release the last
 bytes, fsync and rename the file into place. Clients never own the fill: they
 *follow* it, taking bytes from memory while they keep up and from the temp file when
 they fall behind (or join late), so one that disconnects leaves the fill running.
@@ -24,15 +24,15 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 
-from cachesvc.blobwriter import Absorber, read_ahead
 from cachesvc.errors import DigestMismatch, RegistryError, UpstreamError, UpstreamTimeout
-from cachesvc.heap import release_free_memory
 from cachesvc.metrics import Metrics
+from cachesvc.mirror.heap import release_free_memory
 from cachesvc.oci import Digest
-from cachesvc.store import Store
+from cachesvc.store.ingest import Absorber, read_ahead
+from cachesvc.store.store import Store
+from cachesvc.upstream.body import BlobBody
 
 log = logging.getLogger("cachesvc.fill")
 
@@ -42,15 +42,6 @@ TRIM_DELAY = 1.0  # seconds after the last fill ended before free heap memory is
 READ_CHUNK = 512 * 1024  # bytes a follower reads from the temp file at once
 FOLLOW_SPAN = 1024 * 1024  # bytes a follower waits for before sending (unless the end)
 NOTIFY_STEP = FOLLOW_SPAN // 2  # released bytes between wake-ups of the followers
-
-
-@dataclass(slots=True)
-class BlobBody:
-    """An upstream blob response as a fill consumes it."""
-
-    size: int | None
-    chunks: AsyncIterator[bytes]
-    endpoint: str | None = None  # the upstream endpoint that answered (for the access log)
 
 
 BodyOpener = Callable[[], AbstractAsyncContextManager[BlobBody]]

@@ -17,17 +17,17 @@ from typing import IO, Any
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 
-from cachesvc import zerocopy
-from cachesvc.blobs import CachedBlob, FillingBlob
-from cachesvc.byterange import parse_range
 from cachesvc.errors import RegistryError, Unsupported, UpstreamError
-from cachesvc.fill import READ_CHUNK, Fill, FillFailed, drain
 from cachesvc.logs import AccessLog
-from cachesvc.manifests import ManifestAnswer
 from cachesvc.metrics import Metrics
-from cachesvc.mirror import Mirror, Passthrough
+from cachesvc.mirror.blobs import CachedBlob, FillingBlob
+from cachesvc.mirror.facade import Mirror, Passthrough
+from cachesvc.mirror.fill import READ_CHUNK, Fill, FillFailed, drain
+from cachesvc.mirror.manifests import ManifestAnswer
+from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest, normalize_accept, parse_api_path
-from cachesvc.routing import Target
+from cachesvc.oci.byterange import parse_range
+from cachesvc.server import zerocopy
 
 log = logging.getLogger("cachesvc.handlers")
 access_log = AccessLog(logging.getLogger("cachesvc.access"))
@@ -305,7 +305,7 @@ class _LeasedFileResponse(web.FileResponse):
     ) -> AbstractStreamWriter:
         # Not loop.sendfile, on either loop: uvloop has none, and asyncio's waits a loop
         # turn after every partial send even while the socket has room (measured slower
-        # on warm hits than cachesvc.zerocopy, which sends until the socket is full).
+        # on warm hits than cachesvc.server.zerocopy, which sends until the socket is full).
         writer = await super(web.FileResponse, self).prepare(request)  # the headers
         assert writer is not None
         return await self._sendfile_fallback(writer, fobj, offset, count)
@@ -342,7 +342,7 @@ async def _send_fill(
     """Send a fill's released bytes as they arrive, counting them in the audit record.
 
     From the fill's memory while this client keeps up; from the temp file when it fell
-    behind (or joined late): zero-copy (``cachesvc.zerocopy``, on either loop) unless
+    behind (or joined late): zero-copy (``cachesvc.server.zerocopy``, on either loop) unless
     the response is chunked, whose framing ``sendfile`` would bypass: ``pread`` + write.
     """
     audit = request[AUDIT_KEY]

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from cachesvc.progress import Progress, human_bytes, human_seconds
+from cachesvc.ops.progress import Progress, human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ADMIN = 0, 1, 2, 3
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)

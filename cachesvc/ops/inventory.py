@@ -24,14 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cachesvc.errors import CachesvcError, Conflict, NotFound
-from cachesvc.fill import FillManager
-from cachesvc.lease import Leases
-from cachesvc.manifests import Manifests
 from cachesvc.metrics import Metrics
+from cachesvc.mirror.fill import FillManager
+from cachesvc.mirror.manifests import Manifests
 from cachesvc.oci import INDEX_MEDIA_TYPES, Digest
-from cachesvc.pins import Pins
-from cachesvc.reference import ImageReference
-from cachesvc.store import Store
+from cachesvc.oci.reference import ImageReference
+from cachesvc.store.lease import Leases
+from cachesvc.store.pins import Pins
+from cachesvc.store.store import Store
 
 MAX_CONFIG_BYTES = 1024 * 1024  # configs read for their platform; bigger ones are skipped
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cachesvc import blobwriter
-from cachesvc.blobwriter import ALIGN, STAGE_BYTES, Absorber, BlobWriter
-from cachesvc.heap import release_free_memory
+from cachesvc.mirror.heap import release_free_memory
+from cachesvc.store import ingest
+from cachesvc.store.ingest import ALIGN, STAGE_BYTES, Absorber, BlobWriter
 
 SIZES = [1, ALIGN - 1, ALIGN, ALIGN + 1, STAGE_BYTES - 1, STAGE_BYTES, 3 * STAGE_BYTES + 12345]
 
@@ -72,7 +72,7 @@ async def test_a_fill_cut_midway_closes_cleanly_and_gives_the_stages_back(tmp_pa
     await absorber.close()  # twice is harmless
     assert absorber.writer.fd == -1
     # Every stage went back to the pool, or was unmapped where the pool was full.
-    assert all(any(s is p for p in blobwriter._pool) or s.closed for s in stages)
+    assert all(any(s is p for p in ingest._pool) or s.closed for s in stages)
 
 
 async def test_a_write_error_surfaces_and_close_still_works(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ async def test_a_write_error_surfaces_and_close_still_works(tmp_path: Path) -> N
     os.close(read_only)
     try:
         with pytest.raises(OSError, match="Bad file descriptor"):
-            for _ in range(blobwriter.STAGES_PER_FILL + 2):
+            for _ in range(ingest.STAGES_PER_FILL + 2):
                 await absorber.feed(os.urandom(STAGE_BYTES))
             await absorber.end()
     finally:

@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from cachesvc.config import RegistryConfig
 from cachesvc.errors import NameInvalid, NameUnknown
 from cachesvc.oci import is_registry_host, validate_name
+from cachesvc.oci.reference import Target
+
+__all__ = ["ROUTES_REMEMBERED", "Router", "Target"]
 
 # Routed names remembered (client-chosen, so bounded: least recently used go first).
 ROUTES_REMEMBERED = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A repository at a configured registry, as upstream names it."""
-
-    registry: str
-    repository: str
-    via_ns: bool  # the client named the registry with ?ns= (affects Link rewriting)
-    client_name: str  # the name as the client wrote it in the path
 
 
 class Router:

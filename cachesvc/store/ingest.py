@@ -7,7 +7,7 @@ keep both lanes cheap: one GIL hand-off per stage (not per received chunk), and
 writes with ``O_DIRECT``, so the kernel copies nothing into the page cache: a cold
 pull costs the node no page-cache churn for bytes containerd is about to store
 itself, and the write costs almost no CPU. Followers of a fill are served from its
-memory while it runs (see ``cachesvc.fill``), so nothing needs these bytes cached.
+memory while it runs (see ``cachesvc.mirror.fill``), so nothing needs these bytes cached.
 
 Filesystems that refuse ``O_DIRECT`` (tmpfs, some overlay setups) get ordinary
 buffered writes of the same stages; ``BlobWriter.direct`` says which is in use.

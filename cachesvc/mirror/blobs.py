@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from cachesvc.errors import BlobUnknown, UpstreamError
-from cachesvc.fill import BlobBody, Fill, FillManager
-from cachesvc.lease import Lease, Leases
+from cachesvc.mirror.fill import Fill, FillManager
+from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest
-from cachesvc.routing import Target
-from cachesvc.store import Store
-from cachesvc.upstream import Upstream
+from cachesvc.store.lease import Lease, Leases
+from cachesvc.store.store import Store
+from cachesvc.upstream.body import BlobBody
+from cachesvc.upstream.client import Upstream
 
 Result = Literal["hit", "miss", "coalesced"]
 

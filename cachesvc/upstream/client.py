@@ -36,16 +36,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from cachesvc.auth import Authorizer, parse_challenge, refused_hint
 from cachesvc.config import RegistryConfig, Timeouts
-from cachesvc.egress import (
-    CONNECT_DIRECTLY,
-    PROXY_AUTH_HINT,
-    PROXY_AUTH_REQUIRED,
-    Egress,
-    connection_failure,
-)
-from cachesvc.endpoints import Endpoints
 from cachesvc.errors import (
     ConfigError,
     ManifestInvalid,
@@ -57,10 +48,19 @@ from cachesvc.errors import (
     UpstreamUnauthorized,
     UpstreamUnreachable,
 )
-from cachesvc.fill import BlobBody
 from cachesvc.metrics import Metrics
 from cachesvc.oci import MAX_MANIFEST_BYTES
-from cachesvc.ratelimit import Limiter, Ticket
+from cachesvc.upstream.auth import Authorizer, parse_challenge, refused_hint
+from cachesvc.upstream.body import BlobBody
+from cachesvc.upstream.egress import (
+    CONNECT_DIRECTLY,
+    PROXY_AUTH_HINT,
+    PROXY_AUTH_REQUIRED,
+    Egress,
+    connection_failure,
+)
+from cachesvc.upstream.endpoints import Endpoints
+from cachesvc.upstream.ratelimit import Limiter, Ticket
 
 log = logging.getLogger("cachesvc.upstream")
 

@@ -32,11 +32,11 @@ from cachesvc.errors import (
     UpstreamUnauthorized,
 )
 from cachesvc.metrics import Metrics
+from cachesvc.mirror.routing import Target
+from cachesvc.mirror.singleflight import SingleFlight
 from cachesvc.oci import ACCEPT_ANY_MANIFEST, MEDIA_OCI_MANIFEST, Digest, validate_tag
-from cachesvc.routing import Target
-from cachesvc.singleflight import SingleFlight
-from cachesvc.store import ManifestRecord, Store, TagRecord
-from cachesvc.upstream import Answer, Upstream
+from cachesvc.store.store import ManifestRecord, Store, TagRecord
+from cachesvc.upstream.client import Answer, Upstream
 
 log = logging.getLogger("cachesvc.manifests")
 

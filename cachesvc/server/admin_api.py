@@ -31,12 +31,12 @@ from pathlib import Path
 from aiohttp import web
 
 from cachesvc.errors import AdminError, CachesvcError, NotFound
-from cachesvc.inventory import Inventory
 from cachesvc.metrics import Metrics
-from cachesvc.pins import Pins
-from cachesvc.prewarm import Prewarmer
-from cachesvc.reference import parse_reference
+from cachesvc.oci.reference import parse_reference
+from cachesvc.ops.inventory import Inventory
+from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.smallfile import read_small_file
+from cachesvc.store.pins import Pins
 
 log = logging.getLogger("cachesvc.admin")
 

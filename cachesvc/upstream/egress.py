@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from cachesvc.errors import ConfigError
+from cachesvc.config import DIRECT
 
-DIRECT = "direct"  # the ``proxy`` value that ignores the environment
 PROXY_AUTH_REQUIRED = 407
 PROXY_AUTH_HINT = (
     "the forward proxy asked for credentials (407 Proxy Authentication Required): put them "
@@ -120,48 +119,6 @@ def _split_port(entry: str) -> tuple[str, int | None]:
         name, port = entry.split(":")
         return name, int(port) if port.isdigit() else None
     return entry, None
-
-
-def proxy_url(value: str, key: str) -> str:
-    """Validate a proxy URL (``http://[user:password@]host[:port]``); ConfigError naming ``key``.
-
-    A bare ``host:port`` means ``http://host:port``, as curl and containerd read it.
-    """
-    text = value.strip()
-    if "://" not in text:
-        text = f"http://{text}"
-    try:
-        url = URL(text)
-        url.explicit_port  # noqa: B018 - a port out of range raises here
-    except ValueError:
-        raise ConfigError(key, "not a usable URL") from None  # never echoed: may hold a password
-    if url.scheme != "http":
-        raise ConfigError(
-            key,
-            f"expected an http:// proxy (https targets go through CONNECT), got {url.scheme}://",
-        )
-    if not url.host or url.path not in ("", "/") or url.query_string or url.fragment:
-        raise ConfigError(key, "expected http://[user:password@]host[:port] and nothing else")
-    if url.user and ":" in url.user:  # Basic credentials cannot carry it
-        raise ConfigError(key, "the proxy user name cannot contain ':' (%3A)")
-    return str(url.with_path(""))
-
-
-def proxy_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` of ``environ``, validated.
-
-    As ``(scheme, value)`` pairs (``http``, ``https``, ``no``) for ``Egress``; the lower-case
-    variable wins over the upper-case one, and an empty one means unset. Raises
-    ConfigError naming the variable when a proxy URL cannot be used. Only the CLI calls
-    this (with ``os.environ``): the daemon gets the pairs in its ``Config``.
-    """
-    pairs: list[tuple[str, str]] = []
-    for scheme in ("http", "https", "no"):
-        upper, lower = f"{scheme.upper()}_PROXY", f"{scheme}_proxy"
-        value = environ[lower] if lower in environ else environ.get(upper, "")
-        if value:
-            pairs.append((scheme, value if scheme == "no" else proxy_url(value, f"${upper}")))
-    return tuple(pairs)
 
 
 CONNECT_DIRECTLY = Egress(DIRECT)  # every request without a proxy, whatever the environment

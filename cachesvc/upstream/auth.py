@@ -28,14 +28,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from cachesvc.credentials import Credential, Credentials
-from cachesvc.egress import (
-    CONNECT_DIRECTLY,
-    PROXY_AUTH_HINT,
-    PROXY_AUTH_REQUIRED,
-    Egress,
-    connection_failure,
-)
 from cachesvc.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -44,6 +36,14 @@ from cachesvc.errors import (
     UpstreamUnreachable,
 )
 from cachesvc.metrics import Metrics
+from cachesvc.upstream.credentials import Credential, Credentials
+from cachesvc.upstream.egress import (
+    CONNECT_DIRECTLY,
+    PROXY_AUTH_HINT,
+    PROXY_AUTH_REQUIRED,
+    Egress,
+    connection_failure,
+)
 
 # Refresh a token this long before upstream says it expires.
 EXPIRY_MARGIN = 10.0

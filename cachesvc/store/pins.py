@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from cachesvc.metrics import Metrics
-from cachesvc.reference import ImageReference
-from cachesvc.store import Store
+from cachesvc.oci.reference import ImageReference
+from cachesvc.store.store import Store
 
 
 @dataclass(frozen=True, slots=True)

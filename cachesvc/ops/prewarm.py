@@ -29,16 +29,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cachesvc.blobs import CachedBlob
 from cachesvc.config import PrewarmConfig
 from cachesvc.errors import AdminError, CachesvcError, NotFound, RegistryError
-from cachesvc.inventory import platform_text
 from cachesvc.metrics import Metrics
-from cachesvc.mirror import Mirror
+from cachesvc.mirror.blobs import CachedBlob
+from cachesvc.mirror.facade import Mirror
+from cachesvc.mirror.routing import Router
 from cachesvc.oci import ACCEPT_ANY_MANIFEST, INDEX_MEDIA_TYPES, Digest, normalize_accept
-from cachesvc.pins import Pins
-from cachesvc.reference import ImageReference, parse_reference
-from cachesvc.routing import Router
+from cachesvc.oci.reference import ImageReference, parse_reference
+from cachesvc.ops.inventory import platform_text
+from cachesvc.store.pins import Pins
 
 log = logging.getLogger("cachesvc.prewarm")
 MAX_PLATFORMS = 16

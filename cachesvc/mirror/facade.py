@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-from cachesvc.blobs import BlobAnswer, Blobs
 from cachesvc.config import Config
 from cachesvc.errors import NameUnknown, TagInvalid, UpstreamError
-from cachesvc.manifests import ManifestAnswer, Manifests
+from cachesvc.mirror.blobs import BlobAnswer, Blobs
+from cachesvc.mirror.manifests import ManifestAnswer, Manifests
+from cachesvc.mirror.routing import Router, Target
 from cachesvc.oci import MEDIA_OCI_INDEX, Digest, is_digest, validate_tag
-from cachesvc.routing import Router, Target
-from cachesvc.upstream import Upstream
+from cachesvc.upstream.client import Upstream
 
 _EMPTY_INDEX = json.dumps(
     {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": []}, separators=(",", ":")

@@ -20,19 +20,28 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 from cachesvc.config import StorageConfig
-from cachesvc.fill import FillManager
-from cachesvc.lease import Leases
 from cachesvc.metrics import Metrics
-from cachesvc.pins import Pins
-from cachesvc.store import BlobEntry, Store
+from cachesvc.oci import Digest
+from cachesvc.store.lease import Leases
+from cachesvc.store.pins import Pins
+from cachesvc.store.store import BlobEntry, Store
 
 log = logging.getLogger("cachesvc.eviction")
 
 LOW_WATER = 0.9  # a size sweep stops at this fraction of storage.max_size
 CHECK_SECONDS = 1.0  # how often usage is compared with max_size (no disk access)
 YIELD_EVERY = 32  # deletions between yields to the event loop
+
+
+class Filling(Protocol):
+    """The running fills (``cachesvc.mirror.fill.FillManager``), as eviction sees them."""
+
+    def get(self, digest: Digest) -> object | None:
+        """The running fill for ``digest``, if any."""
+        ...
 
 
 class Evictor:
@@ -44,7 +53,7 @@ class Evictor:
         config: StorageConfig,
         pins: Pins,
         leases: Leases,
-        fills: FillManager,
+        fills: Filling,
         metrics: Metrics,
     ) -> None:
         self._store = store

@@ -1,0 +1,141 @@
+"""The typed, frozen configuration values (what ``cachesvc.config.parse`` produces).
+
+``Config`` only stores values; every default and what "unset" means is documented beside
+its field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A host and port to bind; ``host`` may be an IPv6 literal without brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts in seconds.
+
+    ``connect``: TCP + TLS handshake per endpoint. ``first_byte``: from sending the
+    request to the response headers. ``stall``: longest gap between two body reads
+    of a fill before it is abandoned.
+    """
+
+    connect: float = 5.0
+    first_byte: float = 30.0
+    stall: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """One upstream registry cachesvc mirrors (and the only kind it ever contacts).
+
+    Defaults and what "unset" means (docs/upstream.md has the operator's view):
+
+    - ``endpoints``: URLs tried in order; ``path_prefixes[i]`` is the repository prefix of
+      ``endpoints[i]`` (``""``: none), from the endpoint's own ``path_prefix`` or the
+      registry's. ``/v2/<prefix>/<repository>/...`` is what a prefixed endpoint is asked.
+    - TLS: ``ca_file`` is trusted *in addition to* the system CAs; ``client_cert`` (+
+      ``client_key`` unless the cert file holds the key) enables mTLS; ``insecure`` allows
+      plain http to non-loopback hosts and switches certificate verification off.
+    - Limits: ``max_concurrent`` None: no bound; ``requests_per_second`` None: no rate
+      limit (``requests_per_minute`` is stored divided by 60); ``burst`` requests may go
+      back to back before pacing; waiting requests are bounded by ``queue_size`` and
+      ``queue_timeout`` and then answered 429 with Retry-After.
+    - ``max_stale``: longest time a tag keeps resolving from cache while upstream fails
+      (0: never serve stale). ``negative_ttl``: how long an upstream 404 for a tag is
+      remembered (0: not at all).
+    - ``cooldown``/``max_cooldown``: a failed endpoint is skipped for ``cooldown``, doubled
+      per consecutive failure up to ``max_cooldown``.
+    - ``proxy``: the forward proxy for everything fetched for this registry
+      (``cachesvc.upstream.egress``); ``direct`` ignores ``HTTPS_PROXY``/``HTTP_PROXY``.
+    """
+
+    name: str
+    endpoints: tuple[str, ...]
+    tag_ttl: float = 60.0
+    path_prefixes: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    insecure: bool = False
+    max_concurrent: int | None = None
+    requests_per_second: float | None = None
+    burst: int = 1
+    queue_size: int = 256
+    queue_timeout: float = 10.0
+    max_stale: float = 7 * 86400.0
+    negative_ttl: float = 15.0
+    cooldown: float = 5.0
+    max_cooldown: float = 300.0
+    proxy: str | None = None  # forward proxy URL, "direct", or None: the environment decides
+
+    def path_prefix(self, index: int) -> str:
+        """The repository prefix of ``endpoints[index]`` (``""`` when none)."""
+        return self.path_prefixes[index] if index < len(self.path_prefixes) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: /metrics, /healthz, /readyz and /admin/v1."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 5050)
+    token_file: Path | None = None  # unset: the /admin/v1 API answers 403
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Where blobs, manifests, temp files and the index live."""
+
+    root: Path = Path("/var/lib/cachesvc")
+    max_size: int | None = None  # bytes; unset: no size bound (size eviction off)
+    max_age: float | None = None  # seconds since last access; unset: no age limit
+    sweep_interval: float = 60.0  # seconds between full eviction sweeps of the store
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmConfig:
+    """Prewarm jobs: how many blobs they fetch at once and how long finished jobs stay."""
+
+    concurrency: int = 4  # blob fetches at once, across all jobs
+    retention: float = 3600.0  # seconds a finished job stays visible in /admin/v1/jobs
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Log level and format (``json`` lines or ``text``)."""
+
+    level: str = "info"
+    format: str = "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole daemon configuration; built once by the CLI and passed down."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 5000)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    default_registry: str | None = "docker.io"
+    registries: Mapping[str, RegistryConfig] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    log: LogConfig = field(default_factory=LogConfig)
+    event_loop: str = "asyncio"  # or "uvloop"; see README "Event loop" for the measurements
+    shutdown_grace: float = 20.0  # SIGTERM: seconds in-flight responses and fills may take
+    prewarm: PrewarmConfig = field(default_factory=PrewarmConfig)
+    # A Docker config.json (a mounted dockerconfigjson Secret); unset: every registry anonymous.
+    credentials_file: Path | None = None
+    # HTTP(S)_PROXY / NO_PROXY as the CLI read them (cachesvc.egress.proxy_environment):
+    # (scheme, value) pairs for registries without a ``proxy`` key; empty: connect directly.
+    proxy_environment: tuple[tuple[str, str], ...] = ()

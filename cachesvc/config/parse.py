@@ -1,0 +1,312 @@
+"""Validation of a configuration mapping (as read from YAML) into a ``Config``, and the
+embedded default. Every error names the key path (``registries.docker.io.tag_ttl``) so
+``cachesvc serve`` can print it on one line and exit 2. Unknown keys are errors: a typo
+must not silently fall back to a default."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from cachesvc.config.model import (
+    AdminConfig,
+    Config,
+    LogConfig,
+    PrewarmConfig,
+    RegistryConfig,
+    StorageConfig,
+    Timeouts,
+)
+from cachesvc.config.values import (
+    DIRECT,
+    endpoint,
+    mapping,
+    parse_duration,
+    parse_listen,
+    parse_size,
+    positive,
+    proxy_url,
+    reject_unknown,
+    string,
+)
+from cachesvc.errors import ConfigError
+from cachesvc.oci import is_registry_host
+
+DEFAULT_CONFIG_YAML = """\
+# cachesvc embedded default: mirrors the big public registries at their real endpoints.
+listen: "127.0.0.1:5000"
+admin:
+  listen: "127.0.0.1:5050"
+storage:
+  root: "/var/lib/cachesvc"
+default_registry: "docker.io"
+registries:
+  docker.io:
+    endpoints: ["https://registry-1.docker.io"]
+    tag_ttl: "60s"
+  ghcr.io:
+    endpoints: ["https://ghcr.io"]
+    tag_ttl: "60s"
+  quay.io:
+    endpoints: ["https://quay.io"]
+    tag_ttl: "60s"
+  registry.k8s.io:
+    endpoints: ["https://registry.k8s.io"]
+    tag_ttl: "60s"
+"""
+
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_PREFIX_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_REGISTRY_KEYS = {
+    "endpoints", "tag_ttl", "path_prefix", "ca_file", "client_cert", "client_key", "insecure",
+    "max_concurrent", "requests_per_second", "requests_per_minute", "burst", "queue_size",
+    "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown", "proxy",
+}  # fmt: skip
+
+
+def _path_prefix(value: object, key: str) -> str:
+    if value is None or value == "":
+        return ""
+    prefix = string(value, key).strip("/")
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            key, f"expected repository path components such as 'proxy/docker', got {value!r}"
+        )
+    return prefix
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _optional_path(value: object, key: str) -> Path | None:
+    return Path(string(value, key)) if value is not None else None
+
+
+def _count(value: object, key: str) -> int | None:
+    """A whole number of at least 1; None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _rate(data: Mapping[str, Any], key: str) -> float | None:
+    per_second, per_minute = data.get("requests_per_second"), data.get("requests_per_minute")
+    if per_second is not None and per_minute is not None:
+        raise ConfigError(f"{key}.requests_per_minute", "set requests_per_second or this, not both")
+    for value, name, divisor in ((per_second, "requests_per_second", 1.0),
+                                 (per_minute, "requests_per_minute", 60.0)):  # fmt: skip
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key}.{name}", f"expected a positive number, got {value!r}")
+        return float(value) / divisor
+    return None
+
+
+def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
+    reject_unknown(data, _REGISTRY_KEYS, key)
+    raw = data.get("endpoints")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{key}.endpoints", "expected a non-empty list of URLs")
+    default_prefix = _path_prefix(data.get("path_prefix"), f"{key}.path_prefix")
+    endpoints: list[str] = []
+    prefixes: list[str] = []
+    for i, entry in enumerate(raw):
+        where = f"{key}.endpoints[{i}]"
+        if isinstance(entry, Mapping):
+            reject_unknown(entry, {"url", "path_prefix"}, where)
+            endpoints.append(endpoint(entry.get("url"), f"{where}.url"))
+            own = entry.get("path_prefix")
+            prefixes.append(
+                default_prefix if own is None else _path_prefix(own, f"{where}.path_prefix")
+            )
+        else:
+            endpoints.append(endpoint(entry, where))
+            prefixes.append(default_prefix)
+    insecure = data.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError(f"{key}.insecure", "expected true or false")
+    for i, url in enumerate(endpoints):
+        if url.startswith("http://") and not insecure and not _is_loopback(url):
+            raise ConfigError(
+                f"{key}.endpoints[{i}]",
+                "plain http to a non-loopback host needs 'insecure: true' on the registry",
+            )
+    client_cert = _optional_path(data.get("client_cert"), f"{key}.client_cert")
+    client_key = _optional_path(data.get("client_key"), f"{key}.client_key")
+    if client_key is not None and client_cert is None:
+        raise ConfigError(f"{key}.client_key", "needs client_cert as well")
+    cooldown = positive(data.get("cooldown"), f"{key}.cooldown", 5.0)
+    max_cooldown = positive(data.get("max_cooldown"), f"{key}.max_cooldown", 300.0)
+    if max_cooldown < cooldown:
+        raise ConfigError(f"{key}.max_cooldown", "must be at least cooldown")
+    return RegistryConfig(
+        name=name,
+        endpoints=tuple(endpoints),
+        tag_ttl=parse_duration(data.get("tag_ttl", "60s"), f"{key}.tag_ttl"),
+        path_prefixes=tuple(prefixes),
+        ca_file=_optional_path(data.get("ca_file"), f"{key}.ca_file"),
+        client_cert=client_cert,
+        client_key=client_key,
+        insecure=insecure,
+        max_concurrent=_count(data.get("max_concurrent"), f"{key}.max_concurrent"),
+        requests_per_second=_rate(data, key),
+        burst=_count(data.get("burst"), f"{key}.burst") or 1,
+        queue_size=_count(data.get("queue_size"), f"{key}.queue_size") or 256,
+        queue_timeout=positive(data.get("queue_timeout"), f"{key}.queue_timeout", 10.0),
+        max_stale=parse_duration(data.get("max_stale", "7d"), f"{key}.max_stale"),
+        negative_ttl=parse_duration(data.get("negative_ttl", "15s"), f"{key}.negative_ttl"),
+        cooldown=cooldown,
+        max_cooldown=max_cooldown,
+        proxy=_proxy(data.get("proxy"), f"{key}.proxy"),
+    )
+
+
+def _proxy(value: object, key: str) -> str | None:
+    if value is None:
+        return None
+    text = string(value, key)
+    return DIRECT if text == DIRECT else proxy_url(text, key)
+
+
+def parse_config(data: object) -> Config:
+    """Validate a configuration mapping (as read from YAML) into a ``Config``."""
+    root = mapping(data, "")
+    reject_unknown(
+        root,
+        {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
+         "event_loop", "shutdown_grace", "prewarm", "credentials_file"},
+        "",
+    )  # fmt: skip
+    listen = parse_listen(root.get("listen", "127.0.0.1:5000"), "listen")
+
+    admin_raw = mapping(root.get("admin"), "admin")
+    reject_unknown(admin_raw, {"listen", "token_file"}, "admin")
+    token_file = admin_raw.get("token_file")
+    admin = AdminConfig(
+        listen=parse_listen(admin_raw.get("listen", "127.0.0.1:5050"), "admin.listen"),
+        token_file=Path(string(token_file, "admin.token_file")) if token_file else None,
+    )
+    if admin.listen == listen and listen.port != 0:
+        raise ConfigError("admin.listen", "must differ from listen")
+
+    storage_raw = mapping(root.get("storage"), "storage")
+    reject_unknown(storage_raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
+    max_size = storage_raw.get("max_size")
+    max_age = storage_raw.get("max_age")
+    storage = StorageConfig(
+        root=Path(string(storage_raw.get("root", "/var/lib/cachesvc"), "storage.root")),
+        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
+        max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
+        sweep_interval=positive(storage_raw.get("sweep_interval"), "storage.sweep_interval", 60.0),
+    )
+
+    prewarm_raw = mapping(root.get("prewarm"), "prewarm")
+    reject_unknown(prewarm_raw, {"concurrency", "retention"}, "prewarm")
+    concurrency = prewarm_raw.get("concurrency", 4)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= 64
+    ):
+        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
+    prewarm = PrewarmConfig(
+        concurrency=concurrency,
+        retention=positive(prewarm_raw.get("retention"), "prewarm.retention", 3600.0),
+    )
+
+    registries: dict[str, RegistryConfig] = {}
+    for name, value in mapping(root.get("registries"), "registries").items():
+        key = f"registries.{name}"
+        if not is_registry_host(name):
+            raise ConfigError(key, "registry names are host or host:port, e.g. ghcr.io")
+        registries[name] = _registry(name, mapping(value, key), key)
+    if not registries:
+        raise ConfigError("registries", "configure at least one registry to mirror")
+
+    default_registry = root.get("default_registry")
+    if default_registry is not None:
+        default_registry = string(default_registry, "default_registry")
+        if default_registry not in registries:
+            raise ConfigError(
+                "default_registry", f"{default_registry!r} is not one of the configured registries"
+            )
+
+    timeouts_raw = mapping(root.get("timeouts"), "timeouts")
+    reject_unknown(timeouts_raw, {"connect", "first_byte", "stall"}, "timeouts")
+    timeouts = Timeouts(
+        connect=positive(timeouts_raw.get("connect"), "timeouts.connect", 5.0),
+        first_byte=positive(timeouts_raw.get("first_byte"), "timeouts.first_byte", 30.0),
+        stall=positive(timeouts_raw.get("stall"), "timeouts.stall", 30.0),
+    )
+
+    log_raw = mapping(root.get("log"), "log")
+    reject_unknown(log_raw, {"level", "format", "access_log"}, "log")
+    level = str(log_raw.get("level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level", "expected one of debug, info, warning, error")
+    fmt = str(log_raw.get("format", "json")).lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError("log.format", "expected json or text")
+    access_log = log_raw.get("access_log", True)
+    if not isinstance(access_log, bool):
+        raise ConfigError("log.access_log", "expected true or false")
+
+    event_loop = root.get("event_loop", "asyncio")
+    if event_loop not in ("asyncio", "uvloop"):
+        raise ConfigError("event_loop", "expected asyncio or uvloop")
+
+    return Config(
+        listen=listen,
+        admin=admin,
+        storage=storage,
+        default_registry=default_registry,
+        registries=registries,
+        timeouts=timeouts,
+        log=LogConfig(level=level, format=fmt, access_log=access_log),
+        event_loop=event_loop,
+        shutdown_grace=positive(root.get("shutdown_grace"), "shutdown_grace", 20.0),
+        prewarm=prewarm,
+        credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
+    )
+
+
+def parse_yaml(text: str, source: str = "<config>") -> Config:
+    """Parse YAML text into a ``Config``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("", f"{source}: not valid YAML{where}") from None
+    return parse_config(data)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
+    return parse_yaml(text, str(path))
+
+
+def default_config() -> Config:
+    """The embedded default configuration."""
+    return parse_yaml(DEFAULT_CONFIG_YAML, "<embedded default>")
