@@ -2,7 +2,7 @@
 # Install the real peers the test suite and benchmarks drive (Debian packages):
 #   docker-registry  -> docker-registry      containerd, ctr -> containerd
 #   skopeo           -> skopeo               nginx           -> nginx-light
-#   wrk              -> wrk
+#   wrk              -> wrk                  dnsmasq         -> dnsmasq-base (cluster DNS tests)
 # Idempotent: does nothing when every binary is present. As root it installs only the missing
 # packages, with services kept from starting (a policy-rc.d that denies every start is in
 # place during the install and removed afterwards). Not root: prints what to install, exits 0
@@ -17,6 +17,7 @@ PEERS=(
   "skopeo:skopeo"
   "nginx:nginx-light"
   "wrk:wrk"
+  "dnsmasq:dnsmasq-base"
 )
 
 have() {
