@@ -1,4 +1,4 @@
-"""Hashing and writing a fill's bytes off the event loop.
+"""Hashing and writing a blob's bytes off the event loop, in two lanes.
 
 The loop copies received bytes into page-aligned staging buffers (``STAGE_BYTES``
 each, from a small pool). A full stage goes to two ordered *lanes* that run side by
@@ -7,10 +7,13 @@ keep both lanes cheap: one GIL hand-off per stage (not per received chunk), and
 writes with ``O_DIRECT``, so the kernel copies nothing into the page cache: a cold
 pull costs the node no page-cache churn for bytes containerd is about to store
 itself, and the write costs almost no CPU. Followers of a fill are served from its
-memory while it runs (see ``cachesvc.mirror.fill``), so nothing needs these bytes cached.
+memory while it runs (see ``cachesvc.mirror.fill``), so nothing needs these bytes cached;
+``read_ahead`` brings a committed blob into the page cache for the next hit.
 
 Filesystems that refuse ``O_DIRECT`` (tmpfs, some overlay setups) get ordinary
 buffered writes of the same stages; ``BlobWriter.direct`` says which is in use.
+This is the machinery under ``cachesvc.store.ingest.Ingest``, which owns the temp
+file's life (name, verify, commit, cancel).
 """
 
 from __future__ import annotations
