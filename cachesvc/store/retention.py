@@ -21,7 +21,7 @@ Outcome = Literal["removed", "pinned", "in_use", "absent"]
 
 
 class Filling(Protocol):
-    """The running fills (``cachesvc.mirror.fill.FillManager``), as removal sees them."""
+    """The running fills (``cachesvc.mirror.fills.FillManager``), as removal sees them."""
 
     def get(self, digest: Digest) -> object | None:
         """The running fill for ``digest``, if any."""
