@@ -27,7 +27,7 @@ from cachesvc.errors import CachesvcError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import Blobs
 from cachesvc.mirror.facade import Mirror
-from cachesvc.mirror.fill import FillManager
+from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
@@ -38,6 +38,7 @@ from cachesvc.server import mirror_api as handlers
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
+from cachesvc.store.retention import Retention
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream.auth import Authorizer
 from cachesvc.upstream.client import Upstream, tls_context
@@ -132,8 +133,9 @@ class Daemon:
             upstreams,
         )
         pins = Pins(store, self.metrics)
-        evictor = Evictor(store, config.storage, pins, leases, fills, self.metrics)
-        inventory = Inventory(store, manifests, pins, leases, fills, self.metrics)
+        retention = Retention(store, pins, leases, fills)  # eviction and purge: one rule
+        evictor = Evictor(store, config.storage, retention, self.metrics)
+        inventory = Inventory(store, manifests, retention, self.metrics)
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
         return _Parts(store, session, fills, mirror, leases, pins, evictor, inventory, prewarm)

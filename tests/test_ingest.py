@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cachesvc.mirror.heap import release_free_memory
-from cachesvc.store import ingest
-from cachesvc.store.ingest import ALIGN, STAGE_BYTES, Absorber, BlobWriter
+from cachesvc.store import lanes as ingest
+from cachesvc.store.lanes import ALIGN, STAGE_BYTES, Absorber, BlobWriter
 
 SIZES = [1, ALIGN - 1, ALIGN, ALIGN + 1, STAGE_BYTES - 1, STAGE_BYTES, 3 * STAGE_BYTES + 12345]
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from cachesvc.errors import BlobUnknown, UpstreamError
-from cachesvc.mirror.fill import Fill, FillManager
+from cachesvc.mirror.fill import Fill
+from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest
 from cachesvc.store.lease import Lease, Leases

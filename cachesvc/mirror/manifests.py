@@ -14,6 +14,7 @@ repository and tag), so a typo in a Deployment does not hammer the registry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -212,10 +213,17 @@ class Manifests:
                 f"{target.registry} sent a manifest for {digest} whose digest is {actual}; "
                 "nothing was kept"
             )
-        record = self._store.put_manifest(digest, _media_type(answer), answer.body)
-        self._store.note_origin(digest, target.registry, target.repository)
-        self._bodies.put(record, answer.body)
+        record = await self._put(target, digest, _media_type(answer), answer.body)
         return record, answer.endpoint
+
+    async def _put(
+        self, target: Target, digest: Digest, media_type: str, body: bytes
+    ) -> ManifestRecord:
+        """Store a verified manifest (write, fsync, rename, index: off the loop)."""
+        origin = (target.registry, target.repository)
+        record = await asyncio.to_thread(self._store.put_manifest, digest, media_type, body, origin)
+        self._bodies.put(record, body)
+        return record
 
     # -- by tag ----------------------------------------------------------------------
 
@@ -226,7 +234,9 @@ class Manifests:
         validate_tag(tag)
         self._check_missing(target, tag)
         key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
-        record = self._tags.get(key) or self._store.get_tag(key)
+        record = self._tags.get(key)
+        if record is None:  # not looked up since start-up: the index (SQLite) knows
+            record = await asyncio.to_thread(self._store.index.get_tag, key)
         if record is not None and time.time() - record.checked_at < ttl:
             self._tags[key] = record
             answer = await self._answer(target, record, head, "hit")
@@ -290,7 +300,7 @@ class Manifests:
                     record = TagRecord(
                         previous.digest, previous.media_type, previous.size, time.time()
                     )
-                    self._remember(key, record)
+                    await self._remember(key, record)
                     return record, "hit", None, head.endpoint
             answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
         except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
@@ -327,11 +337,9 @@ class Manifests:
             )
         if not answer.body:
             raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
-        manifest = self._store.put_manifest(digest, _media_type(answer), answer.body)
-        self._store.note_origin(digest, target.registry, target.repository)
-        self._bodies.put(manifest, answer.body)
+        manifest = await self._put(target, digest, _media_type(answer), answer.body)
         record = TagRecord(digest, manifest.media_type, manifest.size, time.time())
-        self._remember(key, record)
+        await self._remember(key, record)
         return record, "miss", None, answer.endpoint
 
     def _missing_key(self, target: Target, tag: str) -> str:
@@ -363,8 +371,9 @@ class Manifests:
             "(upstream said so moments ago; cachesvc remembers it for negative_ttl)"
         )
 
-    def _remember(self, key: str, record: TagRecord) -> None:
+    async def _remember(self, key: str, record: TagRecord) -> None:
+        """Keep a confirmed tag mapping in memory and in the index (SQLite: off the loop)."""
         if len(self._tags) > 100_000:
             self._tags.clear()
         self._tags[key] = record
-        self._store.put_tag(key, record)
+        await asyncio.to_thread(self._store.index.put_tag, key, record)

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 
 from cachesvc.errors import CachesvcError, Conflict, NotFound
 from cachesvc.metrics import Metrics
-from cachesvc.mirror.fill import FillManager
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.oci import INDEX_MEDIA_TYPES, Digest
 from cachesvc.oci.reference import ImageReference
-from cachesvc.store.lease import Leases
-from cachesvc.store.pins import Pins
+from cachesvc.store.retention import Retention
 from cachesvc.store.store import Store
 
 MAX_CONFIG_BYTES = 1024 * 1024  # configs read for their platform; bigger ones are skipped
@@ -83,16 +81,13 @@ class Inventory:
         self,
         store: Store,
         manifests: Manifests,
-        pins: Pins,
-        leases: Leases,
-        fills: FillManager,
+        retention: Retention,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._manifests = manifests
-        self._pins = pins
-        self._leases = leases
-        self._fills = fills
+        self._retention = retention
+        self._pins = retention.pins
         self._metrics = metrics
         self._lock = asyncio.Lock()
 
@@ -116,7 +111,7 @@ class Inventory:
                 ]
         referenced = {child for items in children.values() for child, _ in items}
         tags: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-        for key, tag_record in self._store.tags():
+        for key, tag_record in self._store.index.tags():
             registry, repository, tag, _ = [*key.split("\0", 3), "", "", ""][:4]
             entry = (registry, repository, tag)
             if entry not in tags[str(tag_record.digest)]:
@@ -228,24 +223,20 @@ class Inventory:
             doomed = [b for b in image.blobs if b not in others]
             removed, freed, kept = 0, 0, []
             for blob in doomed:  # no await in here: atomic against new leases
-                blob_digest = Digest.parse(blob)
-                if self._pins.protects(blob):
-                    continue
-                if self._leases.in_use(blob_digest) or self._fills.get(blob_digest) is not None:
+                removal = self._retention.remove(Digest.parse(blob))
+                if removal.outcome == "in_use":
                     kept.append(blob)
-                    continue
-                size = self._store.size(blob_digest) or 0
-                if self._store.remove(blob_digest):
+                elif removal.outcome == "removed":
                     removed += 1
-                    freed += size
+                    freed += removal.size
                     self._metrics.evictions.labels("purge").inc()
-                    self._metrics.evicted_bytes.labels("purge").inc(size)
+                    self._metrics.evicted_bytes.labels("purge").inc(removal.size)
             for manifest in image.manifests:
                 self._manifests.forget(Digest.parse(manifest))
-                self._store.forget_origins(Digest.parse(manifest))
-            for key, record in list(self._store.tags()):
+                self._store.index.forget_origins(Digest.parse(manifest))
+            for key, record in list(self._store.index.tags()):
                 if str(record.digest) == root:
-                    self._store.delete_tag(key)
+                    self._store.index.delete_tag(key)
             return {
                 "digest": root,
                 "repositories": _names(image.origins),

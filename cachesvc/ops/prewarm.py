@@ -46,7 +46,6 @@ MAX_PLATFORMS = 16
 # What containerd sends when it resolves a reference, so prewarm shares its tag cache.
 CONTAINERD_ACCEPT = normalize_accept([ACCEPT_ANY_MANIFEST])
 MAX_IMAGES_PER_JOB = 500
-POLL_SECONDS = 0.1  # how often a followed fill's progress is read
 
 ImageState = Literal["queued", "resolving", "fetching", "done", "failed"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -341,10 +340,10 @@ class Prewarmer:
                     self._metrics.prewarm_bytes.labels("cached").inc(size)
                 else:
                     fill = source.fill
-                    while not fill.finished:
-                        progress[blob] = min(fill.received, size)
+                    async for received in fill.progress():  # woken by the fill, no polling
+                        progress[blob] = min(received, size)
                         update()
-                        await asyncio.sleep(POLL_SECONDS)
+                    await fill.drain()
                     if fill.error is not None:
                         raise fill.error
                     self._metrics.prewarm_bytes.labels("fetched").inc(size)

@@ -8,7 +8,6 @@ with its traceback and answered 500 without details.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from cachesvc.logs import AccessLog
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import CachedBlob, FillingBlob
 from cachesvc.mirror.facade import Mirror, Passthrough
-from cachesvc.mirror.fill import READ_CHUNK, Fill, FillFailed, drain
+from cachesvc.mirror.fill import Fill, FillFailed
 from cachesvc.mirror.manifests import ManifestAnswer
 from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest, normalize_accept, parse_api_path
@@ -214,7 +213,7 @@ async def _blob(
     if isinstance(source, FillingBlob):
         audit.upstream = source.fill.endpoint
     if isinstance(source, FillingBlob) and _wait_for_whole_blob(request, source.fill.size):
-        await drain(source.fill)
+        await source.fill.drain()
         if source.fill.error is not None:
             raise source.fill.error  # still before the status line
         cached = mirror.blobs.cached(digest)
@@ -341,42 +340,35 @@ async def _send_fill(
 ) -> None:
     """Send a fill's released bytes as they arrive, counting them in the audit record.
 
-    From the fill's memory while this client keeps up; from the temp file when it fell
-    behind (or joined late): zero-copy (``cachesvc.server.zerocopy``, on either loop) unless
-    the response is chunked, whose framing ``sendfile`` would bypass: ``pread`` + write.
+    The fill hands out pieces (``Fill.read``): views of its memory while this client
+    keeps up, spans of its file when it fell behind (or joined late). File spans go
+    zero-copy (``cachesvc.server.zerocopy``, on either loop) unless the response is
+    chunked, whose framing ``sendfile`` would bypass: then they are read and written.
     """
     audit = request[AUDIT_KEY]
 
     def sent(count: int) -> None:  # as the client's socket takes them (zerocopy: per call)
-        audit.bytes += count  # so ``start + audit.bytes`` is where this client is
+        audit.bytes += count
 
-    fd = fill.open_reader()
-    try:
-        zero_copy = not response.chunked
-        async for offset, count in fill.spans(start, end):
-            pos, stop = offset, offset + count
-            while pos < stop:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("client went away")
-                piece = fill.take(pos, stop)
-                if isinstance(piece, memoryview):
-                    await response.write(piece)
-                    sent(len(piece))
-                elif zero_copy:
-                    try:
-                        await zerocopy.sendfile(transport, fd, pos, piece, sent)
-                    except NotImplementedError:  # no socket under the transport
-                        zero_copy = False
-                else:
-                    data = os.pread(fd, min(READ_CHUNK, piece), pos)
-                    if not data:
-                        raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-                    await response.write(data)
-                    sent(len(data))
-                pos = start + audit.bytes  # every byte sent so far is counted
-    finally:
-        os.close(fd)
+    zero_copy = not response.chunked
+    async with fill.read(start, end) as pieces:
+        async for piece in pieces:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client went away")
+            if isinstance(piece, memoryview):
+                await response.write(piece)
+                sent(len(piece))
+                continue
+            if zero_copy:
+                try:
+                    await zerocopy.sendfile(transport, piece.fd, piece.offset, piece.count, sent)
+                    continue
+                except NotImplementedError:  # no socket under the transport
+                    zero_copy = False
+            for data in piece.read():
+                await response.write(data)
+                sent(len(data))
 
 
 def _wait_for_whole_blob(request: web.Request, size: int | None) -> bool:

@@ -4,13 +4,9 @@ A background task watches ``Store.usage_bytes`` once a second and sweeps when th
 store is over ``storage.max_size`` (down to ``LOW_WATER`` of it, so it does not
 sweep again at the next fill) and, regardless, every ``storage.sweep_interval``
 (for ``storage.max_age``). A sweep lists blobs in a thread, then deletes on the
-event loop, oldest last access first, one blob at a time, skipping:
-
-- blobs a pinned image holds (``Pins.protects``),
-- blobs a response is reading (``Leases.in_use``) or a fill is committing.
-
-The checks and the unlink happen on the loop with no ``await`` between them, so a
-request cannot take a lease on a blob in the middle of its removal. A removed blob
+event loop, oldest last access first, one blob at a time, through
+``cachesvc.store.retention`` (which skips pinned blobs and blobs being read or
+filled, atomically on the loop). A removed blob
 is simply a miss next time: nothing refers to stored blobs but digests.
 """
 
@@ -20,13 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
 
 from cachesvc.config import StorageConfig
 from cachesvc.metrics import Metrics
-from cachesvc.oci import Digest
-from cachesvc.store.lease import Leases
-from cachesvc.store.pins import Pins
+from cachesvc.store.retention import Retention
 from cachesvc.store.store import BlobEntry, Store
 
 log = logging.getLogger("cachesvc.eviction")
@@ -36,14 +29,6 @@ CHECK_SECONDS = 1.0  # how often usage is compared with max_size (no disk access
 YIELD_EVERY = 32  # deletions between yields to the event loop
 
 
-class Filling(Protocol):
-    """The running fills (``cachesvc.mirror.fill.FillManager``), as eviction sees them."""
-
-    def get(self, digest: Digest) -> object | None:
-        """The running fill for ``digest``, if any."""
-        ...
-
-
 class Evictor:
     """Keeps the store within its configured size and age."""
 
@@ -51,16 +36,12 @@ class Evictor:
         self,
         store: Store,
         config: StorageConfig,
-        pins: Pins,
-        leases: Leases,
-        fills: Filling,
+        retention: Retention,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._config = config
-        self._pins = pins
-        self._leases = leases
-        self._fills = fills
+        self._retention = retention
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -97,10 +78,10 @@ class Evictor:
     async def sweep(self) -> int:
         """One pass: age limit first, then size; returns how many blobs were removed."""
         async with self._lock:
-            entries = await asyncio.to_thread(lambda: list(self._store.iter_blobs()))
+            entries = await asyncio.to_thread(lambda: list(self._store.entries()))
             entries.sort(key=lambda e: e.last_access)
             self._metrics.pinned_bytes.set(
-                sum(e.size for e in entries if self._pins.protects(str(e.digest)))
+                sum(e.size for e in entries if self._retention.pins.protects(str(e.digest)))
             )
             removed = 0
             kept: list[BlobEntry] = []
@@ -137,14 +118,11 @@ class Evictor:
 
     def evict(self, entry: BlobEntry, reason: str) -> bool:
         """Remove one blob unless it is pinned or in use (no await: atomic on the loop)."""
-        key = str(entry.digest)
-        if self._pins.protects(key):
-            self._metrics.eviction_skipped.labels("pinned").inc()
+        removal = self._retention.remove(entry.digest)
+        if removal.outcome in ("pinned", "in_use"):
+            self._metrics.eviction_skipped.labels(removal.outcome).inc()
             return False
-        if self._leases.in_use(entry.digest) or self._fills.get(entry.digest) is not None:
-            self._metrics.eviction_skipped.labels("in_use").inc()
-            return False
-        if self._store.remove(entry.digest):
+        if removal.outcome == "removed":
             self._metrics.evictions.labels(reason).inc()
             self._metrics.evicted_bytes.labels(reason).inc(entry.size)
             return True

@@ -54,7 +54,7 @@ class Pins:
         self._store = store
         self._metrics = metrics
         self._pins: list[Pin] = []
-        for raw in store.load_pins():
+        for raw in store.index.load_pins():
             try:
                 self._pins.append(
                     Pin(
@@ -77,7 +77,7 @@ class Pins:
         self._metrics.pinned_images.set(len(self._pins))
 
     def _save(self) -> None:
-        self._store.save_pins([asdict(pin) | {"blobs": list(pin.blobs),
+        self._store.index.save_pins([asdict(pin) | {"blobs": list(pin.blobs),
                                               "platforms": list(pin.platforms)}
                                for pin in self._pins])  # fmt: skip
         self._refresh()

@@ -1,47 +1,28 @@
-"""The content-addressed store on the node's disk. The only module that knows the layout.
+"""The store: verified files (``content``) plus what is known about them (``index``).
 
-::
-
-    <root>/
-      blobs/sha256/<first two hex>/<hex>   verified content: layers, configs, manifests
-      tmp/<hex>.<random>                   fills in progress; every one is removed at start-up
-      index/                               diskcache: manifest media types, tag mappings,
-                                           coarse last-access times, the repositories a
-                                           manifest was fetched for, the pin list
-
-A file under ``blobs/`` is always complete and its name is its digest: it gets there
-only by ``commit``, an atomic rename of a temp file whose digest was checked (and
-fsynced) by the writer. Paths are built only from a parsed ``Digest``, so nothing a
-client sends can name a file outside the root.
+``cachesvc.store.content`` draws the disk layout and owns the files and their usage;
+``cachesvc.store.index`` owns the diskcache (media types, tags, origins, access
+times, pins). This class composes the two where an operation needs both: writing a
+blob (``ingest``, ``put_manifest``), reading a manifest, removing a blob, listing
+blobs with their last access. Everything index-only is ``store.index``.
 
 Sizes come from ``stat`` and last access from the index, so size-bounded LRU
-eviction, age limits and pinning can walk ``iter_blobs`` without a new layout.
-``usage`` (bytes and entries under ``blobs/``) is counted once at start-up and kept
-current by ``commit`` and ``remove``, so metrics and eviction never walk the disk to
-know how full the store is.
+eviction, age limits and pinning can walk ``entries`` without a new layout.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import diskcache
-
-from cachesvc.errors import CachesvcError, StoreError
+from cachesvc.errors import StoreError
 from cachesvc.oci import Digest
+from cachesvc.store.content import Content
+from cachesvc.store.index import ACCESS_FLUSH_SECONDS, Index, TagRecord
+from cachesvc.store.ingest import Ingest
 
-# Last-access times are kept in memory and written to the index at most this often,
-# so a cache hit never writes to disk on the request path.
-ACCESS_FLUSH_SECONDS = 30.0
+__all__ = ["ACCESS_FLUSH_SECONDS", "BlobEntry", "ManifestRecord", "Store", "TagRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +32,6 @@ class ManifestRecord:
     digest: Digest
     media_type: str
     size: int
-
-
-@dataclass(frozen=True, slots=True)
-class TagRecord:
-    """What a tag pointed at when upstream was last asked."""
-
-    digest: Digest
-    media_type: str
-    size: int
-    checked_at: float  # wall-clock time of the last successful upstream answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,166 +47,108 @@ class Store:
     """Blobs, manifests and tag mappings under one storage root."""
 
     def __init__(self, root: Path) -> None:
+        """Open (creating) the layout and the index; ``StoreError`` if the root is unusable."""
         self.root = root
-        self.blob_root = root / "blobs"
-        self.tmp_root = root / "tmp"
         try:
-            for directory in (self.blob_root, self.tmp_root):
-                directory.mkdir(parents=True, exist_ok=True)
-            self.removed_temp_files = self._clean_tmp()
-            self._index = diskcache.Cache(str(root / "index"), eviction_policy="none")
+            self.content = Content(root)
+            self.index = Index(root / "index")
         except OSError as exc:
             raise StoreError(f"cannot use storage root {root}: {exc.strerror or exc}") from None
-        self._access: dict[str, float] = {}
-        self._usage_lock = threading.Lock()
-        self.usage_bytes, self.usage_entries = self._scan_usage()
-        self._origins: set[tuple[str, str, str]] = set()
 
-    def _scan_usage(self) -> tuple[int, int]:
-        total = count = 0
-        for directory, _, files in os.walk(self.blob_root):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.stat(os.path.join(directory, name)).st_size
-                    count += 1
-        return total, count
+    @property
+    def tmp_root(self) -> Path:
+        """Where ingests in progress live."""
+        return self.content.tmp_root
 
-    def _account(self, delta_bytes: int, delta_entries: int) -> None:
-        with self._usage_lock:
-            self.usage_bytes += delta_bytes
-            self.usage_entries += delta_entries
+    @property
+    def removed_temp_files(self) -> int:
+        """Temp files a previous run left behind, removed at start-up."""
+        return self.content.removed_temp_files
+
+    @property
+    def usage_bytes(self) -> int:
+        """Bytes of verified blobs (kept current by commits and removals)."""
+        return self.content.usage_bytes
+
+    @property
+    def usage_entries(self) -> int:
+        """Verified blobs stored."""
+        return self.content.usage_entries
 
     def close(self) -> None:
         """Flush access times and close the index."""
-        self.flush_access()
-        self._index.close()
-
-    def _clean_tmp(self) -> int:
-        removed = 0
-        for entry in os.scandir(self.tmp_root):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-            removed += 1
-        return removed
+        self.index.close()
 
     # -- blobs ---------------------------------------------------------------------
 
     def path(self, digest: Digest) -> Path:
         """Where the verified content of ``digest`` lives (it may not exist)."""
-        return self.blob_root / digest.algorithm / digest.hex[:2] / digest.hex
+        return self.content.path(digest)
 
     def size(self, digest: Digest) -> int | None:
         """The size of a stored blob, or None when it is not stored."""
-        try:
-            return self.path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def new_temp(self, digest: Digest) -> Path:
-        """A fresh temp path for a fill of ``digest``."""
-        return self.tmp_root / f"{digest.hex}.{secrets.token_hex(6)}"
-
-    def commit(self, temp: Path, digest: Digest) -> Path:
-        """Move a verified, fsynced temp file into place (atomic; fsyncs the directory)."""
-        final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        previous = self.size(digest)
-        os.replace(temp, final)
-        new_size = final.stat().st_size
-        self._account(new_size - (previous or 0), 0 if previous is not None else 1)
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.touch(digest)
-        return final
-
-    def discard(self, temp: Path) -> None:
-        """Remove a temp file (a failed or abandoned fill)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-
-    def remove(self, digest: Digest) -> bool:
-        """Delete a stored blob and its index entries; True when it existed."""
-        self._index.delete(f"manifest:{digest}")
-        self._index.delete(f"atime:{digest}")
-        self._access.pop(str(digest), None)
-        size = self.size(digest)
-        try:
-            os.unlink(self.path(digest))
-        except FileNotFoundError:
-            return False
-        self._account(-(size or 0), -1)
-        return True
+        return self.content.size(digest)
 
     def touch(self, digest: Digest) -> None:
-        """Note an access (kept in memory; flushed to the index in batches)."""
-        self._access[str(digest)] = time.time()
+        """Note an access (in memory; flushed to the index in batches)."""
+        self.index.touch(digest)
 
-    def flush_access(self) -> None:
-        """Write the batched last-access times to the index (the daemon calls this in a
-        worker thread every ``ACCESS_FLUSH_SECONDS``; swapping the dict is atomic)."""
-        pending, self._access = self._access, {}
-        if pending:
-            with self._index.transact():
-                for key, when in pending.items():
-                    self._index.set(f"atime:{key}", when)
+    def ingest(self, digest: Digest, on_written: Callable[[int], None] | None = None) -> Ingest:
+        """A new writer for ``digest``: ``feed``, then ``commit()`` or ``cancel()``."""
+        return Ingest(self.content, digest, on_written=on_written, on_commit=self.touch)
+
+    def remove(self, digest: Digest) -> bool:
+        """Delete a stored blob and its index entries; True when it existed.
+
+        Callers decide first whether it may go (``cachesvc.store.retention``).
+        """
+        self.index.forget(digest)
+        return self.content.remove(digest)
 
     def last_access(self, digest: Digest) -> float:
         """Coarse last access time (falls back to the file's mtime)."""
-        key = str(digest)
-        recent = self._access.get(key)  # .get: inventory reads this from a thread
-        if recent is not None:
-            return recent
-        value = self._index.get(f"atime:{key}")
-        if isinstance(value, float):
-            return value
+        noted = self.index.last_access(digest)
+        if noted is not None:
+            return noted
         try:
             return self.path(digest).stat().st_mtime
         except FileNotFoundError:
             return 0.0
 
-    def iter_blobs(self) -> Iterator[BlobEntry]:
-        """Every stored blob with its size and last access (walks the disk)."""
-        for algorithm_dir in os.scandir(self.blob_root):
-            if not algorithm_dir.is_dir():
-                continue
-            for prefix in os.scandir(algorithm_dir.path):
-                if not prefix.is_dir():
-                    continue
-                for entry in os.scandir(prefix.path):
-                    try:
-                        digest = Digest.parse(f"{algorithm_dir.name}:{entry.name}")
-                        size = entry.stat().st_size
-                    except (
-                        CachesvcError,
-                        OSError,
-                    ):  # a foreign file in the tree is not ours to list
-                        continue
-                    yield BlobEntry(digest, size, self.last_access(digest))
+    def entries(self) -> Iterator[BlobEntry]:
+        """Every stored blob with its size and last access (walks the disk: a thread)."""
+        for digest, size, mtime in self.content.files():
+            noted = self.index.last_access(digest)
+            yield BlobEntry(digest, size, noted if noted is not None else mtime)
+
+    def flush_access(self) -> None:
+        """Write batched last-access times (blocking: a worker thread)."""
+        self.index.flush()
 
     # -- manifests -------------------------------------------------------------------
 
-    def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> ManifestRecord:
-        """Store verified manifest bytes with their media type."""
-        if self.size(digest) != len(body):
-            temp = self.new_temp(digest)
-            with open(temp, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            self.commit(temp, digest)
-        self._index.set(f"manifest:{digest}", media_type)
+    def put_manifest(
+        self,
+        digest: Digest,
+        media_type: str,
+        body: bytes,
+        origin: tuple[str, str] | None = None,
+    ) -> ManifestRecord:
+        """Store verified manifest bytes with their media type (and where they came from).
+
+        Blocking (write, fsync, rename, SQLite): async code runs it in a worker thread.
+        """
+        self.content.put(digest, body)
+        self.touch(digest)
+        self.index.set_media_type(digest, media_type)
+        if origin is not None:
+            self.index.note_origin(digest, *origin)
         return ManifestRecord(digest, media_type, len(body))
 
     def get_manifest(self, digest: Digest) -> tuple[ManifestRecord, bytes] | None:
         """A stored manifest and its exact bytes, or None."""
-        media_type = self._index.get(f"manifest:{digest}")
-        if not isinstance(media_type, str):
+        media_type = self.index.media_type(digest)
+        if media_type is None:
             return None
         try:
             body = self.path(digest).read_bytes()
@@ -244,83 +157,9 @@ class Store:
         self.touch(digest)
         return ManifestRecord(digest, media_type, len(body)), body
 
-    # -- tags ------------------------------------------------------------------------
-
-    def get_tag(self, key: str) -> TagRecord | None:
-        """The last known mapping for a tag key (registry, repository, tag, accept)."""
-        value = self._index.get(f"tag:{key}")
-        if not isinstance(value, tuple) or len(value) != 4:
-            return None
-        digest_text, media_type, size, checked_at = value
-        try:
-            return TagRecord(Digest.parse(digest_text), media_type, size, checked_at)
-        except (CachesvcError, TypeError, AttributeError):  # a damaged entry is a miss
-            return None
-
-    def put_tag(self, key: str, record: TagRecord) -> None:
-        """Remember what a tag points at."""
-        self._index.set(
-            f"tag:{key}",
-            (str(record.digest), record.media_type, record.size, record.checked_at),
-        )
-
-    def tags(self) -> Iterator[tuple[str, TagRecord]]:
-        """Every remembered tag mapping as (key, record); keys are NUL-joined
-        (registry, repository, tag, accept)."""
-        for key in list(self._index.iterkeys()):
-            if isinstance(key, str) and key.startswith("tag:"):
-                record = self.get_tag(key[4:])
-                if record is not None:
-                    yield key[4:], record
-
-    def delete_tag(self, key: str) -> None:
-        """Forget a tag mapping."""
-        self._index.delete(f"tag:{key}")
-
-    # -- inventory and pins ----------------------------------------------------------
-
-    def note_origin(self, digest: Digest, registry: str, repository: str) -> None:
-        """Remember that a manifest was fetched for ``registry/repository`` (inventory)."""
-        entry = (str(digest), registry, repository)
-        if entry in self._origins:
-            return
-        self._origins.add(entry)
-        key = f"origin:{digest}"
-        known = self._index.get(key)
-        origins = set(known) if isinstance(known, tuple) else set()
-        if (registry, repository) not in origins:
-            origins.add((registry, repository))
-            self._index.set(key, tuple(sorted(origins)))
-
     def manifests(self) -> Iterator[tuple[ManifestRecord, tuple[tuple[str, str], ...]]]:
         """Every stored manifest with the (registry, repository) pairs it was fetched for."""
-        for key in list(self._index.iterkeys()):
-            if not (isinstance(key, str) and key.startswith("manifest:")):
-                continue
-            try:
-                digest = Digest.parse(key[len("manifest:") :])
-            except CachesvcError:
-                continue
-            media_type = self._index.get(key)
+        for digest, media_type in self.index.manifest_digests():
             size = self.size(digest)
-            if not isinstance(media_type, str) or size is None:
-                continue
-            origins = self._index.get(f"origin:{digest}")
-            yield (
-                ManifestRecord(digest, media_type, size),
-                tuple(origins) if isinstance(origins, tuple) else (),
-            )
-
-    def forget_origins(self, digest: Digest) -> None:
-        """Drop what ``note_origin`` remembered for a purged manifest."""
-        self._index.delete(f"origin:{digest}")
-        self._origins = {o for o in self._origins if o[0] != str(digest)}
-
-    def load_pins(self) -> list[dict[str, Any]]:
-        """The persisted pin list (JSON-able records; see pins.py)."""
-        value = self._index.get("pins")
-        return list(value) if isinstance(value, list) else []
-
-    def save_pins(self, pins: list[dict[str, Any]]) -> None:
-        """Persist the pin list (survives restarts)."""
-        self._index.set("pins", pins)
+            if size is not None:
+                yield ManifestRecord(digest, media_type, size), self.index.origins(digest)
