@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from cachesvc import logs
 from cachesvc.config import Config, ListenAddress, RegistryConfig
-from cachesvc.errors import CachesvcError
+from cachesvc.errors import ListenError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import Blobs
 from cachesvc.mirror.facade import Mirror
@@ -48,10 +48,6 @@ from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
 
 log = logging.getLogger("cachesvc")
-
-
-class ListenError(CachesvcError):
-    """A listener could not be bound (port in use, address not on this host)."""
 
 
 @dataclass(slots=True)
