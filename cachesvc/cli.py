@@ -41,7 +41,7 @@ from cachesvc.ops.adminclient import (
     run_status,
 )
 from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
-from cachesvc.upstream.client import tls_context
+from cachesvc.upstream.tls import tls_context
 
 EXIT_USAGE = 2
 

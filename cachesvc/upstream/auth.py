@@ -21,13 +21,13 @@ import json
 import math
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -115,6 +115,7 @@ class Authorizer:
         ssl_context: ssl.SSLContext | bool = True,
         insecure: bool = False,
         egress: Egress = CONNECT_DIRECTLY,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.registry = registry
         self._session = session
@@ -124,6 +125,7 @@ class Authorizer:
         self._ssl = ssl_context
         self._insecure = insecure
         self._egress = egress
+        self._clock = clock
         self._tokens: dict[_TokenKey, _Token] = {}
         self._inflight: dict[_TokenKey, asyncio.Task[_Token]] = {}
         self._basic: set[str] = set()  # endpoints that challenged with Basic
@@ -139,7 +141,7 @@ class Authorizer:
         if endpoint in self._basic and credential is not None and credential.password:
             return credential.basic()
         token = self._tokens.get(self._key(endpoint, scope, credential))
-        if token is not None and token.expires_at > time.monotonic():
+        if token is not None and token.expires_at > self._clock.monotonic():
             return f"Bearer {token.value}"
         return None
 
@@ -269,4 +271,4 @@ class Authorizer:
         lifetime = (
             max(1.0, expires_in - EXPIRY_MARGIN) if expires_in > 2 * EXPIRY_MARGIN else expires_in
         )
-        return _Token(value, time.monotonic() + lifetime)
+        return _Token(value, self._clock.monotonic() + lifetime)
