@@ -190,7 +190,11 @@ def _proxy(value: object, key: str) -> str | None:
 
 
 def parse_config(data: object) -> Config:
-    """Validate a configuration mapping (as read from YAML) into a ``Config``."""
+    """Validate a configuration mapping (as read from YAML) into a ``Config``.
+
+    Sections are checked in file order, so the first error reported is the first a
+    reader of the file meets.
+    """
     root = mapping(data, "")
     reject_unknown(
         root,
@@ -199,65 +203,12 @@ def parse_config(data: object) -> Config:
         "",
     )  # fmt: skip
     listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
-
-    admin_raw = mapping(root.get("admin"), "admin")
-    reject_unknown(admin_raw, {"listen", "token_file"}, "admin")
-    token_file = admin_raw.get("token_file")
-    admin = AdminConfig(
-        listen=(
-            parse_listen(admin_raw["listen"], "admin.listen")
-            if "listen" in admin_raw
-            else _DEFAULT.admin.listen
-        ),
-        token_file=Path(string(token_file, "admin.token_file")) if token_file else None,
-    )
+    admin = _admin(mapping(root.get("admin"), "admin"))
     if admin.listen == listen and listen.port != 0:
         raise ConfigError("admin.listen", "must differ from listen")
-
-    storage_raw = mapping(root.get("storage"), "storage")
-    reject_unknown(storage_raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
-    max_size = storage_raw.get("max_size")
-    max_age = storage_raw.get("max_age")
-    storage = StorageConfig(
-        root=(
-            Path(string(storage_raw["root"], "storage.root"))
-            if "root" in storage_raw
-            else _DEFAULT.storage.root
-        ),
-        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
-        max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
-        sweep_interval=positive(
-            storage_raw.get("sweep_interval"),
-            "storage.sweep_interval",
-            _DEFAULT.storage.sweep_interval,
-        ),
-    )
-
-    prewarm_raw = mapping(root.get("prewarm"), "prewarm")
-    reject_unknown(prewarm_raw, {"concurrency", "retention"}, "prewarm")
-    concurrency = prewarm_raw.get("concurrency", _DEFAULT.prewarm.concurrency)
-    if (
-        isinstance(concurrency, bool)
-        or not isinstance(concurrency, int)
-        or not 1 <= concurrency <= 64
-    ):
-        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
-    prewarm = PrewarmConfig(
-        concurrency=concurrency,
-        retention=positive(
-            prewarm_raw.get("retention"), "prewarm.retention", _DEFAULT.prewarm.retention
-        ),
-    )
-
-    registries: dict[str, RegistryConfig] = {}
-    for name, value in mapping(root.get("registries"), "registries").items():
-        key = f"registries.{name}"
-        if not is_registry_host(name):
-            raise ConfigError(key, "registry names are host or host:port, e.g. ghcr.io")
-        registries[name] = _registry(name, mapping(value, key), key)
-    if not registries:
-        raise ConfigError("registries", "configure at least one registry to mirror")
-
+    storage = _storage(mapping(root.get("storage"), "storage"))
+    prewarm = _prewarm(mapping(root.get("prewarm"), "prewarm"))
+    registries = _registries(mapping(root.get("registries"), "registries"))
     default_registry = root.get("default_registry")
     if default_registry is not None:
         default_registry = string(default_registry, "default_registry")
@@ -265,34 +216,11 @@ def parse_config(data: object) -> Config:
             raise ConfigError(
                 "default_registry", f"{default_registry!r} is not one of the configured registries"
             )
-
-    timeouts_raw = mapping(root.get("timeouts"), "timeouts")
-    reject_unknown(timeouts_raw, {"connect", "first_byte", "stall"}, "timeouts")
-    default = _DEFAULT.timeouts
-    timeouts = Timeouts(
-        connect=positive(timeouts_raw.get("connect"), "timeouts.connect", default.connect),
-        first_byte=positive(
-            timeouts_raw.get("first_byte"), "timeouts.first_byte", default.first_byte
-        ),
-        stall=positive(timeouts_raw.get("stall"), "timeouts.stall", default.stall),
-    )
-
-    log_raw = mapping(root.get("log"), "log")
-    reject_unknown(log_raw, {"level", "format", "access_log"}, "log")
-    level = str(log_raw.get("level", _DEFAULT.log.level)).lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log.level", "expected one of debug, info, warning, error")
-    fmt = str(log_raw.get("format", _DEFAULT.log.format)).lower()
-    if fmt not in ("json", "text"):
-        raise ConfigError("log.format", "expected json or text")
-    access_log = log_raw.get("access_log", _DEFAULT.log.access_log)
-    if not isinstance(access_log, bool):
-        raise ConfigError("log.access_log", "expected true or false")
-
+    timeouts = _timeouts(mapping(root.get("timeouts"), "timeouts"))
+    log = _log(mapping(root.get("log"), "log"))
     event_loop = root.get("event_loop", _DEFAULT.event_loop)
     if event_loop not in ("asyncio", "uvloop"):
         raise ConfigError("event_loop", "expected asyncio or uvloop")
-
     return Config(
         listen=listen,
         admin=admin,
@@ -300,7 +228,7 @@ def parse_config(data: object) -> Config:
         default_registry=default_registry,
         registries=registries,
         timeouts=timeouts,
-        log=LogConfig(level=level, format=fmt, access_log=access_log),
+        log=log,
         event_loop=event_loop,
         shutdown_grace=positive(
             root.get("shutdown_grace"), "shutdown_grace", _DEFAULT.shutdown_grace
@@ -308,6 +236,86 @@ def parse_config(data: object) -> Config:
         prewarm=prewarm,
         credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
     )
+
+
+def _admin(raw: Mapping[str, Any]) -> AdminConfig:
+    reject_unknown(raw, {"listen", "token_file"}, "admin")
+    token_file = raw.get("token_file")
+    return AdminConfig(
+        listen=(
+            parse_listen(raw["listen"], "admin.listen")
+            if "listen" in raw
+            else _DEFAULT.admin.listen
+        ),
+        token_file=Path(string(token_file, "admin.token_file")) if token_file else None,
+    )
+
+
+def _storage(raw: Mapping[str, Any]) -> StorageConfig:
+    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
+    max_size = raw.get("max_size")
+    max_age = raw.get("max_age")
+    return StorageConfig(
+        root=(
+            Path(string(raw["root"], "storage.root")) if "root" in raw else _DEFAULT.storage.root
+        ),
+        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
+        max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
+        sweep_interval=positive(
+            raw.get("sweep_interval"), "storage.sweep_interval", _DEFAULT.storage.sweep_interval
+        ),
+    )
+
+
+def _prewarm(raw: Mapping[str, Any]) -> PrewarmConfig:
+    reject_unknown(raw, {"concurrency", "retention"}, "prewarm")
+    concurrency = raw.get("concurrency", _DEFAULT.prewarm.concurrency)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= 64
+    ):
+        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
+    return PrewarmConfig(
+        concurrency=concurrency,
+        retention=positive(raw.get("retention"), "prewarm.retention", _DEFAULT.prewarm.retention),
+    )
+
+
+def _registries(raw: Mapping[str, Any]) -> dict[str, RegistryConfig]:
+    registries: dict[str, RegistryConfig] = {}
+    for name, value in raw.items():
+        key = f"registries.{name}"
+        if not is_registry_host(name):
+            raise ConfigError(key, "registry names are host or host:port, e.g. ghcr.io")
+        registries[name] = _registry(name, mapping(value, key), key)
+    if not registries:
+        raise ConfigError("registries", "configure at least one registry to mirror")
+    return registries
+
+
+def _timeouts(raw: Mapping[str, Any]) -> Timeouts:
+    reject_unknown(raw, {"connect", "first_byte", "stall"}, "timeouts")
+    default = _DEFAULT.timeouts
+    return Timeouts(
+        connect=positive(raw.get("connect"), "timeouts.connect", default.connect),
+        first_byte=positive(raw.get("first_byte"), "timeouts.first_byte", default.first_byte),
+        stall=positive(raw.get("stall"), "timeouts.stall", default.stall),
+    )
+
+
+def _log(raw: Mapping[str, Any]) -> LogConfig:
+    reject_unknown(raw, {"level", "format", "access_log"}, "log")
+    level = str(raw.get("level", _DEFAULT.log.level)).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level", "expected one of debug, info, warning, error")
+    fmt = str(raw.get("format", _DEFAULT.log.format)).lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError("log.format", "expected json or text")
+    access_log = raw.get("access_log", _DEFAULT.log.access_log)
+    if not isinstance(access_log, bool):
+        raise ConfigError("log.access_log", "expected true or false")
+    return LogConfig(level=level, format=fmt, access_log=access_log)
 
 
 def parse_yaml(text: str, source: str = "<config>") -> Config:

@@ -206,6 +206,14 @@ class Authorizer:
         params = {"scope": challenge.params.get("scope") or scope}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
+        status, body = await self._ask(realm, params, credential)
+        return self._token(status, body, credential)
+
+    async def _ask(
+        self, realm: str, params: dict[str, str], credential: Credential | None
+    ) -> tuple[int, bytes]:
+        """One token request to ``realm``: (status, body); transport errors translated."""
+        registry = self.registry
         try:
             async with asyncio.timeout(self._timeout):
                 form: dict[str, str] | None = None
@@ -243,6 +251,11 @@ class Authorizer:
             raise UpstreamError(
                 f"token service of {registry} unreachable: {connection_failure(exc)}"
             ) from None
+        return status, body
+
+    def _token(self, status: int, body: bytes, credential: Credential | None) -> _Token:
+        """The token service's answer as a token, or the error it amounts to."""
+        registry = self.registry
         if status != 200:
             self._metrics.token_fetches.labels(registry, "error").inc()
             if status in (401, 403):
