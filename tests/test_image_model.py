@@ -119,6 +119,7 @@ def mutated(path: tuple[str | int, ...], value: object) -> bytes:
         (("image", "layers", 1, "size"), True, "layers[1].size: expected a whole number >= 0"),
         (("image", "layers", 0, "size"), 1.5, "layers[0].size: expected a whole number >= 0"),
         (("image", "layers", 0, "digest"), 7, "layers[0].digest: expected a digest string"),
+        (("image", "layers", 0, "digest"), None, "layers[0]: has no digest"),
         (("image", "layers", 0, "digest"), "sha256:abc", "layers[0].digest: invalid sha256"),
         (("image", "layers", 0, "digest"), "../../etc", "layers[0].digest: invalid digest"),
         (("image", "layers", 0, "mediaType"), ["x"], "layers[0].mediaType: expected a media"),
@@ -225,7 +226,8 @@ def test_one_damaged_field_in_a_valid_index_is_caught(
         parsed = parse_manifest(MEDIA_OCI_INDEX, body(doc))
     except ManifestInvalid as exc:
         reason = exc.message
-        assert reason.startswith(f"manifests[{len(shape)}].{key}")
+        assert reason.startswith(f"manifests[{len(shape)}]")
+        assert key in reason
         return
     assert isinstance(parsed, Index)
     assert len(parsed.manifests) == len(shape) + 1

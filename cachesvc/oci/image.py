@@ -145,6 +145,8 @@ def _descriptor(value: object, where: str, *, platform: bool) -> Descriptor:
     if not isinstance(value, dict):
         raise ManifestInvalid(f"{where}: expected a descriptor object")
     digest = value.get("digest")
+    if digest is None:
+        raise ManifestInvalid(f"{where}: has no digest")
     if not isinstance(digest, str):
         raise ManifestInvalid(f"{where}.digest: expected a digest string")
     try:
