@@ -4,11 +4,14 @@
 
     CachesvcError                      anything cachesvc raises on purpose
     ├── ConfigError                    bad configuration file, key or CLI value
+    │   └── PublicKeyError             a policy key file is unusable (policy/keys.py)
     ├── UsageError                     a bad command-line value (exit status 2)
     ├── ListenError                    a listener cannot be bound (port in use, ...)
     ├── CredentialsFileError           the credentials file is no usable config.json
     ├── AdminUnavailable               the CLI cannot use the admin API (exit ``status``)
     ├── StoreError                     the storage root cannot be used
+    ├── ArtifactError                  a signature artifact cannot be read (policy/artifact.py)
+    ├── LookupFailed                   cluster members cannot be resolved (cluster/membership.py)
     ├── AdminError                     an /admin/v1 request cannot be done (400)
     │   ├── NotFound                   no such job, pin or cached image (404)
     │   └── Conflict                   e.g. purging a pinned image (409)
@@ -27,8 +30,7 @@
 
 ``aiohttp.ClientError`` and ``OSError`` are translated into these where they arise
 (``upstream/``, ``store/``); handlers only ever map ``RegistryError`` to a response.
-``FillFailed`` (``mirror/fill.py``) is the one internal signal between a fill and its
-readers; it never leaves the mirror.
+Subclasses defined outside this module say where (policy, cluster).
 """
 
 from __future__ import annotations
