@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cachesvc.cluster.address import PeerAddress, split_host_port
-from cachesvc.config.values import positive
+from cachesvc.config.values import mapping, positive, string
 from cachesvc.errors import ConfigError
 
 __all__ = ["ClusterConfig", "ClusterTLS", "DnsName", "parse_cluster"]
@@ -141,22 +141,14 @@ def _sources(raw: Mapping[str, Any], key: str) -> tuple[DnsName | None, tuple[Pe
 
 
 def _mapping(value: object, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(key, f"keys must be strings, got {k!r}")
-    return value
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
-    return value
+    """As ``cachesvc.config``'s mappings, but a present key must not be empty (null)."""
+    if value is None:
+        raise ConfigError(key, "expected a mapping, got NoneType")
+    return mapping(value, key)
 
 
 def _address(value: object, key: str, *, wildcard: bool) -> PeerAddress:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         address = PeerAddress.parse(text)
     except ValueError as exc:
@@ -191,7 +183,7 @@ def _dns_servers(value: object, key: str) -> tuple[PeerAddress, ...]:
 
 
 def _dns_name(value: object, key: str) -> DnsName:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         host, port = split_host_port(text)
     except ValueError as exc:
@@ -219,7 +211,7 @@ def _fanout(value: object, key: str) -> int:
 
 
 def _existing_file(value: object, key: str) -> Path:
-    path = Path(_string(value, key))
+    path = Path(string(value, key))
     if not path.is_file():
         raise ConfigError(key, f"no such file: {path}")
     return path
