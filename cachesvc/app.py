@@ -22,8 +22,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cachesvc import logs
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.config import Config, ListenAddress, RegistryConfig
-from cachesvc.errors import CachesvcError
+from cachesvc.errors import ListenError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import Blobs
 from cachesvc.mirror.facade import Mirror
@@ -41,17 +42,14 @@ from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream.auth import Authorizer
-from cachesvc.upstream.client import Upstream, tls_context
+from cachesvc.upstream.client import Upstream
 from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
+from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
-
-
-class ListenError(CachesvcError):
-    """A listener could not be bound (port in use, address not on this host)."""
 
 
 @dataclass(slots=True)
@@ -70,8 +68,14 @@ class _Parts:
 class Daemon:
     """One running cachesvc: the mirror listener and the admin listener."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.config = config
+        self.clock = clock  # every TTL, cool-down and expiry decision reads this one
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self._parts: _Parts | None = None
         self._runners: list[web.AppRunner] = []
@@ -124,7 +128,7 @@ class Daemon:
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
         leases = Leases()
-        manifests = Manifests(store, upstreams, self.metrics)
+        manifests = Manifests(store, upstreams, self.metrics, self.clock)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
@@ -170,6 +174,7 @@ class Daemon:
             ssl_context=tls,
             insecure=registry.insecure,
             egress=egress,
+            clock=self.clock,
         )
         endpoints = Endpoints(
             registry.name,
@@ -177,6 +182,7 @@ class Daemon:
             cooldown=registry.cooldown,
             max_cooldown=registry.max_cooldown,
             metrics=self.metrics,
+            clock=self.clock,
         )
         limiter = Limiter(
             registry.name,
@@ -186,6 +192,7 @@ class Daemon:
             queue_size=registry.queue_size,
             queue_timeout=registry.queue_timeout,
             metrics=self.metrics,
+            clock=self.clock,
         )
         return Upstream(
             registry,

@@ -27,16 +27,21 @@ from urllib.parse import urlsplit
 
 from cachesvc import __version__, logs
 from cachesvc.config import Config, ListenAddress, default_config, load_config, proxy_environment
-from cachesvc.errors import CachesvcError, ConfigError, StoreError
+from cachesvc.errors import (
+    AdminUnavailable,
+    CachesvcError,
+    ConfigError,
+    StoreError,
+    UsageError,
+)
 from cachesvc.ops.adminclient import (
     AdminClient,
-    AdminUnavailable,
     run_images,
     run_prewarm,
     run_status,
 )
 from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
-from cachesvc.upstream.client import tls_context
+from cachesvc.upstream.tls import tls_context
 
 EXIT_USAGE = 2
 
@@ -174,10 +179,6 @@ def _admin(args: argparse.Namespace, config: Config) -> int:
     except AdminUnavailable as exc:
         print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
         return exc.status
-
-
-class UsageError(CachesvcError):
-    """A command-line value is invalid (exit status 2)."""
 
 
 def _mirror_url(config: Config, override: str | None) -> str:

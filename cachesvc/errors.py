@@ -4,7 +4,14 @@
 
     CachesvcError                      anything cachesvc raises on purpose
     ├── ConfigError                    bad configuration file, key or CLI value
+    │   └── PublicKeyError             a policy key file is unusable (policy/keys.py)
+    ├── UsageError                     a bad command-line value (exit status 2)
+    ├── ListenError                    a listener cannot be bound (port in use, ...)
+    ├── CredentialsFileError           the credentials file is no usable config.json
+    ├── AdminUnavailable               the CLI cannot use the admin API (exit ``status``)
     ├── StoreError                     the storage root cannot be used
+    ├── ArtifactError                  a signature artifact cannot be read (policy/artifact.py)
+    ├── LookupFailed                   cluster members cannot be resolved (cluster/membership.py)
     ├── AdminError                     an /admin/v1 request cannot be done (400)
     │   ├── NotFound                   no such job, pin or cached image (404)
     │   └── Conflict                   e.g. purging a pinned image (409)
@@ -22,7 +29,8 @@
             └── DigestMismatch         upstream bytes do not match their digest
 
 ``aiohttp.ClientError`` and ``OSError`` are translated into these where they arise
-(``upstream.py``, ``store.py``); handlers only ever map ``RegistryError`` to a response.
+(``upstream/``, ``store/``); handlers only ever map ``RegistryError`` to a response.
+Subclasses defined outside this module say where (policy, cluster).
 """
 
 from __future__ import annotations
@@ -41,6 +49,29 @@ class ConfigError(CachesvcError):
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
+
+
+class UsageError(CachesvcError):
+    """A command-line value is invalid (exit status 2)."""
+
+
+class ListenError(CachesvcError):
+    """A listener could not be bound (port in use, address not on this host)."""
+
+
+class CredentialsFileError(CachesvcError):
+    """The file does not hold a usable Docker config.json (the message names no secret)."""
+
+
+class AdminUnavailable(CachesvcError):
+    """The admin API cannot be used; ``status`` is the exit status the CLI ends with.
+
+    The default 3 is ``cachesvc.ops.adminclient.EXIT_ADMIN`` (the admin API is unusable).
+    """
+
+    def __init__(self, message: str, status: int = 3) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StoreError(CachesvcError):

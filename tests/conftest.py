@@ -13,7 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cachesvc.app import Daemon
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.config import Config, parse_config, proxy_environment
+from tests.clock import AdvancingClock
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
 from tests.tls_upstream import make_pki
@@ -43,9 +45,9 @@ def make_config(storage: Path, upstreams: dict[str, list[str]], **extra: Any) ->
 
 
 @asynccontextmanager
-async def daemon_for(config: Config) -> AsyncIterator[Daemon]:
+async def daemon_for(config: Config, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Daemon]:
     """A started daemon on its own metrics registry; stopped afterwards."""
-    daemon = Daemon(config, CollectorRegistry())
+    daemon = Daemon(config, CollectorRegistry(), clock)
     await daemon.start()
     try:
         yield daemon
@@ -81,13 +83,19 @@ async def fake() -> AsyncIterator[FakeRegistry]:
 
 
 @pytest.fixture
-def start_daemon(storage: Path) -> StartDaemon:
-    """``async with start_daemon({"reg": [url]}, **config) as d``."""
+def clock() -> AdvancingClock:
+    """The clock of the test's daemons: ``clock.advance(s)`` instead of sleeping for a TTL."""
+    return AdvancingClock()
+
+
+@pytest.fixture
+def start_daemon(storage: Path, clock: AdvancingClock) -> StartDaemon:
+    """``async with start_daemon({"reg": [url]}, **config) as d``, on the ``clock`` fixture."""
 
     def factory(
         upstreams: dict[str, list[str]], **extra: Any
     ) -> AbstractAsyncContextManager[Daemon]:
-        return daemon_for(make_config(storage, upstreams, **extra))
+        return daemon_for(make_config(storage, upstreams, **extra), clock)
 
     return factory
 

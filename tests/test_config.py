@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from cachesvc.config import (
     ListenAddress,
     default_config,
+    parse_config,
     parse_duration,
     parse_size,
     parse_yaml,
@@ -264,3 +269,52 @@ def test_containerd_config_does_not_care_about_proxy_variables(tmp_path: Path) -
     result = run_cli("containerd-config", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert "r.io/hosts.toml" in result.stdout
+
+
+# -- the documented defaults are the model's ------------------------------------------------
+
+DOCUMENTED = [Path(__file__).parent.parent / p for p in ("README.md", "docs/upstream.md",
+                                                          "docs/operations.md")]  # fmt: skip
+_BASE = {"registries": {"r.test": {"endpoints": ["https://r.test"]}}}
+
+
+def documented_defaults() -> list[tuple[str, str, object]]:
+    """(file, key path, value) for every row of a ``| key | default | ...`` table whose
+    default is a literal; a registry table (``unset / 0 means``) puts keys under r.test."""
+    found: list[tuple[str, str, object]] = []
+    for path in DOCUMENTED:
+        prefix: str | None = None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("| key | default |"):
+                prefix = "registries.r.test." if "unset / 0 means" in line else ""
+                continue
+            if prefix is None or not line.startswith("| `"):
+                prefix = None if not line.startswith("|") else prefix
+                continue
+            key_cell, default_cell = line.strip("|").split("|")[:2]
+            keys = re.findall(r"`([^`]+)`", key_cell)
+            defaults = re.findall(r"`([^`]*)`", default_cell)
+            if default_cell.strip().startswith("`") and len(keys) == len(defaults):
+                for key, text in zip(keys, defaults, strict=True):
+                    found.append((path.name, prefix + key, yaml.safe_load(text or '""')))
+    return found
+
+
+def with_key(path: str, value: object) -> dict[str, object]:
+    data = copy.deepcopy(_BASE)
+    *parents, last = path.replace("registries.r.test.", "registries.r\0test.").split(".")
+    node: dict[str, Any] = data
+    for part in parents:
+        node = node.setdefault(part.replace("\0", "."), {})
+    node[last] = value
+    return data
+
+
+def test_the_documented_defaults_are_what_an_absent_key_gives() -> None:
+    """Each default is written once, in cachesvc.config.model: setting a key to the value
+    the docs give as its default must change nothing, in every table that documents one."""
+    rows = documented_defaults()
+    assert len({key for _, key, _ in rows}) >= 24  # the tables were found and read
+    unset = parse_config(_BASE)
+    for source, key, value in rows:
+        assert parse_config(with_key(key, value)) == unset, (source, key, value)

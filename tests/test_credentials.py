@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from cachesvc.app import Daemon
-from cachesvc.upstream.credentials import Credential, CredentialsFileError, parse_docker_config
+from cachesvc.errors import CredentialsFileError
+from cachesvc.upstream.credentials import Credential, parse_docker_config
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.auth import BasicGate, TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running

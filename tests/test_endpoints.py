@@ -3,7 +3,6 @@ rate-limit headers, path prefixes."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +12,7 @@ import aiohttp
 import pytest
 
 from cachesvc.app import Daemon
+from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon
 from tests.fakes.auth import TokenService, running_service
 from tests.fakes.registry import FakeRegistry, running
@@ -88,7 +88,10 @@ async def test_a_black_holed_endpoint_delays_only_the_first_request(
 
 
 async def test_a_cooled_down_endpoint_is_retried_and_restored(
-    fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clock: AdvancingClock,
 ) -> None:
     blobs = [fake.add_blob(os.urandom(100)) for _ in range(4)]
     async with running(FakeRegistry()) as cdn:
@@ -104,7 +107,7 @@ async def test_a_cooled_down_endpoint_is_retried_and_restored(
             assert (await get(http, f"{base}/{blobs[1]}?ns=fake.test"))[0] == 200
             assert cdn.count("GET", "/blobs/") == 1  # skipped while cooling down
             cdn.faults.status = None  # the CDN recovers
-            await asyncio.sleep(0.4)
+            clock.advance(0.4)  # past the 300 ms cool-down
             assert (await get(http, f"{base}/{blobs[2]}?ns=fake.test"))[0] == 200
             assert cdn.count("GET", "/blobs/") == 2  # retried after the cool-down...
             assert (await get(http, f"{base}/{blobs[3]}?ns=fake.test"))[0] == 200
@@ -114,7 +117,7 @@ async def test_a_cooled_down_endpoint_is_retried_and_restored(
 
 
 async def test_retry_after_keeps_the_endpoint_unasked_until_it_expires(
-    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession, clock: AdvancingClock
 ) -> None:
     blobs = [fake.add_blob(os.urandom(100)) for _ in range(3)]
     fake.faults.status, fake.faults.retry_after = 429, "2"
@@ -127,7 +130,7 @@ async def test_retry_after_keeps_the_endpoint_unasked_until_it_expires(
     assert status == 429  # not asked: its Retry-After has not expired
     assert 1 <= int(headers["Retry-After"]) <= 2
     assert fake.count("GET", "/blobs/") == 1
-    await asyncio.sleep(2.1)
+    clock.advance(2.1)
     assert (await get(http, f"{base}/{blobs[2]}?ns=fake.test"))[0] == 200
 
 

@@ -9,6 +9,7 @@ import time
 import aiohttp
 
 from cachesvc.app import Daemon
+from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon, with_settings
 from tests.fakes.registry import FakeRegistry
 from tests.upstream_helpers import metric
@@ -97,7 +98,10 @@ async def test_a_full_queue_is_refused_at_once(
 
 
 async def test_stale_tag_carries_a_warning_is_counted_and_bounded_by_max_stale(
-    fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clock: AdvancingClock,
 ) -> None:
     digest, _ = fake.add_image("team/app", "v1", [b"one"])
     settings = {"tag_ttl": "0s", "max_stale": "1s"}
@@ -112,7 +116,7 @@ async def test_stale_tag_carries_a_warning_is_counted_and_bounded_by_max_stale(
             assert resp.headers["Docker-Content-Digest"] == digest
             assert resp.headers["Warning"].startswith('110 cachesvc "stale')
         assert await metric(http, daemon, "cachesvc_stale_served_total", registry="fake.test") == 1
-        await asyncio.sleep(1.1)  # beyond max_stale: the error surfaces
+        clock.advance(1.1)  # beyond max_stale: the error surfaces
         async with http.get(url) as resp:
             assert resp.status == 502
             error = (await resp.json())["errors"][0]
@@ -152,7 +156,10 @@ async def test_our_own_rate_limit_falls_back_to_the_stale_tag(
 
 
 async def test_an_upstream_404_for_a_tag_is_remembered_for_negative_ttl(
-    fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
+    fake: FakeRegistry,
+    start_daemon: StartDaemon,
+    http: aiohttp.ClientSession,
+    clock: AdvancingClock,
 ) -> None:
     async with with_settings(start_daemon, fake, negative_ttl="500ms") as daemon:
         url = manifest_url(daemon, "typo")
@@ -166,6 +173,6 @@ async def test_an_upstream_404_for_a_tag_is_remembered_for_negative_ttl(
             == 4
         )
         fake.add_image("team/app", "typo", [b"now it exists"])
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)  # past negative_ttl
         async with http.get(url) as resp:
             assert resp.status == 200

@@ -3,13 +3,13 @@ caching per scope, expiry, re-challenge, rotation."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 import aiohttp
 
 from cachesvc.app import Daemon
+from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.auth import TokenService, basic
 from tests.fakes.registry import FakeRegistry
@@ -91,13 +91,17 @@ async def test_identity_token_is_posted_as_a_refresh_token(
 
 
 async def test_an_expired_token_is_fetched_again(
-    fake: FakeRegistry, tokens: TokenService, mirror: Daemon, http: aiohttp.ClientSession
+    fake: FakeRegistry,
+    tokens: TokenService,
+    mirror: Daemon,
+    http: aiohttp.ClientSession,
+    clock: AdvancingClock,
 ) -> None:
     tokens.expires_in = 1
     fake.gate = tokens
     first, second = fake.add_blob(b"one"), fake.add_blob(b"two")
     assert await get_blob(http, mirror, first) == 200
-    await asyncio.sleep(1.2)
+    clock.advance(1.2)
     assert await get_blob(http, mirror, second) == 200
     assert len(tokens.requests) == 2
     # cachesvc did not knowingly send the expired token: the registry saw no extra 401.

@@ -7,9 +7,9 @@ are errors, as everywhere in the configuration.
 
 What "unset" means, key by key, is in the docstring of each field of :class:`ClusterConfig`.
 Durations use the grammar of ``cachesvc.config.parse_duration`` (``"10s"``, ``"5m"``,
-``"1h30m"``, a number of seconds). It is re-implemented here instead of imported because
-``cachesvc.config`` is the module that will import this one (an import cycle otherwise);
-``tests/test_cluster_settings.py`` checks that both grammars agree.
+``"1h30m"``, a number of seconds), imported from ``cachesvc.config.values`` (a layer below
+this one). When ``Config`` gains its ``cluster`` field, ``ClusterConfig`` and its parser
+belong in ``cachesvc.config`` (config cannot import cluster: the layer contract).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cachesvc.cluster.address import PeerAddress, split_host_port
+from cachesvc.config.values import mapping, positive, string
 from cachesvc.errors import ConfigError
 
 __all__ = ["ClusterConfig", "ClusterTLS", "DnsName", "parse_cluster"]
@@ -35,9 +36,6 @@ _KEYS = {
     "fanout", "block_for", "tls",
 }  # fmt: skip
 _TLS_KEYS = {"cert_file", "key_file", "ca_file"}
-_DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
@@ -143,22 +141,14 @@ def _sources(raw: Mapping[str, Any], key: str) -> tuple[DnsName | None, tuple[Pe
 
 
 def _mapping(value: object, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(key, f"keys must be strings, got {k!r}")
-    return value
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
-    return value
+    """As ``cachesvc.config``'s mappings, but a present key must not be empty (null)."""
+    if value is None:
+        raise ConfigError(key, "expected a mapping, got NoneType")
+    return mapping(value, key)
 
 
 def _address(value: object, key: str, *, wildcard: bool) -> PeerAddress:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         address = PeerAddress.parse(text)
     except ValueError as exc:
@@ -193,7 +183,7 @@ def _dns_servers(value: object, key: str) -> tuple[PeerAddress, ...]:
 
 
 def _dns_name(value: object, key: str) -> DnsName:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         host, port = split_host_port(text)
     except ValueError as exc:
@@ -208,22 +198,8 @@ def _dns_name(value: object, key: str) -> DnsName:
 
 
 def _duration(value: object, key: str, default: float) -> float:
-    """As ``cachesvc.config.parse_duration``, and greater than zero."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise ConfigError(key, f"expected a duration such as '60s', got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION_RE.fullmatch(value.strip()):
-        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value.strip()))
-    else:
-        raise ConfigError(key, f"expected a duration such as '60s', '5m' or '7d', got {value!r}")
-    if seconds < 0 or seconds > 10 * 365 * 86400:
-        raise ConfigError(key, f"duration out of range: {value!r}")
-    if seconds == 0:
-        raise ConfigError(key, "must be greater than zero")
-    return seconds
+    """A duration in ``cachesvc.config``'s grammar, greater than zero; ``default`` if unset."""
+    return positive(value, key, default)
 
 
 def _fanout(value: object, key: str) -> int:
@@ -235,7 +211,7 @@ def _fanout(value: object, key: str) -> int:
 
 
 def _existing_file(value: object, key: str) -> Path:
-    path = Path(_string(value, key))
+    path = Path(string(value, key))
     if not path.is_file():
         raise ConfigError(key, f"no such file: {path}")
     return path

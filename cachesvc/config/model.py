@@ -1,7 +1,8 @@
 """The typed, frozen configuration values (what ``cachesvc.config.parse`` produces).
 
 ``Config`` only stores values; every default and what "unset" means is documented beside
-its field.
+its field, and written only there: ``parse`` takes its defaults from these fields, and
+tests/test_config.py checks that the tables in README.md and docs/ say the same.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ class Config:
     listen: ListenAddress = ListenAddress("127.0.0.1", 5000)
     admin: AdminConfig = field(default_factory=AdminConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    default_registry: str | None = "docker.io"
+    # Requests with neither ``ns=`` nor a registry path prefix; unset: 404 NAME_UNKNOWN.
+    # Only the embedded default (``DEFAULT_CONFIG_YAML``) sets docker.io.
+    default_registry: str | None = None
     registries: Mapping[str, RegistryConfig] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     log: LogConfig = field(default_factory=LogConfig)

@@ -40,26 +40,23 @@ from cachesvc.oci import is_registry_host
 
 DEFAULT_CONFIG_YAML = """\
 # cachesvc embedded default: mirrors the big public registries at their real endpoints.
-listen: "127.0.0.1:5000"
-admin:
-  listen: "127.0.0.1:5050"
-storage:
-  root: "/var/lib/cachesvc"
+# Every other value is the default of its field in cachesvc.config.model.
 default_registry: "docker.io"
 registries:
   docker.io:
     endpoints: ["https://registry-1.docker.io"]
-    tag_ttl: "60s"
   ghcr.io:
     endpoints: ["https://ghcr.io"]
-    tag_ttl: "60s"
   quay.io:
     endpoints: ["https://quay.io"]
-    tag_ttl: "60s"
   registry.k8s.io:
     endpoints: ["https://registry.k8s.io"]
-    tag_ttl: "60s"
 """
+
+# The defaults, read from the model's own field defaults: each is written once, beside its
+# field in cachesvc.config.model (typed attribute access, so mypy checks every use here).
+_DEFAULT = Config()
+_REGISTRY = RegistryConfig(name="", endpoints=())
 
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -139,7 +136,7 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         else:
             endpoints.append(endpoint(entry, where))
             prefixes.append(default_prefix)
-    insecure = data.get("insecure", False)
+    insecure = data.get("insecure", _REGISTRY.insecure)
     if not isinstance(insecure, bool):
         raise ConfigError(f"{key}.insecure", "expected true or false")
     for i, url in enumerate(endpoints):
@@ -152,14 +149,14 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
     client_key = _optional_path(data.get("client_key"), f"{key}.client_key")
     if client_key is not None and client_cert is None:
         raise ConfigError(f"{key}.client_key", "needs client_cert as well")
-    cooldown = positive(data.get("cooldown"), f"{key}.cooldown", 5.0)
-    max_cooldown = positive(data.get("max_cooldown"), f"{key}.max_cooldown", 300.0)
+    cooldown = positive(data.get("cooldown"), f"{key}.cooldown", _REGISTRY.cooldown)
+    max_cooldown = positive(data.get("max_cooldown"), f"{key}.max_cooldown", _REGISTRY.max_cooldown)
     if max_cooldown < cooldown:
         raise ConfigError(f"{key}.max_cooldown", "must be at least cooldown")
     return RegistryConfig(
         name=name,
         endpoints=tuple(endpoints),
-        tag_ttl=parse_duration(data.get("tag_ttl", "60s"), f"{key}.tag_ttl"),
+        tag_ttl=_duration(data, "tag_ttl", key, _REGISTRY.tag_ttl),
         path_prefixes=tuple(prefixes),
         ca_file=_optional_path(data.get("ca_file"), f"{key}.ca_file"),
         client_cert=client_cert,
@@ -167,15 +164,22 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         insecure=insecure,
         max_concurrent=_count(data.get("max_concurrent"), f"{key}.max_concurrent"),
         requests_per_second=_rate(data, key),
-        burst=_count(data.get("burst"), f"{key}.burst") or 1,
-        queue_size=_count(data.get("queue_size"), f"{key}.queue_size") or 256,
-        queue_timeout=positive(data.get("queue_timeout"), f"{key}.queue_timeout", 10.0),
-        max_stale=parse_duration(data.get("max_stale", "7d"), f"{key}.max_stale"),
-        negative_ttl=parse_duration(data.get("negative_ttl", "15s"), f"{key}.negative_ttl"),
+        burst=_count(data.get("burst"), f"{key}.burst") or _REGISTRY.burst,
+        queue_size=_count(data.get("queue_size"), f"{key}.queue_size") or _REGISTRY.queue_size,
+        queue_timeout=positive(
+            data.get("queue_timeout"), f"{key}.queue_timeout", _REGISTRY.queue_timeout
+        ),
+        max_stale=_duration(data, "max_stale", key, _REGISTRY.max_stale),
+        negative_ttl=_duration(data, "negative_ttl", key, _REGISTRY.negative_ttl),
         cooldown=cooldown,
         max_cooldown=max_cooldown,
         proxy=_proxy(data.get("proxy"), f"{key}.proxy"),
     )
+
+
+def _duration(data: Mapping[str, Any], name: str, key: str, default: float) -> float:
+    """``data[name]`` as a duration, ``default`` when the key is absent (null is an error)."""
+    return parse_duration(data[name], f"{key}.{name}") if name in data else default
 
 
 def _proxy(value: object, key: str) -> str | None:
@@ -186,7 +190,11 @@ def _proxy(value: object, key: str) -> str | None:
 
 
 def parse_config(data: object) -> Config:
-    """Validate a configuration mapping (as read from YAML) into a ``Config``."""
+    """Validate a configuration mapping (as read from YAML) into a ``Config``.
+
+    Sections are checked in file order, so the first error reported is the first a
+    reader of the file meets.
+    """
     root = mapping(data, "")
     reject_unknown(
         root,
@@ -194,52 +202,13 @@ def parse_config(data: object) -> Config:
          "event_loop", "shutdown_grace", "prewarm", "credentials_file"},
         "",
     )  # fmt: skip
-    listen = parse_listen(root.get("listen", "127.0.0.1:5000"), "listen")
-
-    admin_raw = mapping(root.get("admin"), "admin")
-    reject_unknown(admin_raw, {"listen", "token_file"}, "admin")
-    token_file = admin_raw.get("token_file")
-    admin = AdminConfig(
-        listen=parse_listen(admin_raw.get("listen", "127.0.0.1:5050"), "admin.listen"),
-        token_file=Path(string(token_file, "admin.token_file")) if token_file else None,
-    )
+    listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
+    admin = _admin(mapping(root.get("admin"), "admin"))
     if admin.listen == listen and listen.port != 0:
         raise ConfigError("admin.listen", "must differ from listen")
-
-    storage_raw = mapping(root.get("storage"), "storage")
-    reject_unknown(storage_raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
-    max_size = storage_raw.get("max_size")
-    max_age = storage_raw.get("max_age")
-    storage = StorageConfig(
-        root=Path(string(storage_raw.get("root", "/var/lib/cachesvc"), "storage.root")),
-        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
-        max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
-        sweep_interval=positive(storage_raw.get("sweep_interval"), "storage.sweep_interval", 60.0),
-    )
-
-    prewarm_raw = mapping(root.get("prewarm"), "prewarm")
-    reject_unknown(prewarm_raw, {"concurrency", "retention"}, "prewarm")
-    concurrency = prewarm_raw.get("concurrency", 4)
-    if (
-        isinstance(concurrency, bool)
-        or not isinstance(concurrency, int)
-        or not 1 <= concurrency <= 64
-    ):
-        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
-    prewarm = PrewarmConfig(
-        concurrency=concurrency,
-        retention=positive(prewarm_raw.get("retention"), "prewarm.retention", 3600.0),
-    )
-
-    registries: dict[str, RegistryConfig] = {}
-    for name, value in mapping(root.get("registries"), "registries").items():
-        key = f"registries.{name}"
-        if not is_registry_host(name):
-            raise ConfigError(key, "registry names are host or host:port, e.g. ghcr.io")
-        registries[name] = _registry(name, mapping(value, key), key)
-    if not registries:
-        raise ConfigError("registries", "configure at least one registry to mirror")
-
+    storage = _storage(mapping(root.get("storage"), "storage"))
+    prewarm = _prewarm(mapping(root.get("prewarm"), "prewarm"))
+    registries = _registries(mapping(root.get("registries"), "registries"))
     default_registry = root.get("default_registry")
     if default_registry is not None:
         default_registry = string(default_registry, "default_registry")
@@ -247,31 +216,11 @@ def parse_config(data: object) -> Config:
             raise ConfigError(
                 "default_registry", f"{default_registry!r} is not one of the configured registries"
             )
-
-    timeouts_raw = mapping(root.get("timeouts"), "timeouts")
-    reject_unknown(timeouts_raw, {"connect", "first_byte", "stall"}, "timeouts")
-    timeouts = Timeouts(
-        connect=positive(timeouts_raw.get("connect"), "timeouts.connect", 5.0),
-        first_byte=positive(timeouts_raw.get("first_byte"), "timeouts.first_byte", 30.0),
-        stall=positive(timeouts_raw.get("stall"), "timeouts.stall", 30.0),
-    )
-
-    log_raw = mapping(root.get("log"), "log")
-    reject_unknown(log_raw, {"level", "format", "access_log"}, "log")
-    level = str(log_raw.get("level", "info")).lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log.level", "expected one of debug, info, warning, error")
-    fmt = str(log_raw.get("format", "json")).lower()
-    if fmt not in ("json", "text"):
-        raise ConfigError("log.format", "expected json or text")
-    access_log = log_raw.get("access_log", True)
-    if not isinstance(access_log, bool):
-        raise ConfigError("log.access_log", "expected true or false")
-
-    event_loop = root.get("event_loop", "asyncio")
+    timeouts = _timeouts(mapping(root.get("timeouts"), "timeouts"))
+    log = _log(mapping(root.get("log"), "log"))
+    event_loop = root.get("event_loop", _DEFAULT.event_loop)
     if event_loop not in ("asyncio", "uvloop"):
         raise ConfigError("event_loop", "expected asyncio or uvloop")
-
     return Config(
         listen=listen,
         admin=admin,
@@ -279,12 +228,94 @@ def parse_config(data: object) -> Config:
         default_registry=default_registry,
         registries=registries,
         timeouts=timeouts,
-        log=LogConfig(level=level, format=fmt, access_log=access_log),
+        log=log,
         event_loop=event_loop,
-        shutdown_grace=positive(root.get("shutdown_grace"), "shutdown_grace", 20.0),
+        shutdown_grace=positive(
+            root.get("shutdown_grace"), "shutdown_grace", _DEFAULT.shutdown_grace
+        ),
         prewarm=prewarm,
         credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
     )
+
+
+def _admin(raw: Mapping[str, Any]) -> AdminConfig:
+    reject_unknown(raw, {"listen", "token_file"}, "admin")
+    token_file = raw.get("token_file")
+    return AdminConfig(
+        listen=(
+            parse_listen(raw["listen"], "admin.listen")
+            if "listen" in raw
+            else _DEFAULT.admin.listen
+        ),
+        token_file=Path(string(token_file, "admin.token_file")) if token_file else None,
+    )
+
+
+def _storage(raw: Mapping[str, Any]) -> StorageConfig:
+    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
+    max_size = raw.get("max_size")
+    max_age = raw.get("max_age")
+    return StorageConfig(
+        root=(
+            Path(string(raw["root"], "storage.root")) if "root" in raw else _DEFAULT.storage.root
+        ),
+        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
+        max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
+        sweep_interval=positive(
+            raw.get("sweep_interval"), "storage.sweep_interval", _DEFAULT.storage.sweep_interval
+        ),
+    )
+
+
+def _prewarm(raw: Mapping[str, Any]) -> PrewarmConfig:
+    reject_unknown(raw, {"concurrency", "retention"}, "prewarm")
+    concurrency = raw.get("concurrency", _DEFAULT.prewarm.concurrency)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= 64
+    ):
+        raise ConfigError("prewarm.concurrency", "expected a whole number from 1 to 64")
+    return PrewarmConfig(
+        concurrency=concurrency,
+        retention=positive(raw.get("retention"), "prewarm.retention", _DEFAULT.prewarm.retention),
+    )
+
+
+def _registries(raw: Mapping[str, Any]) -> dict[str, RegistryConfig]:
+    registries: dict[str, RegistryConfig] = {}
+    for name, value in raw.items():
+        key = f"registries.{name}"
+        if not is_registry_host(name):
+            raise ConfigError(key, "registry names are host or host:port, e.g. ghcr.io")
+        registries[name] = _registry(name, mapping(value, key), key)
+    if not registries:
+        raise ConfigError("registries", "configure at least one registry to mirror")
+    return registries
+
+
+def _timeouts(raw: Mapping[str, Any]) -> Timeouts:
+    reject_unknown(raw, {"connect", "first_byte", "stall"}, "timeouts")
+    default = _DEFAULT.timeouts
+    return Timeouts(
+        connect=positive(raw.get("connect"), "timeouts.connect", default.connect),
+        first_byte=positive(raw.get("first_byte"), "timeouts.first_byte", default.first_byte),
+        stall=positive(raw.get("stall"), "timeouts.stall", default.stall),
+    )
+
+
+def _log(raw: Mapping[str, Any]) -> LogConfig:
+    reject_unknown(raw, {"level", "format", "access_log"}, "log")
+    level = str(raw.get("level", _DEFAULT.log.level)).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level", "expected one of debug, info, warning, error")
+    fmt = str(raw.get("format", _DEFAULT.log.format)).lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError("log.format", "expected json or text")
+    access_log = raw.get("access_log", _DEFAULT.log.access_log)
+    if not isinstance(access_log, bool):
+        raise ConfigError("log.access_log", "expected true or false")
+    return LogConfig(level=level, format=fmt, access_log=access_log)
 
 
 def parse_yaml(text: str, source: str = "<config>") -> Config:

@@ -7,8 +7,7 @@ chunked). Upstream 404 or failure surfaces here as a ``RegistryError``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,6 @@ from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest
 from cachesvc.store.lease import Lease, Leases
 from cachesvc.store.store import Store
-from cachesvc.upstream.body import BlobBody
 from cachesvc.upstream.client import Upstream
 
 Result = Literal["hit", "miss", "coalesced"]
@@ -79,17 +77,9 @@ class Blobs:
         if cached is not None:
             return BlobAnswer(cached, "hit")
         upstream = self._upstreams[target.registry]
-
-        @asynccontextmanager
-        async def opener() -> AsyncIterator[BlobBody]:
-            async with upstream.blob(target.repository, str(digest)) as body:
-                if body is None:
-                    raise BlobUnknown(
-                        f"blob {digest} not found in {target.registry}/{target.repository}"
-                    )
-                yield body
-
-        fill, started = self._fills.start(digest, target.registry, opener)
+        fill, started = self._fills.start(
+            digest, target.registry, lambda: upstream.blob(target.repository, digest)
+        )
         await fill.wait_ready()
         return BlobAnswer(FillingBlob(fill), "miss" if started else "coalesced")
 

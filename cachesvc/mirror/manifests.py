@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.errors import (
     DigestInvalid,
     DigestMismatch,
@@ -133,9 +133,14 @@ class Manifests:
     """Manifest lookups for the mirror."""
 
     def __init__(
-        self, store: Store, upstreams: Mapping[str, Upstream], metrics: Metrics | None = None
+        self,
+        store: Store,
+        upstreams: Mapping[str, Upstream],
+        metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,  # tag ages (wall: stored in the index), 404 expiry
     ) -> None:
         self._store = store
+        self._clock = clock
         self._upstreams = upstreams
         self._metrics = metrics
         self._missing: OrderedDict[str, float] = OrderedDict()  # tag key -> expiry (monotonic)
@@ -237,7 +242,7 @@ class Manifests:
         record = self._tags.get(key)
         if record is None:  # not looked up since start-up: the index (SQLite) knows
             record = await asyncio.to_thread(self._store.index.get_tag, key)
-        if record is not None and time.time() - record.checked_at < ttl:
+        if record is not None and self._clock.time() - record.checked_at < ttl:
             self._tags[key] = record
             answer = await self._answer(target, record, head, "hit")
             if answer is not None:
@@ -298,7 +303,7 @@ class Manifests:
                 digest = _header_digest(head)
                 if head.status == 200 and digest == previous.digest:
                     record = TagRecord(
-                        previous.digest, previous.media_type, previous.size, time.time()
+                        previous.digest, previous.media_type, previous.size, self._clock.time()
                     )
                     await self._remember(key, record)
                     return record, "hit", None, head.endpoint
@@ -306,7 +311,7 @@ class Manifests:
         except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
             raise
         except UpstreamError as exc:
-            age = time.time() - previous.checked_at if previous is not None else 0.0
+            age = self._clock.time() - previous.checked_at if previous is not None else 0.0
             max_stale = upstream.config.max_stale
             if (
                 previous is not None
@@ -338,7 +343,7 @@ class Manifests:
         if not answer.body:
             raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
         manifest = await self._put(target, digest, _media_type(answer), answer.body)
-        record = TagRecord(digest, manifest.media_type, manifest.size, time.time())
+        record = TagRecord(digest, manifest.media_type, manifest.size, self._clock.time())
         await self._remember(key, record)
         return record, "miss", None, answer.endpoint
 
@@ -351,7 +356,7 @@ class Manifests:
         if ttl > 0:
             key = self._missing_key(target, tag)
             self._missing.pop(key, None)
-            self._missing[key] = time.monotonic() + ttl
+            self._missing[key] = self._clock.monotonic() + ttl
             while len(self._missing) > NEGATIVE_ENTRIES:
                 self._missing.popitem(last=False)
         return ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
@@ -361,7 +366,7 @@ class Manifests:
         expires = self._missing.get(key)
         if expires is None:
             return
-        if expires <= time.monotonic():
+        if expires <= self._clock.monotonic():
             del self._missing[key]
             return
         if self._metrics is not None:

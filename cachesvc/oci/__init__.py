@@ -9,6 +9,14 @@ cachesvc's but ``cachesvc.errors``: it is the bottom layer.
 
 from cachesvc.oci.apipath import ApiPath, Kind, parse_api_path
 from cachesvc.oci.digest import Digest, is_digest
+from cachesvc.oci.image import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    config_platform,
+    parse_manifest,
+)
 from cachesvc.oci.media import (
     ACCEPT_ANY_MANIFEST,
     ACCEPTABLE_MANIFEST_TYPES,
@@ -35,12 +43,18 @@ __all__ = [
     "MEDIA_OCI_INDEX",
     "MEDIA_OCI_MANIFEST",
     "ApiPath",
+    "Descriptor",
     "Digest",
+    "Index",
     "Kind",
+    "Manifest",
+    "Platform",
+    "config_platform",
     "is_digest",
     "is_registry_host",
     "normalize_accept",
     "parse_api_path",
+    "parse_manifest",
     "validate_name",
     "validate_tag",
 ]

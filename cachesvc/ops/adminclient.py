@@ -21,18 +21,11 @@ from typing import Any, TextIO
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from cachesvc.errors import AdminUnavailable
 from cachesvc.ops.progress import Progress, human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ADMIN = 0, 1, 2, 3
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
-
-
-class AdminUnavailable(Exception):
-    """The admin API cannot be used; ``status`` is the exit status to end with."""
-
-    def __init__(self, message: str, status: int = EXIT_ADMIN) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

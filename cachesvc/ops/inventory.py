@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cachesvc.errors import CachesvcError, Conflict, NotFound
+from cachesvc.errors import CachesvcError, Conflict, ManifestInvalid, NotFound
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.oci import INDEX_MEDIA_TYPES, Digest
+from cachesvc.oci.image import Index, Manifest, config_platform, parse_manifest
 from cachesvc.oci.reference import ImageReference
 from cachesvc.store.retention import Retention
 from cachesvc.store.store import Store
@@ -42,36 +41,6 @@ class _Image:
     manifests: set[str] = field(default_factory=set)
     platforms: list[str] = field(default_factory=list)
     origins: set[tuple[str, str]] = field(default_factory=set)
-
-
-def platform_text(data: object) -> str | None:
-    """``os/architecture[/variant]`` from an index entry's platform or an image config."""
-    if not isinstance(data, dict):
-        return None
-    os_name, arch = data.get("os"), data.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(arch, str):
-        return None
-    variant = data.get("variant")
-    return (
-        f"{os_name}/{arch}/{variant}"
-        if isinstance(variant, str) and variant
-        else (f"{os_name}/{arch}")
-    )
-
-
-def _json(data: bytes) -> dict[str, object]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _descriptors(value: object) -> Iterable[dict[str, object]]:
-    if isinstance(value, list):
-        yield from (d for d in value if isinstance(d, dict) and isinstance(d.get("digest"), str))
-    elif isinstance(value, dict) and isinstance(value.get("digest"), str):
-        yield value
 
 
 class Inventory:
@@ -99,16 +68,33 @@ class Inventory:
         except (OSError, CachesvcError):
             return b""
 
+    def _parsed(self, digest: str, media_type: str) -> Manifest | Index | None:
+        """A stored manifest in the image model; None for one it cannot read (a schema 1
+        or artifact manifest, a damaged file): listed, but with no known blobs."""
+        try:
+            return parse_manifest(media_type, self._read(digest))
+        except ManifestInvalid:
+            return None
+
+    def _config_platform(self, config: Digest) -> str | None:
+        try:
+            platform = config_platform(self._read(str(config)))
+        except ManifestInvalid:  # not cached, or not JSON
+            return None
+        return str(platform) if platform is not None else None
+
     def _images(self) -> tuple[dict[str, _Image], dict[str, list[tuple[str, str, str]]]]:
         records = {str(r.digest): (r, origins) for r, origins in self._store.manifests()}
         children: dict[str, list[tuple[str, str | None]]] = {}
         for digest, (record, _) in records.items():
-            body = _json(self._read(digest))
-            if record.media_type in INDEX_MEDIA_TYPES or "manifests" in body:
+            parsed = self._parsed(digest, record.media_type)
+            if isinstance(parsed, Index):
                 children[digest] = [
-                    (str(d["digest"]), platform_text(d.get("platform")))
-                    for d in _descriptors(body.get("manifests"))
+                    (str(d.digest), str(d.platform) if d.platform else None)
+                    for d in parsed.manifests
                 ]
+            elif parsed is None and record.media_type in INDEX_MEDIA_TYPES:
+                children[digest] = []  # an index that cannot be read: its children unknown
         referenced = {child for items in children.values() for child, _ in items}
         tags: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         for key, tag_record in self._store.index.tags():
@@ -137,15 +123,11 @@ class Inventory:
         return images, tags
 
     def _add_manifest(self, image: _Image, digest: str, platform: str | None) -> None:
-        body = _json(self._read(digest))
-        config = next(iter(_descriptors(body.get("config"))), None)
-        for descriptor in [*([config] if config else []), *_descriptors(body.get("layers"))]:
-            size = descriptor.get("size")
-            image.blobs[str(descriptor["digest"])] = size if isinstance(size, int) else None
-        if platform is None and config is not None:
-            size = config.get("size")
-            if isinstance(size, int) and size <= MAX_CONFIG_BYTES:
-                platform = platform_text(_json(self._read(str(config["digest"]))))
+        parsed = self._parsed(digest, "")
+        if isinstance(parsed, Manifest):
+            image.blobs.update((str(d.digest), d.size) for d in parsed.blobs)
+            if platform is None and parsed.config.size <= MAX_CONFIG_BYTES:
+                platform = self._config_platform(parsed.config.digest)
         image.platforms.append(platform or "unknown")
 
     def _rows(self, filters: dict[str, str]) -> list[dict[str, object]]:

@@ -21,7 +21,6 @@ for ``prewarm.retention``. With ``pin``, a finished image is pinned.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import platform as host_platform
 import secrets
@@ -30,14 +29,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cachesvc.config import PrewarmConfig
-from cachesvc.errors import AdminError, CachesvcError, NotFound, RegistryError
+from cachesvc.errors import AdminError, CachesvcError, ManifestInvalid, NotFound, RegistryError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import CachedBlob
 from cachesvc.mirror.facade import Mirror
-from cachesvc.mirror.routing import Router
-from cachesvc.oci import ACCEPT_ANY_MANIFEST, INDEX_MEDIA_TYPES, Digest, normalize_accept
+from cachesvc.mirror.routing import Router, Target
+from cachesvc.oci import ACCEPT_ANY_MANIFEST, Digest, normalize_accept
+from cachesvc.oci.image import Index, Manifest, Platform, parse_manifest
 from cachesvc.oci.reference import ImageReference, parse_reference
-from cachesvc.ops.inventory import platform_text
 from cachesvc.store.pins import Pins
 
 log = logging.getLogger("cachesvc.prewarm")
@@ -53,6 +52,10 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm/v7", "armv6l": "arm/v6", "ppc64le": "ppc64le", "s390x": "s390x",
          "riscv64": "riscv64", "i686": "386", "i386": "386"}  # fmt: skip
+
+
+# The platform manifests of one image: (digest, manifest, platform text or None).
+_Chosen = list[tuple[Digest, Manifest, str | None]]
 
 
 def node_platform() -> str:
@@ -268,6 +271,26 @@ class Prewarmer:
                 _event(f"image {image.state}", job, image=image.ref, digest=image.digest,
                        reason=image.reason, bytes=image.bytes_done)  # fmt: skip
 
+    async def _platform_manifests(self, job: Job, target: Target, index: Index) -> _Chosen:
+        """The manifest of each of the job's platforms in ``index``, fetched by digest."""
+        chosen: _Chosen = []
+        for wanted in job.platforms:
+            choice = next(
+                (e for e in index.manifests if platform_matches(wanted, _text(e.platform))), None
+            )
+            if choice is None:
+                raise AdminError(
+                    f"no manifest for {wanted} in the index (it has: "
+                    f"{', '.join(sorted(set(index.platforms())))})"
+                )
+            child = choice.digest
+            sub = await self._mirror.manifest(target, str(child), CONTAINERD_ACCEPT, head=False)
+            entry = _parsed(child, sub.record.media_type, sub.body)
+            if isinstance(entry, Index):
+                raise ManifestInvalid(f"manifest {child}: the {wanted} entry is an index too")
+            chosen.append((child, entry, _text(choice.platform)))
+        return chosen
+
     async def _prewarm(self, job: Job, image: ImageProgress) -> None:
         reference = image.reference
         assert reference is not None
@@ -279,46 +302,16 @@ class Prewarmer:
         root = head.record.digest
         answer = await mirror.manifest(target, str(root), CONTAINERD_ACCEPT, head=False)
         image.digest = str(root)
-        members: set[str] = {str(root)}
-        manifests: list[tuple[bytes, str | None]] = []
-        body = answer.body or b""
-        if answer.record.media_type in INDEX_MEDIA_TYPES:
-            listed = _parse(body).get("manifests")
-            entries = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
-            offered = [platform_text(e.get("platform")) for e in entries]
-            for wanted in job.platforms:
-                choice = next(
-                    (
-                        e
-                        for e, p in zip(entries, offered, strict=True)
-                        if platform_matches(wanted, p)
-                    ),
-                    None,
-                )
-                if choice is None:
-                    raise AdminError(
-                        f"no manifest for {wanted} in the index (it has: "
-                        f"{', '.join(sorted({p or 'unknown' for p in offered}))})"
-                    )
-                child_digest = choice.get("digest")
-                if not isinstance(child_digest, str):
-                    raise AdminError(f"the index entry for {wanted} has no digest")
-                child = Digest.parse(child_digest)
-                sub = await mirror.manifest(target, str(child), CONTAINERD_ACCEPT, head=False)
-                members.add(str(child))
-                manifests.append((sub.body or b"", platform_text(choice.get("platform"))))
+        parsed = _parsed(root, answer.record.media_type, answer.body)
+        if isinstance(parsed, Index):
+            manifests = await self._platform_manifests(job, target, parsed)
         else:
-            manifests.append((body, None))
+            manifests = [(root, parsed, None)]
+        members = {str(root), *(str(digest) for digest, _, _ in manifests)}
         blobs: dict[str, int] = {}
-        for manifest_body, platform in manifests:
-            parsed = _parse(manifest_body)
+        for _, manifest, platform in manifests:
             image.platforms.append(platform or "unknown")
-            config = parsed.get("config")
-            layers = parsed.get("layers")
-            for descriptor in [config, *(layers if isinstance(layers, list) else [])]:
-                if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str):
-                    size = descriptor.get("size")
-                    blobs[str(descriptor["digest"])] = size if isinstance(size, int) else 0
+            blobs.update((str(d.digest), d.size) for d in manifest.blobs)
         image.blobs_total, image.bytes_total = len(blobs), sum(blobs.values())
         image.state = "fetching"
         _event("image resolved", job, image=image.ref, digest=image.digest,
@@ -370,9 +363,13 @@ class Prewarmer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _parse(body: bytes) -> dict[str, object]:
+def _parsed(digest: Digest, media_type: str, body: bytes | None) -> Manifest | Index:
+    """The image model of a fetched manifest; ManifestInvalid naming it when it is bad."""
     try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return parse_manifest(media_type, body or b"")
+    except ManifestInvalid as exc:
+        raise ManifestInvalid(f"manifest {digest}: {exc.message}") from None
+
+
+def _text(platform: Platform | None) -> str | None:
+    return str(platform) if platform is not None else None

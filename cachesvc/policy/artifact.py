@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachesvc.errors import CachesvcError
+
 __all__ = [
     "MAX_ARTIFACT_BYTES",
     "MAX_BLOB_BYTES",
@@ -38,7 +40,7 @@ MAX_DESCRIPTORS = 64
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(CachesvcError):
     """A signature artifact that is malformed, too large, or inconsistent with its digests."""
 
 

@@ -21,13 +21,13 @@ import json
 import math
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -115,6 +115,7 @@ class Authorizer:
         ssl_context: ssl.SSLContext | bool = True,
         insecure: bool = False,
         egress: Egress = CONNECT_DIRECTLY,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.registry = registry
         self._session = session
@@ -124,6 +125,7 @@ class Authorizer:
         self._ssl = ssl_context
         self._insecure = insecure
         self._egress = egress
+        self._clock = clock
         self._tokens: dict[_TokenKey, _Token] = {}
         self._inflight: dict[_TokenKey, asyncio.Task[_Token]] = {}
         self._basic: set[str] = set()  # endpoints that challenged with Basic
@@ -139,7 +141,7 @@ class Authorizer:
         if endpoint in self._basic and credential is not None and credential.password:
             return credential.basic()
         token = self._tokens.get(self._key(endpoint, scope, credential))
-        if token is not None and token.expires_at > time.monotonic():
+        if token is not None and token.expires_at > self._clock.monotonic():
             return f"Bearer {token.value}"
         return None
 
@@ -204,6 +206,14 @@ class Authorizer:
         params = {"scope": challenge.params.get("scope") or scope}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
+        status, body = await self._ask(realm, params, credential)
+        return self._token(status, body, credential)
+
+    async def _ask(
+        self, realm: str, params: dict[str, str], credential: Credential | None
+    ) -> tuple[int, bytes]:
+        """One token request to ``realm``: (status, body); transport errors translated."""
+        registry = self.registry
         try:
             async with asyncio.timeout(self._timeout):
                 form: dict[str, str] | None = None
@@ -241,6 +251,11 @@ class Authorizer:
             raise UpstreamError(
                 f"token service of {registry} unreachable: {connection_failure(exc)}"
             ) from None
+        return status, body
+
+    def _token(self, status: int, body: bytes, credential: Credential | None) -> _Token:
+        """The token service's answer as a token, or the error it amounts to."""
+        registry = self.registry
         if status != 200:
             self._metrics.token_fetches.labels(registry, "error").inc()
             if status in (401, 403):
@@ -269,4 +284,4 @@ class Authorizer:
         lifetime = (
             max(1.0, expires_in - EXPIRY_MARGIN) if expires_in > 2 * EXPIRY_MARGIN else expires_in
         )
-        return _Token(value, time.monotonic() + lifetime)
+        return _Token(value, self._clock.monotonic() + lifetime)

@@ -3,19 +3,11 @@
 It tries the registry's endpoints in order (skipping those ``endpoints.py`` says are
 cooling down or rate-limited), waits its turn in the registry's limiter
 (``ratelimit.py``), answers a 401 challenge once (``auth.py``), follows redirects
-itself, applies the connect / first-byte / stall timeouts, and turns every transport
-failure and refusal into a ``RegistryError`` *before* anything reaches a client. A
-404 is returned to the caller, which knows whether it means BLOB_UNKNOWN or
-MANIFEST_UNKNOWN.
-
-Redirects (301/302/303/307/308, e.g. Docker Hub's blob GETs to a signed CDN URL) are
-followed here rather than by aiohttp so that the rules are explicit: at most
-``MAX_REDIRECTS`` hops, a loop is an error, ``Authorization`` is dropped as soon as the
-origin (scheme, host, port) changes and never restored, https never downgrades to
-http unless the registry is ``insecure``, and the ``Location`` is never cached (signed
-URLs expire; every fill starts at the registry again). aiohttp would drop the header
-on an origin change too (``client.py``, ``url.origin() != redirect_origin``), but
-counts the limit so that ``max_redirects=5`` follows only four hops.
+itself (the rules are ``redirect.py``'s), applies the connect / first-byte / stall
+timeouts, and turns every transport failure and refusal into a ``RegistryError``
+*before* anything reaches a client. For ``fetch`` a 404 is returned to the caller,
+which knows whether it means MANIFEST_UNKNOWN; ``blob`` raises ``BlobUnknown`` itself.
+Bodies are read by ``body.py``.
 
 A repository ``path_prefix`` of an endpoint rewrites ``/v2/<repo>/...`` to
 ``/v2/<prefix>/<repo>/...`` and the token scope to match.
@@ -30,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -38,8 +29,7 @@ from yarl import URL
 
 from cachesvc.config import RegistryConfig, Timeouts
 from cachesvc.errors import (
-    ConfigError,
-    ManifestInvalid,
+    BlobUnknown,
     RegistryError,
     UpstreamDenied,
     UpstreamError,
@@ -49,9 +39,10 @@ from cachesvc.errors import (
     UpstreamUnreachable,
 )
 from cachesvc.metrics import Metrics
-from cachesvc.oci import MAX_MANIFEST_BYTES
+from cachesvc.oci import MAX_MANIFEST_BYTES, Digest
+from cachesvc.upstream import redirect
 from cachesvc.upstream.auth import Authorizer, parse_challenge, refused_hint
-from cachesvc.upstream.body import BlobBody
+from cachesvc.upstream.body import BlobBody, blob_chunks, read_whole
 from cachesvc.upstream.egress import (
     CONNECT_DIRECTLY,
     PROXY_AUTH_HINT,
@@ -63,9 +54,6 @@ from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter, Ticket
 
 log = logging.getLogger("cachesvc.upstream")
-
-MAX_REDIRECTS = 5
-_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +68,6 @@ class Answer:
 
 def _status_class(status: int) -> str:
     return f"{status // 100}xx"
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None when absent/bad."""
-    value = headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _ratelimit_value(header: str | None) -> float | None:
@@ -115,40 +88,6 @@ def _rewrite(path: str, scope: str, prefix: str) -> tuple[str, str]:
     if scope.startswith("repository:"):
         scope = f"repository:{prefix}/{scope[len('repository:') :]}"
     return path, scope
-
-
-def _where(url: URL) -> str:
-    """A URL fit for logs and error messages: no query (signed URLs), no userinfo."""
-    return str(url.with_query(None).with_fragment(None).with_user(None))
-
-
-def tls_context(config: RegistryConfig) -> ssl.SSLContext | bool:
-    """The ``ssl`` argument for a registry: verify (system CAs + ``ca_file``), mTLS, or off.
-
-    Raises ``ConfigError`` naming the key when a file cannot be used.
-    """
-    key = f"registries.{config.name}"
-    if config.insecure:
-        return False
-    if config.ca_file is None and config.client_cert is None:
-        return True  # aiohttp's default verifying context
-    context = ssl.create_default_context()
-    if config.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(config.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{key}.ca_file", f"cannot load {config.ca_file}: {exc}") from None
-    if config.client_cert is not None:
-        try:
-            context.load_cert_chain(
-                str(config.client_cert),
-                str(config.client_key) if config.client_key is not None else None,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"{key}.client_cert", f"cannot load the client certificate/key: {exc}"
-            ) from None
-    return context
 
 
 class Upstream:
@@ -249,10 +188,9 @@ class Upstream:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.release()
             authorization = await self._auth.answer(endpoint, challenge, scope)
-        status = response.status
         self._record_ratelimit(endpoint, response.headers)
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if status < 300 and encoding not in ("", "identity"):
+        if response.status < 300 and encoding not in ("", "identity"):
             # Digests are over the exact bytes: a compressed body would be hashed (and
             # served) as something it is not. We ask for identity; refuse anything else.
             response.release()
@@ -260,44 +198,57 @@ class Upstream:
                 f"{self.name} answered with Content-Encoding {encoding[:20]!r} at {endpoint}; "
                 "cachesvc asks for the exact bytes (Accept-Encoding: identity)"
             )
-        if status < 300 or status == 404:
+        if response.status < 300 or response.status == 404:
             self.endpoints.succeeded(endpoint)
             return response
         response.release()
+        raise self._refusal(response, endpoint, method, path, redirected=redirected)
+
+    def _refusal(
+        self,
+        response: aiohttp.ClientResponse,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        redirected: bool,
+    ) -> RegistryError:
+        """The error for a final answer that is neither 2xx nor 404, with its health effect."""
+        status = response.status
         if redirected:
             # The registry redirected us somewhere (a CDN) that failed: the endpoint's fault
             # as far as the next request is concerned; the origin may work.
             self.endpoints.failed(endpoint, "redirect")
-            raise UpstreamUnreachable(
-                f"{self.name}: the redirect target {_where(response.url.origin())} answered "
-                f"{status} for {method} {path}"
+            return UpstreamUnreachable(
+                f"{self.name}: the redirect target {redirect.where(response.url.origin())} "
+                f"answered {status} for {method} {path}"
             )
         if status == 429:
-            pause = self.endpoints.rate_limited(endpoint, retry_after(response.headers))
-            raise UpstreamRateLimited(
+            pause = self.endpoints.rate_limited(endpoint, response.headers.get("Retry-After"))
+            return UpstreamRateLimited(
                 f"{self.name} rate-limited the mirror (429) at {endpoint}", retry_after=pause
             )
         if status >= 500:
             self.endpoints.failed(endpoint, "5xx")
-            raise UpstreamUnreachable(f"{self.name} answered {status} at {endpoint}")
+            return UpstreamUnreachable(f"{self.name} answered {status} at {endpoint}")
         if status == PROXY_AUTH_REQUIRED:  # a plain-http request through a forward proxy
             self.endpoints.failed(endpoint, "connect")
-            raise UpstreamUnreachable(f"{self.name} at {endpoint}: {PROXY_AUTH_HINT}")
+            return UpstreamUnreachable(f"{self.name} at {endpoint}: {PROXY_AUTH_HINT}")
         self.endpoints.succeeded(endpoint)
         credential = self._auth.credential(endpoint)
         if status == 401:
             self._metrics.upstream_auth_failures.labels(self.name, "401").inc()
-            raise UpstreamUnauthorized(
+            return UpstreamUnauthorized(
                 f"{self.name} refused the mirror's credentials (401 Unauthorized) at "
                 f"{endpoint}: {refused_hint(self.name, credential)}"
             )
         if status == 403:
             self._metrics.upstream_auth_failures.labels(self.name, "403").inc()
-            raise UpstreamDenied(
+            return UpstreamDenied(
                 f"{self.name} denied the mirror access (403 Forbidden) to {path}: "
                 + refused_hint(self.name, credential)
             )
-        raise UpstreamError(f"{self.name} answered {status} for {method} {path}")
+        return UpstreamError(f"{self.name} answered {status} for {method} {path}")
 
     def _record_ratelimit(self, endpoint: str, headers: Mapping[str, str]) -> None:
         remaining = _ratelimit_value(headers.get("ratelimit-remaining"))
@@ -368,31 +319,20 @@ class Upstream:
                 proxy=proxy,
                 proxy_headers=proxy_headers,
             )
-            if response.status not in _REDIRECTS:
+            if response.status not in redirect.REDIRECTS:
                 return response, hops
-            location = response.headers.get("Location")
             here = response.url
+            target = redirect.target_of(here, response.headers.get("Location"))
             response.release()
             hops += 1
-            try:
-                target = here.join(URL(location)) if location else None
-            except ValueError:
-                target = None
-            problem = None
-            if target is None or target.scheme not in ("http", "https") or not target.host:
-                problem = "a redirect without a usable Location"
-            elif hops > MAX_REDIRECTS:
-                problem = f"more than {MAX_REDIRECTS} redirects"
-            elif str(target) in seen:
-                problem = "a redirect loop"
-            elif here.scheme == "https" and target.scheme == "http" and not self.config.insecure:
-                problem = "a redirect from https to plain http"
-            if problem is not None:
+            problem = redirect.refusal(
+                here, target, hops=hops, seen=seen, insecure=self.config.insecure
+            )
+            if problem is not None or target is None:
                 self.endpoints.failed(endpoint, "redirect")
                 raise UpstreamUnreachable(
-                    f"{self.name}: {problem} at {endpoint} (last hop {_where(here)})"
+                    f"{self.name}: {problem} at {endpoint} (last hop {redirect.where(here)})"
                 )
-            assert target is not None
             seen.add(str(target))
             if target.origin() != here.origin():
                 headers.pop("Authorization", None)  # never follows us to another host
@@ -421,47 +361,17 @@ class Upstream:
     ) -> Answer:
         """A request whose body (at most ``limit`` bytes) is read whole."""
         async with self.open(method, path, scope=scope, headers=headers, params=params) as resp:
-            body = b""
-            if method != "HEAD":
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise ManifestInvalid(f"{self.name} sent a body over {limit} bytes for {path}")
-                try:
-                    parts: list[bytes] = []
-                    total = 0
-                    async for chunk in resp.content.iter_any():
-                        total += len(chunk)
-                        if total > limit:
-                            raise ManifestInvalid(
-                                f"{self.name} sent a body over {limit} bytes for {path}"
-                            )
-                        parts.append(chunk)
-                    body = b"".join(parts)
-                except aiohttp.ClientError as exc:
-                    raise UpstreamUnreachable(f"{self.name}: body cut: {exc}") from None
-                except TimeoutError:
-                    raise UpstreamTimeout(f"{self.name}: body stalled") from None
+            body = b"" if method == "HEAD" else await read_whole(resp, limit, self.name, path)
             return Answer(resp.status, resp.headers, body, str(resp.url.origin()))
 
     @asynccontextmanager
-    async def blob(self, repository: str, digest: str) -> AsyncIterator[BlobBody | None]:
-        """Open a blob GET; yields None for an upstream 404."""
+    async def blob(self, repository: str, digest: Digest) -> AsyncIterator[BlobBody]:
+        """Open a blob GET; an upstream 404 is ``BlobUnknown`` (decided here, once)."""
         path = f"/v2/{repository}/blobs/{digest}"
         async with self.open("GET", path, scope=f"repository:{repository}:pull") as resp:
             if resp.status == 404:
-                yield None
-                return
+                raise BlobUnknown(f"blob {digest} not found in {self.name}/{repository}")
             if resp.status != 200:
                 raise UpstreamError(f"{self.name} answered {resp.status} for a blob GET")
             first = resp.history[0].url if resp.history else resp.url
-            yield BlobBody(resp.content_length, self._chunks(resp), str(first.origin()))
-
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        # iter_chunks hands over the buffers as received (no re-joining or slicing:
-        # profiling showed those copies bounding cold fills on the event loop).
-        try:
-            async for chunk, _ in resp.content.iter_chunks():
-                yield chunk
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"{self.name}: blob transfer cut: {exc}") from None
-        except TimeoutError:
-            raise UpstreamTimeout(f"{self.name}: blob transfer stalled") from None
+            yield BlobBody(resp.content_length, blob_chunks(resp, self.name), str(first.origin()))

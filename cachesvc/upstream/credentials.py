@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cachesvc.errors import CredentialsFileError
 from cachesvc.metrics import Metrics
 from cachesvc.smallfile import read_small_file
 
@@ -76,10 +77,6 @@ class Credential:
         """A short, non-reversible id (to key token caches; never the secret itself)."""
         material = "\0".join((self.username, self.password, self.identity_token)).encode()
         return hashlib.sha256(material).hexdigest()[:16]
-
-
-class CredentialsFileError(ValueError):
-    """The file does not hold a usable Docker config.json (the message names no secret)."""
 
 
 def normalize_registry(key: str) -> str:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.errors import UpstreamRateLimited, UpstreamUnreachable
 from cachesvc.metrics import Metrics
 
@@ -33,6 +34,22 @@ log = logging.getLogger("cachesvc.endpoints")
 
 # An upstream's Retry-After is honoured up to this long (a day: beyond is a broken header).
 MAX_RETRY_AFTER = 86400.0
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """A ``Retry-After`` value as seconds from ``now`` (wall time: an HTTP date is another
+    host's clock); delta-seconds or an HTTP date; None when absent or unparsable."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(slots=True)
@@ -54,19 +71,21 @@ class Endpoints:
         cooldown: float,
         max_cooldown: float,
         metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.registry = registry
         self.urls = urls
         self._cooldown = cooldown
         self._max_cooldown = max_cooldown
         self._metrics = metrics
+        self._clock = clock
         self._health = {url: _Health() for url in urls}
         for url in urls:
             metrics.endpoint_healthy.labels(registry, url).set(1)
 
     def available(self) -> list[int]:
         """Indexes of the endpoints to try, in order; raises when none may be asked now."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         ready = [
             i
             for i, url in enumerate(self.urls)
@@ -104,13 +123,13 @@ class Endpoints:
         health.failures = 0
         health.cooling_until = 0.0
         health.slow = False
-        if health.blocked_until <= time.monotonic():
+        if health.blocked_until <= self._clock.monotonic():
             self._metrics.endpoint_healthy.labels(self.registry, url).set(1)
 
     def failed(self, url: str, reason: str) -> None:
         """A connect error, timeout or 5xx: cool down (with backoff) before asking again."""
         health = self._health[url]
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._metrics.endpoint_failures.labels(self.registry, url, reason).inc()
         health.slow = reason == "timeout"
         if health.cooling_until > now:
@@ -124,16 +143,18 @@ class Endpoints:
             url, self.registry, reason, pause,
         )  # fmt: skip
 
-    def rate_limited(self, url: str, retry_after: float | None) -> float:
-        """A 429: not asked again before ``retry_after`` (or the backoff); returns the pause."""
+    def rate_limited(self, url: str, header: str | None) -> float:
+        """A 429 with this ``Retry-After`` header: not asked again before it (or the
+        backoff without one); returns the pause."""
         health = self._health[url]
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._metrics.endpoint_failures.labels(self.registry, url, "429").inc()
-        if retry_after is None:
+        wait = retry_after(header, self._clock.time())
+        if wait is None:
             health.failures += 1
             pause = self._backoff(health)
         else:
-            pause = min(MAX_RETRY_AFTER, max(0.0, float(retry_after)))
+            pause = min(MAX_RETRY_AFTER, wait)
         health.blocked_until = max(health.blocked_until, now + pause)
         self._metrics.endpoint_healthy.labels(self.registry, url).set(0)
         log.warning(

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.errors import UpstreamRateLimited
 from cachesvc.metrics import Metrics
 
@@ -48,6 +48,7 @@ class Limiter:
         queue_size: int,
         queue_timeout: float,
         metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.registry = registry
         self._rate = rate
@@ -55,10 +56,11 @@ class Limiter:
         self._queue_size = queue_size
         self._queue_timeout = queue_timeout
         self._metrics = metrics
+        self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._max_concurrent = max_concurrent
         self._tokens = float(burst)
-        self._refilled_at = time.monotonic()
+        self._refilled_at = self._clock.monotonic()
         self._pace_lock = asyncio.Lock()
         self._waiting = 0
         self._rate_waiting = 0
@@ -66,7 +68,7 @@ class Limiter:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Ticket]:
         """Hold one of ``max_concurrent`` slots for the duration of the block."""
-        ticket = Ticket(time.monotonic() + self._queue_timeout)
+        ticket = Ticket(self._clock.monotonic() + self._queue_timeout)
         if self._slots is None:
             yield ticket
             return
@@ -90,7 +92,7 @@ class Limiter:
         The time spent on an endpoint that timed out is not time spent waiting for
         our limiter; without this a failover could be refused with our own 429.
         """
-        ticket.deadline = max(ticket.deadline, time.monotonic() + self._queue_timeout)
+        ticket.deadline = max(ticket.deadline, self._clock.monotonic() + self._queue_timeout)
 
     async def pace(self, ticket: Ticket) -> None:
         """Take one token from the bucket, waiting (FIFO) within the ticket's deadline."""
@@ -103,7 +105,7 @@ class Limiter:
         # Tokens the requests ahead of us and this one need, and how long they take to come.
         missing = self._rate_waiting + 1 - self._tokens
         estimate = max(0.0, missing / self._rate)
-        remaining = ticket.deadline - time.monotonic()
+        remaining = ticket.deadline - self._clock.monotonic()
         if estimate > remaining:
             raise self._refuse("rate", estimate)
         self._rate_waiting += 1
@@ -122,7 +124,7 @@ class Limiter:
 
     def _refill(self) -> None:
         assert self._rate is not None
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self._rate)
         self._refilled_at = now
 
