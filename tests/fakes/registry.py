@@ -3,8 +3,9 @@
 It serves manifests and blobs from memory, counts every request it gets, and can
 be told to misbehave: wrong bytes, a cut mid-body, a stall, a status (503, 429
 with Retry-After), no Content-Length (chunked), a Bearer token requirement with
-its own token endpoint, a 307 redirect of blob GETs to another server, or a pause
-mid-body until the test resumes it.
+its own token endpoint, a 307 redirect of blob GETs (or of manifests) to another server,
+a pause mid-body until the test resumes it, a manifest trickled a byte at a time, or the
+distribution registry's 404 for an OCI manifest asked for without its media type in Accept.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Protocol
 from aiohttp import web
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_ONLY_MESSAGE = "OCI manifest found, but accept header does not support OCI manifests"
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Faults:
     gzip: str | None = None  # "polite": gzip bodies when Accept-Encoding allows; "always"
     hold_after: int | None = None  # pause after N body bytes until ``resume`` is set
     resume: asyncio.Event = field(default_factory=asyncio.Event)
+    manifest_redirect_location: str | None = None  # 307 manifest GETs/HEADs to exactly this URL
+    manifest_trickle_delay: float = 0.0  # send manifest bodies one byte per this many seconds
+    oci_only: bool = False  # 404 an OCI manifest when Accept does not list its media type
 
 
 class Gate(Protocol):
@@ -71,7 +76,9 @@ class FakeRegistry:
     url: str = ""
     gate: Gate | None = None  # Basic or token-service auth (tests/fakes/auth.py)
     response_headers: dict[str, str] = field(default_factory=dict)  # on every /v2 answer
-    arrivals: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, method, path)
+    arrivals: list[tuple[float, str, str]] = field(
+        default_factory=list
+    )  # (monotonic, method, path)
 
     def add_blob(self, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -99,7 +106,11 @@ class FakeRegistry:
                     "size": len(config),
                 },
                 "layers": [
-                    {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len(b)}
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": d,
+                        "size": len(b),
+                    }
                     for d, b in zip(layer_digests, layers, strict=True)
                 ],
             }
@@ -199,11 +210,18 @@ class FakeRegistry:
     async def _manifest(self, request: web.Request, repo: str, ref: str) -> web.Response:
         if self.faults.manifest_delay:
             await asyncio.sleep(self.faults.manifest_delay)
+        if self.faults.manifest_redirect_location:
+            raise web.HTTPTemporaryRedirect(self.faults.manifest_redirect_location)
         key = f"{repo}@{ref}" if ":" in ref else f"{repo}:{ref}"
         item = self.manifests.get(key)
         if item is None:
             return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
         media_type, body = item
+        if self.faults.oci_only and media_type not in request.headers.get("Accept", ""):
+            return web.json_response(  # what the distribution registry answers curl's */*
+                {"errors": [{"code": "MANIFEST_UNKNOWN", "message": OCI_ONLY_MESSAGE}]},
+                status=404,
+            )
         headers = {
             "Content-Type": media_type,
             "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest(),
@@ -217,7 +235,25 @@ class FakeRegistry:
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(body))
             return web.Response(headers=headers)
+        if self.faults.manifest_trickle_delay:
+            return await self._trickle(request, body, headers)
         return web.Response(body=body, headers=headers)
+
+    async def _trickle(
+        self, request: web.Request, body: bytes, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Headers at once, then one byte per ``manifest_trickle_delay`` (never a stall)."""
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        try:
+            for at in range(len(body)):
+                await response.write(body[at : at + 1])
+                await asyncio.sleep(self.faults.manifest_trickle_delay)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up, as it should
+        return response
 
     async def _blob(self, request: web.Request, digest: str) -> web.StreamResponse:
         data = self.blobs.get(digest)
@@ -265,9 +301,12 @@ class FakeRegistry:
 
 
 @asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Run ``app`` on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+async def serve(app: web.Application, **handler_args: int) -> AsyncIterator[str]:
+    """Run ``app`` on a free loopback port; yields its base URL.
+
+    ``handler_args`` go to aiohttp's request handler (``max_field_size=...`` for huge tokens).
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, **handler_args)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -279,8 +318,8 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def running(registry: FakeRegistry) -> AsyncIterator[FakeRegistry]:
+async def running(registry: FakeRegistry, **handler_args: int) -> AsyncIterator[FakeRegistry]:
     """Serve ``registry`` and set its ``url``."""
-    async with serve(registry.app()) as url:
+    async with serve(registry.app(), **handler_args) as url:
         registry.url = url
         yield registry
