@@ -63,9 +63,9 @@ class Mirror:
         ttl = self._config.registries[target.registry].tag_ttl
         return await self.manifests.by_tag(target, reference, accept, head=head, ttl=ttl)
 
-    async def blob(self, target: Target, digest: Digest) -> BlobAnswer:
-        """A blob to stream (cached or filling)."""
-        return await self.blobs.get(target, digest)
+    async def blob(self, target: Target, digest: Digest, *, unsized_ok: bool = True) -> BlobAnswer:
+        """A blob to send (cached or filling; see ``Blobs.get``), a context manager."""
+        return await self.blobs.get(target, digest, unsized_ok=unsized_ok)
 
     async def blob_size(self, target: Target, digest: Digest) -> tuple[int, str, str | None]:
         """A blob's size for HEAD (and the upstream endpoint asked), without downloading it."""
