@@ -56,10 +56,7 @@ class Mirror:
     ) -> ManifestAnswer:
         """A manifest by tag or digest."""
         if is_digest(reference):
-            held = self.manifests.held(reference, head=head)
-            if held is not None:
-                return held
-            return await self.manifests.by_digest(target, Digest.parse(reference), head=head)
+            return await self.manifests.by_digest(target, reference, head=head)
         ttl = self._config.registries[target.registry].tag_ttl
         return await self.manifests.by_tag(target, reference, accept, head=head, ttl=ttl)
 
