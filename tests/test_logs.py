@@ -182,6 +182,14 @@ def test_access_lines_written_directly_match_the_logging_path() -> None:
             **fields,
         }
         assert list(direct) == list(logged)  # same key order, byte for byte apart from time
+        logger.removeFilter(listening)
+        for repeated in ({"msg": "overridden", "status": 1}, {}):  # merged, not spliced
+            access.write(repeated)
+            handler.force_flush()
+            (line,) = (json.loads(raw) for raw in read_available(read_fd).splitlines())
+            assert line.pop("time")[-1] == "Z"
+            assert line == {"level": "info", "logger": logger.name, "msg": "request", **repeated}
+            assert list(line) == ["level", "logger", "msg", *(k for k in repeated if k != "msg")]
     finally:
         logger.removeFilter(listening)
         handler.close()
