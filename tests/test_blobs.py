@@ -460,8 +460,8 @@ async def test_hits_answer_head_ranges_and_a_client_leaving_mid_send_frees_the_b
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Hits go out through _LeasedFileResponse._sendfile (cachesvc.zerocopy): the lease
-    # that keeps eviction away must be released however the send ends.
+    # Hits go out through cachesvc.server.blobsend (zerocopy): the lease that keeps
+    # eviction away must be released however the send ends.
     data = os.urandom(64 * MIB)  # more than loopback socket buffers hold
     digest = fake.add_blob(data)
     async with http.get(blob_url(mirror, digest)) as resp:

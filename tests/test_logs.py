@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -110,6 +111,29 @@ def test_json_lines_encode_like_json_dumps() -> None:
     assert line == json.dumps(expected, default=str, separators=(",", ":"))
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "caf\u00e9 \u2603",  # non-ASCII: escaped, as json.dumps does
+        "/v2/\udcff/bad-utf8",  # a lone surrogate (undecodable bytes in a path)
+        2**70,  # beyond 64 bits
+        {1: "int key"},
+        datetime.datetime(2026, 12, 1, 8, 0, tzinfo=datetime.UTC),  # default=str
+        [("tuple", 1), None, True, -0.5, 12.25],
+    ],
+)
+def test_json_lines_match_json_dumps_where_orjson_alone_would_not(value: object) -> None:
+    record = make_record(logging.INFO, "x", value=value)
+    record.created = 1_764_140_000.5
+    expected = {
+        "time": "2025-11-26T06:53:20.500Z", "level": "info", "logger": "cachesvc.test",
+        "msg": "x", "value": value,
+    }  # fmt: skip
+    line = JsonFormatter().format(record)
+    assert line == json.dumps(expected, default=str, separators=(",", ":"))
+    assert line.isascii()
+
+
 @pytest.fixture
 def saved_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Puts back what a test and :func:`configure` change in logging: the root's handlers,
@@ -158,6 +182,14 @@ def test_access_lines_written_directly_match_the_logging_path() -> None:
             **fields,
         }
         assert list(direct) == list(logged)  # same key order, byte for byte apart from time
+        logger.removeFilter(listening)
+        for repeated in ({"msg": "overridden", "status": 1}, {}):  # merged, not spliced
+            access.write(repeated)
+            handler.force_flush()
+            (line,) = (json.loads(raw) for raw in read_available(read_fd).splitlines())
+            assert line.pop("time")[-1] == "Z"
+            assert line == {"level": "info", "logger": logger.name, "msg": "request", **repeated}
+            assert list(line) == ["level", "logger", "msg", *(k for k in repeated if k != "msg")]
     finally:
         logger.removeFilter(listening)
         handler.close()

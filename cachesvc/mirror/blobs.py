@@ -1,8 +1,10 @@
 """Blobs: served from disk on a hit, from a single-flight fill on a miss.
 
-``get`` decides everything a response needs before its status line: a cached file
-and its size, or a fill whose upstream answered 200 (and so has a size, or is
-chunked). Upstream 404 or failure surfaces here as a ``RegistryError``.
+``get`` is the one place that decides hit or fill, and everything a response needs
+before its status line: a cached file and its size, or a fill whose upstream answered
+200 (and so has a size, or is chunked). A caller that cannot stream a fill of unknown
+size gets the verified file once the fill ended. Upstream 404 or failure surfaces
+here as a ``RegistryError``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Literal
 
 from cachesvc.errors import BlobUnknown, UpstreamError
@@ -32,6 +35,11 @@ class CachedBlob:
     size: int
     lease: Lease | None = None  # held until the response is sent; release() when done
 
+    def release(self) -> None:
+        """Give the lease back: eviction may remove the file again (idempotent)."""
+        if self.lease is not None:
+            self.lease.release()
+
 
 @dataclass(frozen=True, slots=True)
 class FillingBlob:
@@ -42,10 +50,28 @@ class FillingBlob:
 
 @dataclass(frozen=True, slots=True)
 class BlobAnswer:
-    """The source of a blob response and how the cache got it."""
+    """The source of a blob response and how the cache got it.
+
+    A context manager: ``with (await blobs.get(...)) as answer:`` holds a hit's lease
+    for the block and releases it however the block ends (sent, failed, cancelled,
+    or never started), so no response object has to remember it.
+    """
 
     source: CachedBlob | FillingBlob
     result: Result
+    upstream: str | None = None  # the endpoint of the fill this answer caused or joined
+
+    def __enter__(self) -> BlobAnswer:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(self.source, CachedBlob):
+            self.source.release()
 
 
 class Blobs:
@@ -71,8 +97,14 @@ class Blobs:
         self._store.touch(digest)
         return CachedBlob(self._store.path(digest), size, self.leases.take(digest))
 
-    async def get(self, target: Target, digest: Digest) -> BlobAnswer:
-        """A blob to stream: cached, joined to a running fill, or a new fill."""
+    async def get(self, target: Target, digest: Digest, *, unsized_ok: bool = True) -> BlobAnswer:
+        """A blob to send: cached, joined to a running fill, or a new fill.
+
+        ``unsized_ok=False`` (a Range, or an HTTP/1.0 client: nothing to answer a range
+        against, no chunked framing) turns a fill whose size upstream did not say into
+        the verified file, once the fill ended. The answer holds a lease when its
+        source is a file: use it as a context manager.
+        """
         cached = self.cached(digest)
         if cached is not None:
             return BlobAnswer(cached, "hit")
@@ -81,7 +113,16 @@ class Blobs:
             digest, target.registry, lambda: upstream.blob(target.repository, digest)
         )
         await fill.wait_ready()
-        return BlobAnswer(FillingBlob(fill), "miss" if started else "coalesced")
+        result: Result = "miss" if started else "coalesced"
+        if fill.size is not None or unsized_ok:
+            return BlobAnswer(FillingBlob(fill), result, fill.endpoint)
+        await fill.drain()
+        if fill.error is not None:
+            raise fill.error  # still before the status line
+        cached = self.cached(digest)
+        if cached is None:
+            raise UpstreamError(f"blob {digest} was evicted right after its fill; retry")
+        return BlobAnswer(cached, result, fill.endpoint)
 
     async def stat(self, target: Target, digest: Digest) -> tuple[int, Result, str | None]:
         """A blob's size for HEAD (and the upstream endpoint asked, if any); never downloads."""

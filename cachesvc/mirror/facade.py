@@ -56,16 +56,13 @@ class Mirror:
     ) -> ManifestAnswer:
         """A manifest by tag or digest."""
         if is_digest(reference):
-            held = self.manifests.held(reference, head=head)
-            if held is not None:
-                return held
-            return await self.manifests.by_digest(target, Digest.parse(reference), head=head)
+            return await self.manifests.by_digest(target, reference, head=head)
         ttl = self._config.registries[target.registry].tag_ttl
         return await self.manifests.by_tag(target, reference, accept, head=head, ttl=ttl)
 
-    async def blob(self, target: Target, digest: Digest) -> BlobAnswer:
-        """A blob to stream (cached or filling)."""
-        return await self.blobs.get(target, digest)
+    async def blob(self, target: Target, digest: Digest, *, unsized_ok: bool = True) -> BlobAnswer:
+        """A blob to send (cached or filling; see ``Blobs.get``), a context manager."""
+        return await self.blobs.get(target, digest, unsized_ok=unsized_ok)
 
     async def blob_size(self, target: Target, digest: Digest) -> tuple[int, str, str | None]:
         """A blob's size for HEAD (and the upstream endpoint asked), without downloading it."""

@@ -175,11 +175,16 @@ class Manifests:
         self._store.touch(held.record.digest)  # a memory hit is a use: eviction must know
         return held.head if head else held.get
 
-    async def by_digest(self, target: Target, digest: Digest, *, head: bool) -> ManifestAnswer:
-        """A manifest by digest: stored, or fetched once and verified."""
-        answer = self.held(str(digest), head=head)
+    async def by_digest(self, target: Target, reference: str, *, head: bool) -> ManifestAnswer:
+        """A manifest by digest reference: held, stored, or fetched once and verified.
+
+        The one place a digest reference meets the memory cache (see ``held``: a hit
+        needs no parse); anything else parses it, so a malformed one is DigestInvalid.
+        """
+        answer = self.held(reference, head=head)
         if answer is not None:
             return answer
+        digest = Digest.parse(reference)
         item = self.cached(digest)
         if item is not None:
             return ManifestAnswer(item[0], None if head else item[1], "hit")
@@ -280,7 +285,7 @@ class Manifests:
             return ManifestAnswer(manifest, None, result, stale_age)
         if result == "stale":
             return None
-        fetched = await self.by_digest(target, record.digest, head=False)
+        fetched = await self.by_digest(target, str(record.digest), head=False)
         return ManifestAnswer(fetched.record, fetched.body, result, stale_age, fetched.upstream)
 
     async def _resolve(

@@ -11,22 +11,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, Any
 
 from aiohttp import HttpVersion11, web
-from aiohttp.abc import AbstractStreamWriter
 
-from cachesvc.errors import RegistryError, Unsupported, UpstreamError
+from cachesvc.errors import RegistryError, Unsupported
 from cachesvc.logs import AccessLog
 from cachesvc.metrics import Metrics
-from cachesvc.mirror.blobs import CachedBlob, FillingBlob
+from cachesvc.mirror.blobs import CachedBlob
 from cachesvc.mirror.facade import Mirror, Passthrough
 from cachesvc.mirror.fill import Fill, FillFailed
 from cachesvc.mirror.manifests import ManifestAnswer
 from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest, normalize_accept, parse_api_path
 from cachesvc.oci.byterange import parse_range
-from cachesvc.server import zerocopy
+from cachesvc.server import blobsend, precondition, zerocopy
 
 log = logging.getLogger("cachesvc.handlers")
 access_log = AccessLog(logging.getLogger("cachesvc.access"))
@@ -190,67 +188,79 @@ async def _manifest(
 async def _blob(
     request: web.Request, mirror: Mirror, target: Target, digest: Digest, headers: dict[str, str]
 ) -> web.StreamResponse:
+    etag = precondition.entity_tag(str(digest))
     headers.update(
         {
             "Docker-Content-Digest": str(digest),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
+            "ETag": etag,  # the digest: one validator for hits, fills and HEADs alike
         }
     )
-    # No ETag of our own: aiohttp's FileResponse sets its validator on hits, and one
-    # value for hits and another for misses would be worse than the digest header alone.
-    metrics = request.app[METRICS_KEY]
     audit = request[AUDIT_KEY]
     audit.digest = str(digest)
     if request.method == "HEAD":
         size, result, audit.upstream = await mirror.blob_size(target, digest)
         audit.cache = result
-        return await _head(request, headers, size)
-    range_header = request.headers.get("Range")
-    answer = await mirror.blob(target, digest)
-    audit.cache = answer.result
-    source = answer.source
-    if isinstance(source, FillingBlob):
-        audit.upstream = source.fill.endpoint
-    if isinstance(source, FillingBlob) and _wait_for_whole_blob(request, source.fill.size):
-        await source.fill.drain()
-        if source.fill.error is not None:
-            raise source.fill.error  # still before the status line
-        cached = mirror.blobs.cached(digest)
-        if cached is None:
-            raise UpstreamError(f"blob {digest} was evicted right after its fill; retry")
-        source = cached
-    if isinstance(source, CachedBlob):
-        try:
-            span = parse_range(range_header, source.size)
-        except RegistryError:
-            if source.lease is not None:
-                source.lease.release()
+        return await _head(request, headers, size, etag)
+    unsized_ok = "Range" not in request.headers and request.version >= HttpVersion11
+    with await mirror.blob(target, digest, unsized_ok=unsized_ok) as answer:
+        audit.cache, audit.upstream = answer.result, answer.upstream
+        failed = precondition.failed_status(request.headers, etag)
+        if failed is not None:
+            return web.Response(status=failed, headers=headers)
+        range_header = request.headers.get("Range")
+        if not precondition.range_applies(request.headers, etag):
+            range_header = None
+        if isinstance(answer.source, CachedBlob):
+            return await _hit(request, answer.source, range_header, headers)
+        return await _fill(request, answer.source.fill, range_header, headers)
+
+
+async def _hit(
+    request: web.Request, blob: CachedBlob, range_header: str | None, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Send a stored blob (its lease is held by the caller).
+
+    Sent here rather than by aiohttp after the middleware: the access line and
+    served_bytes then say what the client really got, and a client that left is 499.
+    """
+    audit = request[AUDIT_KEY]
+    span = parse_range(range_header, blob.size)
+    response = blobsend.span_response(headers, blob.size, span)
+
+    def sent(count: int) -> None:
+        audit.bytes += count
+
+    try:
+        await blobsend.send_file(request, response, blob.path, span or (0, blob.size), sent)
+    except ConnectionError:
+        audit.hung_up = True
+        _abort(request)
+    except OSError as exc:
+        if not response.prepared:
             raise
-        # Sent here rather than by aiohttp after the middleware: the access line and
-        # served_bytes then say what the client really got, and a client that left is 499.
-        hit = _LeasedFileResponse(source, headers=headers)
-        try:
-            await hit.prepare(request)
-        except ConnectionError:
-            audit.hung_up = True
-            if request.transport is not None:
-                request.transport.abort()
-        finally:
-            audit.bytes = hit.sent
-            metrics.served_bytes_by("cache").inc(hit.sent)
-        return hit
-    fill = source.fill
+        log.error("reading stored blob %s failed mid-body: %s", audit.digest, exc)
+        audit.error, audit.cache = f"aborted mid-body: {exc}", "error"
+        _abort(request)
+    finally:
+        request.app[METRICS_KEY].served_bytes_by("cache").inc(audit.bytes)
+    return response
+
+
+async def _fill(
+    request: web.Request, fill: Fill, range_header: str | None, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Stream a running fill: its size known (a 200 or a 206), or chunked."""
+    audit = request[AUDIT_KEY]
     start, end = 0, fill.size
-    streaming = web.StreamResponse(status=200, headers=headers)
     if fill.size is not None:
         span = parse_range(range_header, fill.size)
         if span is not None:
             start, end = span
-            streaming.set_status(206)
-            streaming.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fill.size}"
-        streaming.content_length = end - start if end is not None else None
+        streaming = blobsend.span_response(headers, fill.size, span)
     else:
+        streaming = web.StreamResponse(status=200, headers=headers)
         streaming.enable_chunked_encoding()
     await streaming.prepare(request)
     try:
@@ -260,79 +270,21 @@ async def _blob(
         # The client hung up; the fill goes on for the others. aiohttp finishes the
         # response quietly once the transport is gone.
         audit.hung_up = True
-        if request.transport is not None:
-            request.transport.abort()
-        return streaming
+        _abort(request)
     except FillFailed as exc:
         # The status line is out: the only honest signal left is to cut the connection,
         # so the client never mistakes a short or wrong body for a complete one.
         audit.error = f"aborted mid-body: {exc.cause.message}"
         audit.cache = "error"
-        if request.transport is not None:
-            request.transport.abort()
-        return streaming
+        _abort(request)
     finally:
-        metrics.served_bytes_by("upstream").inc(audit.bytes)
+        request.app[METRICS_KEY].served_bytes_by("upstream").inc(audit.bytes)
     return streaming
 
 
-class _LeasedFileResponse(web.FileResponse):
-    """A zero-copy file answer that holds the blob's lease until the file is sent.
-
-    ``FileResponse.prepare`` opens the file and sends it whole, so releasing there
-    covers exactly the time eviction must keep away.
-    """
-
-    def __init__(self, blob: CachedBlob, *, headers: dict[str, str]) -> None:
-        super().__init__(blob.path, headers=headers)
-        self._lease = blob.lease
-        self.sent = 0  # body bytes the client's socket took
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:  # sent by the handler; aiohttp calls prepare again after it
-            return await super(web.FileResponse, self).prepare(request)
-        try:
-            return await super().prepare(request)
-        finally:
-            self.release()
-
-    def _count(self, sent: int) -> None:
-        self.sent += sent
-
-    async def _sendfile(
-        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
-        # Not loop.sendfile, on either loop: uvloop has none, and asyncio's waits a loop
-        # turn after every partial send even while the socket has room (measured slower
-        # on warm hits than cachesvc.server.zerocopy, which sends until the socket is full).
-        writer = await super(web.FileResponse, self).prepare(request)  # the headers
-        assert writer is not None
-        return await self._sendfile_fallback(writer, fobj, offset, count)
-
-    async def _sendfile_fallback(
-        self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
-        # Zero-copy where the transport has a socket; aiohttp's read + write otherwise (TLS).
-        transport = writer.transport
-        if transport is not None and not self.compression:
-            try:
-                await zerocopy.sendfile(transport, fobj.fileno(), offset, count, self._count)
-            except NotImplementedError:
-                pass
-            else:
-                return writer
-        result = await super()._sendfile_fallback(writer, fobj, offset, count)
-        self.sent += count
-        return result
-
-    def release(self) -> None:
-        """Give the lease back (also when the response is never sent)."""
-        if self._lease is not None:
-            self._lease.release()
-
-    def __del__(self) -> None:
-        # A response dropped before prepare (client gone, shutdown) must not pin the blob.
-        self.release()
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def _send_fill(
@@ -371,19 +323,13 @@ async def _send_fill(
                 sent(len(data))
 
 
-def _wait_for_whole_blob(request: web.Request, size: int | None) -> bool:
-    """Cases where a fill cannot be streamed and the answer waits for the verified file.
-
-    (An empty upstream body is held back by the fill itself until verified.)
-
-    - no size (a chunked upstream) and a Range: nothing to answer the range against yet.
-    - no size and an HTTP/1.0 client: no chunked framing to stream it with.
-    """
-    return size is None and ("Range" in request.headers or request.version < HttpVersion11)
-
-
-async def _head(request: web.Request, headers: dict[str, str], size: int) -> web.StreamResponse:
+async def _head(
+    request: web.Request, headers: dict[str, str], size: int, etag: str | None = None
+) -> web.StreamResponse:
     """A HEAD answer with the exact ``Content-Length`` a GET would have, and no body."""
+    failed = None if etag is None else precondition.failed_status(request.headers, etag)
+    if failed is not None:
+        return web.Response(status=failed, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_length = size
     await response.prepare(request)

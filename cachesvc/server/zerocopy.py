@@ -22,6 +22,9 @@ from collections.abc import Callable
 
 SEND_CHUNK = 16 * 1024 * 1024  # at most this much per sendfile call
 _DRAIN_POLL = 0.0005  # seconds between checks that the headers left the transport
+# sendfile's answers for "not for this file or socket" (Linux: EINVAL, e.g. some FUSE
+# and network file systems; ENOSYS, EOPNOTSUPP elsewhere).
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -44,8 +47,9 @@ async def sendfile(
 
     ``on_sent`` is told each count the socket took (what a client that leaves midway got).
 
-    Raises ``NotImplementedError`` when the transport has no socket (TLS, pipes), so
-    callers can fall back to read + write; ``ConnectionError`` when the client left.
+    Raises ``NotImplementedError`` before sending anything when the transport has no
+    socket (TLS, pipes) or the file cannot be sent with sendfile, so callers can fall
+    back to read + write; ``ConnectionError`` when the client left.
     """
     sock = transport.get_extra_info("socket")
     # uvloop's transports are not registered with asyncio's ABCs: look for the method.
@@ -62,6 +66,7 @@ async def sendfile(
         await asyncio.sleep(_DRAIN_POLL)
     loop = asyncio.get_running_loop()
     out = os.dup(sock.fileno())
+    first = True  # nothing sent yet: an unsupported sendfile can still fall back
     try:
         while count > 0:
             if transport.is_closing():
@@ -71,6 +76,13 @@ async def sendfile(
             except BlockingIOError:
                 await _writable(loop, out)
                 continue
+            except OSError as exc:
+                if exc.errno in _NO_SENDFILE and first:
+                    # A file system (or kernel) without sendfile for this file: the
+                    # caller reads and writes instead (what AIOHTTP_NOSENDFILE was for).
+                    raise NotImplementedError(f"sendfile unsupported: {exc}") from exc
+                raise
+            first = False
             if sent == 0:
                 raise OSError(errno.EIO, "file ended before the bytes to send")
             offset += sent
