@@ -11,7 +11,15 @@ import functools
 from collections.abc import Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -212,6 +220,11 @@ class Metrics:
             registry=registry,
         )
         self._upstream_access(registry)
+        # What an SRE expects of any process (memory, CPU, open fds, GC), from the
+        # library's standard collectors, on this registry: the global one stays untouched.
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self.requests_by = bound_children(self.requests)
         self.served_bytes_by = bound_children(self.served_bytes)
