@@ -8,6 +8,9 @@ cachesvc prewarm REF... [--file F] [--platform P ...] [--pin] [--admin URL] [--t
 cachesvc status [--admin URL]              health summary from /metrics and /readyz
 cachesvc images [--registry R] [--repository R] [--pinned] [--json]
                                            the inventory as a table
+cachesvc purge REF...                      remove images and the blobs only they use
+cachesvc pins / unpin REF...               the pin list; unpin images
+cachesvc jobs [ID] / cancel ID             prewarm jobs; cancel one
 
 The admin URL defaults to ``admin.listen`` of the configuration and the token to the
 content of ``admin.token_file`` (``--token-file`` or ``$CACHESVC_ADMIN_TOKEN_FILE``
@@ -36,9 +39,14 @@ from cachesvc.errors import (
 )
 from cachesvc.ops.adminclient import (
     AdminClient,
+    run_cancel,
     run_images,
+    run_jobs,
+    run_pins,
     run_prewarm,
+    run_purge,
     run_status,
+    run_unpin,
 )
 from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
 from cachesvc.upstream.tls import tls_context
@@ -116,7 +124,16 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     images.add_argument("--repository", help="only this repository")
     images.add_argument("--pinned", action="store_true", help="only pinned images")
     images.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    for cmd in (prewarm, status, images):
+    purge = sub.add_parser("purge", help="remove cached images and the blobs only they use")
+    purge.add_argument("refs", nargs="+", metavar="REF", help="image references")
+    pins = sub.add_parser("pins", help="list pinned images")
+    unpin = sub.add_parser("unpin", help="unpin images (a tag: every digest pinned under it)")
+    unpin.add_argument("refs", nargs="+", metavar="REF", help="image references")
+    jobs = sub.add_parser("jobs", help="list prewarm jobs, or show one")
+    jobs.add_argument("job", nargs="?", metavar="ID", help="a job id")
+    cancel = sub.add_parser("cancel", help="cancel a prewarm job")
+    cancel.add_argument("job", metavar="ID", help="the job id")
+    for cmd in (prewarm, status, images, purge, pins, unpin, jobs, cancel):
         cmd.add_argument("--config", metavar="FILE",
                          help="configuration file for the defaults below")  # fmt: skip
         cmd.add_argument("--admin", metavar="URL",
@@ -126,21 +143,21 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _admin_client(args: argparse.Namespace, config: Config, *, token: bool) -> AdminClient:
+    """The admin URL and token; ``token=False``: use the token only if one is configured."""
     address = config.admin.listen
     host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
     url = args.admin or (
         f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
     )
-    if not token:
-        return AdminClient(url.rstrip("/"), None)
     path = args.token_file or os.environ.get("CACHESVC_ADMIN_TOKEN_FILE") or config.admin.token_file
     secret = None
     if path:
         try:
             secret = Path(path).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None
-    return AdminClient(url.rstrip("/"), secret)
+            if token:
+                raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None
+    return AdminClient(url.rstrip("/"), secret, str(path) if path else None)
 
 
 def _references(args: argparse.Namespace) -> list[str]:
@@ -159,26 +176,43 @@ def _references(args: argparse.Namespace) -> list[str]:
     return refs
 
 
+ADMIN_COMMANDS = ("prewarm", "status", "images", "purge", "pins", "unpin", "jobs", "cancel")
+
+
 def _admin(args: argparse.Namespace, config: Config) -> int:
     try:
-        if args.command == "status":
-            return asyncio.run(run_status(_admin_client(args, config, token=False), sys.stdout))
-        client = _admin_client(args, config, token=True)
-        if args.command == "images":
+        client = _admin_client(args, config, token=args.command != "status")
+        return asyncio.run(_admin_command(args, client))
+    except AdminUnavailable as exc:
+        print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+
+
+async def _admin_command(args: argparse.Namespace, client: AdminClient) -> int:
+    out = sys.stdout
+    match args.command:
+        case "status":
+            return await run_status(client, out)
+        case "images":
             wanted = (
                 ("registry", args.registry),
                 ("repository", args.repository),
                 ("pinned", "true" if args.pinned else None),
             )
             filters = {k: v for k, v in wanted if v}
-            return asyncio.run(run_images(client, filters, sys.stdout, as_json=args.json))
-        refs = _references(args)
-        return asyncio.run(
-            run_prewarm(client, refs, args.platform, args.pin, sys.stdout, tty=sys.stdout.isatty())
-        )
-    except AdminUnavailable as exc:
-        print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
-        return exc.status
+            return await run_images(client, filters, out, as_json=args.json)
+        case "purge":
+            return await run_purge(client, args.refs, out)
+        case "pins":
+            return await run_pins(client, out)
+        case "unpin":
+            return await run_unpin(client, args.refs, out)
+        case "jobs":
+            return await run_jobs(client, args.job, out)
+        case "cancel":
+            return await run_cancel(client, args.job, out)
+    refs = _references(args)
+    return await run_prewarm(client, refs, args.platform, args.pin, out, tty=out.isatty())
 
 
 def _mirror_url(config: Config, override: str | None) -> str:
@@ -235,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _load(args)
-        if args.command in ("prewarm", "status", "images"):
+        if args.command in ADMIN_COMMANDS:
             return _admin(args, config)
         if args.command in ("serve", "check-config"):
             # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
