@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -237,30 +239,56 @@ def _mirror_url(config: Config, override: str | None) -> str:
     return f"http://{ListenAddress(host, config.listen.port)}"  # brackets IPv6 hosts
 
 
-def _serve(config: Config) -> int:
-    logs.configure(config.log)
-    from cachesvc.app import serve
+def _executable() -> str:
+    """How to run this very cachesvc again: the script's path, or ``python -m cachesvc``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or Path(argv0).name == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m cachesvc"
+    found = argv0 if os.sep in argv0 else shutil.which(argv0)
+    return shlex.quote(os.path.abspath(found)) if found else "cachesvc"
 
+
+def _refuse_port_zero(config: Config) -> None:
+    """Port 0 binds a random port each start: containerd's hosts.toml could never name it."""
+    for key, address in (("listen", config.listen), ("admin.listen", config.admin.listen)):
+        if address.port == 0:
+            raise ConfigError(
+                key,
+                f"port 0 ({address}) would pick a random port at every start, which "
+                "containerd (and the CLI) cannot be pointed at: give a fixed port such as "
+                f"{'127.0.0.1:5000' if key == 'listen' else '127.0.0.1:5050'}",
+            )
+
+
+def _banner(config: Config, config_path: str | None, mirror: str, admin: str) -> str:
+    """What to do next, printed once both listeners are bound."""
     hosts = _mirror_url(config, None)
-    print(
-        f"cachesvc {__version__}: mirror API on http://{config.listen}, admin on "
-        f"http://{config.admin.listen}, storage in {config.storage.root}",
-        file=sys.stderr,
-    )
-    print(
-        "Point containerd at it with /etc/containerd/certs.d/<registry>/hosts.toml "
-        "(cachesvc containerd-config --write /etc/containerd/certs.d), e.g.:\n",
-        file=sys.stderr,
-    )
+    flag = f" --config {shlex.quote(config_path)}" if config_path else ""
     first = sorted(config.registries)[0]
-    print(f"# /etc/containerd/certs.d/{first}/hosts.toml\n{hosts_toml(config, first, hosts)}",
-          file=sys.stderr)  # fmt: skip
+    return (
+        f"cachesvc {__version__}: mirror API on {mirror}, admin on {admin}, storage in "
+        f"{config.storage.root}\n"
+        "Point containerd at it (one hosts.toml per configured registry):\n\n"
+        f"  {_executable()} containerd-config{flag} --write /etc/containerd/certs.d\n\n"
+        f"which writes, e.g.:\n# /etc/containerd/certs.d/{first}/hosts.toml\n"
+        f"{hosts_toml(config, first, hosts)}"
+    )
+
+
+def _serve(config: Config, config_path: str | None) -> int:
+    logs.configure(config.log)
+    from cachesvc.app import Daemon, serve
+
+    def ready(daemon: Daemon) -> None:
+        print(_banner(config, config_path, daemon.mirror_url, daemon.admin_url),
+              file=sys.stderr, flush=True)  # fmt: skip
+
     if config.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, on_ready=ready))
     else:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_ready=ready))
     return 0
 
 
@@ -274,12 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("serve", "check-config"):
             # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
             config = replace(config, proxy_environment=proxy_environment(os.environ))
+        if args.command in ("serve", "check-config"):
+            _refuse_port_zero(config)
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, args.config or os.environ.get("CACHESVC_CONFIG"))
         if args.command == "check-config":
             for settings in config.registries.values():
                 tls_context(settings)  # load ca_file and client certificates as serve would
-            print(f"configuration OK: {len(config.registries)} registries "
+            count = len(config.registries)
+            print(f"configuration OK: {count} registr{'y' if count == 1 else 'ies'} "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip
             return 0

@@ -22,6 +22,7 @@ from cachesvc.config import (
     parse_yaml,
 )
 from cachesvc.errors import ConfigError
+from tests.peers.ports import free_port
 
 CONTRACT = """
 listen: "127.0.0.1:5000"
@@ -161,7 +162,8 @@ def test_storage_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"listen: '127.0.0.1:0'\nadmin: {{listen: '127.0.0.1:0'}}\nstorage: {{root: '{blocker}'}}\n"
+        f"listen: '127.0.0.1:{free_port()}'\nadmin: {{listen: '127.0.0.1:{free_port()}'}}\n"
+        f"storage: {{root: '{blocker}'}}\n"
         "registries: {r.io: {endpoints: ['https://r.io']}}\ndefault_registry: r.io\n"
     )
     result = run_cli("serve", "--config", str(cfg))
@@ -216,7 +218,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         cfg = tmp_path / "c.yaml"
         cfg.write_text(
-            f"listen: '127.0.0.1:{port}'\nadmin: {{listen: '127.0.0.1:0'}}\n"
+            f"listen: '127.0.0.1:{port}'\nadmin: {{listen: '127.0.0.1:{free_port()}'}}\n"
             f"storage: {{root: '{tmp_path / 'store'}'}}\n"
             "registries: {r.io: {endpoints: ['https://r.io']}}\ndefault_registry: r.io\n"
         )
