@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [*problems, f"total run time {elapsed:.0f} s"]
     if not plan.containerd:
         notes.append("containerd scenario skipped in --smoke")
-    text = markdown(rows, machine, command.strip(), notes, reps)
+    text = markdown(rows, machine, command.strip(), notes, reps, judged=not args.smoke)
     out: Path = args.out or (SMOKE_OUT if args.smoke else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(text)

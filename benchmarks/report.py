@@ -32,16 +32,33 @@ def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
 
-def _verdict(target: Target) -> str:
+SMOKE_VERDICT = "not judged at smoke sizes"
+
+
+def _verdict(target: Target, judged: bool) -> str:
     met = target.met
     value = _number(target.value)
     if met is None:
         return f"{target.label}: not measured"
+    if not judged:
+        return f"{target.label}: {value} ({SMOKE_VERDICT})"
     return f"{target.label}: {value} {'✅ met' if met else '❌ missed'}"
 
 
-def markdown(rows: list[Row], machine: Machine, command: str, notes: list[str], reps: int) -> str:
-    """The results as a markdown document."""
+def markdown(
+    rows: list[Row],
+    machine: Machine,
+    command: str,
+    notes: list[str],
+    reps: int,
+    *,
+    judged: bool = True,
+) -> str:
+    """The results as a markdown document.
+
+    ``judged=False`` (a smoke run: tiny sizes, one repetition) reports the values without a
+    met/missed verdict: the targets are set for full sizes, and a "missed" there only alarms.
+    """
     systems = [s for s in SYSTEMS if any(r.values.get(s) is not None for r in rows)]
     if CACHESVC not in systems:
         systems.insert(0, CACHESVC)
@@ -71,7 +88,7 @@ def markdown(rows: list[Row], machine: Machine, command: str, notes: list[str], 
     for row in rows:
         cells = [_number(row.values.get(s)) for s in systems]
         cells += [_number(row.ratio(s)) for s in ratios]
-        verdicts = "<br>".join(_verdict(t) for t in row.targets) or "-"
+        verdicts = "<br>".join(_verdict(t, judged) for t in row.targets) or "-"
         if row.note:
             verdicts += f"<br>_{_cell(row.note)}_"
         for failure in row.failures:
@@ -82,11 +99,17 @@ def markdown(rows: list[Row], machine: Machine, command: str, notes: list[str], 
             + f" | {verdicts} |"
         )
     met = [t.met for r in rows for t in r.targets]
-    lines += [
-        "",
-        f"Targets met: {met.count(True)}; missed: {met.count(False)}; "
-        f"not measured: {met.count(None)}.",
-    ]
+    if judged:
+        summary = (
+            f"Targets met: {met.count(True)}; missed: {met.count(False)}; "
+            f"not measured: {met.count(None)}."
+        )
+    else:
+        summary = (
+            f"Targets are {SMOKE_VERDICT} (tiny images, one repetition): this run only "
+            "checks that the harness works. `make bench` judges them."
+        )
+    lines += ["", summary]
     if notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ import shutil
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -332,10 +333,17 @@ def _url(address: tuple[str, int]) -> str:
     return f"http://{ListenAddress(*address)}"  # ListenAddress brackets IPv6 hosts
 
 
-async def serve(config: Config, *, announce: bool = True) -> None:
-    """Run the daemon until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(
+    config: Config, *, announce: bool = True, on_ready: Callable[[Daemon], None] | None = None
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``on_ready`` runs once both listeners are bound (the CLI's start-up banner).
+    """
     daemon = Daemon(config)
     await daemon.start()
+    if on_ready is not None:
+        on_ready(daemon)
     if announce:
         log.info(
             "cachesvc listening",

@@ -8,6 +8,9 @@ cachesvc prewarm REF... [--file F] [--platform P ...] [--pin] [--admin URL] [--t
 cachesvc status [--admin URL]              health summary from /metrics and /readyz
 cachesvc images [--registry R] [--repository R] [--pinned] [--json]
                                            the inventory as a table
+cachesvc purge REF...                      remove images and the blobs only they use
+cachesvc pins / unpin REF...               the pin list; unpin images
+cachesvc jobs [ID] / cancel ID             prewarm jobs; cancel one
 
 The admin URL defaults to ``admin.listen`` of the configuration and the token to the
 content of ``admin.token_file`` (``--token-file`` or ``$CACHESVC_ADMIN_TOKEN_FILE``
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -36,9 +41,14 @@ from cachesvc.errors import (
 )
 from cachesvc.ops.adminclient import (
     AdminClient,
+    run_cancel,
     run_images,
+    run_jobs,
+    run_pins,
     run_prewarm,
+    run_purge,
     run_status,
+    run_unpin,
 )
 from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
 from cachesvc.upstream.tls import tls_context
@@ -116,7 +126,16 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     images.add_argument("--repository", help="only this repository")
     images.add_argument("--pinned", action="store_true", help="only pinned images")
     images.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    for cmd in (prewarm, status, images):
+    purge = sub.add_parser("purge", help="remove cached images and the blobs only they use")
+    purge.add_argument("refs", nargs="+", metavar="REF", help="image references")
+    pins = sub.add_parser("pins", help="list pinned images")
+    unpin = sub.add_parser("unpin", help="unpin images (a tag: every digest pinned under it)")
+    unpin.add_argument("refs", nargs="+", metavar="REF", help="image references")
+    jobs = sub.add_parser("jobs", help="list prewarm jobs, or show one")
+    jobs.add_argument("job", nargs="?", metavar="ID", help="a job id")
+    cancel = sub.add_parser("cancel", help="cancel a prewarm job")
+    cancel.add_argument("job", metavar="ID", help="the job id")
+    for cmd in (prewarm, status, images, purge, pins, unpin, jobs, cancel):
         cmd.add_argument("--config", metavar="FILE",
                          help="configuration file for the defaults below")  # fmt: skip
         cmd.add_argument("--admin", metavar="URL",
@@ -126,21 +145,21 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _admin_client(args: argparse.Namespace, config: Config, *, token: bool) -> AdminClient:
+    """The admin URL and token; ``token=False``: use the token only if one is configured."""
     address = config.admin.listen
     host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
     url = args.admin or (
         f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
     )
-    if not token:
-        return AdminClient(url.rstrip("/"), None)
     path = args.token_file or os.environ.get("CACHESVC_ADMIN_TOKEN_FILE") or config.admin.token_file
     secret = None
     if path:
         try:
             secret = Path(path).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None
-    return AdminClient(url.rstrip("/"), secret)
+            if token:
+                raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None
+    return AdminClient(url.rstrip("/"), secret, str(path) if path else None)
 
 
 def _references(args: argparse.Namespace) -> list[str]:
@@ -159,26 +178,43 @@ def _references(args: argparse.Namespace) -> list[str]:
     return refs
 
 
+ADMIN_COMMANDS = ("prewarm", "status", "images", "purge", "pins", "unpin", "jobs", "cancel")
+
+
 def _admin(args: argparse.Namespace, config: Config) -> int:
     try:
-        if args.command == "status":
-            return asyncio.run(run_status(_admin_client(args, config, token=False), sys.stdout))
-        client = _admin_client(args, config, token=True)
-        if args.command == "images":
+        client = _admin_client(args, config, token=args.command != "status")
+        return asyncio.run(_admin_command(args, client))
+    except AdminUnavailable as exc:
+        print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+
+
+async def _admin_command(args: argparse.Namespace, client: AdminClient) -> int:
+    out = sys.stdout
+    match args.command:
+        case "status":
+            return await run_status(client, out)
+        case "images":
             wanted = (
                 ("registry", args.registry),
                 ("repository", args.repository),
                 ("pinned", "true" if args.pinned else None),
             )
             filters = {k: v for k, v in wanted if v}
-            return asyncio.run(run_images(client, filters, sys.stdout, as_json=args.json))
-        refs = _references(args)
-        return asyncio.run(
-            run_prewarm(client, refs, args.platform, args.pin, sys.stdout, tty=sys.stdout.isatty())
-        )
-    except AdminUnavailable as exc:
-        print(f"cachesvc {args.command}: {exc}", file=sys.stderr)
-        return exc.status
+            return await run_images(client, filters, out, as_json=args.json)
+        case "purge":
+            return await run_purge(client, args.refs, out)
+        case "pins":
+            return await run_pins(client, out)
+        case "unpin":
+            return await run_unpin(client, args.refs, out)
+        case "jobs":
+            return await run_jobs(client, args.job, out)
+        case "cancel":
+            return await run_cancel(client, args.job, out)
+    refs = _references(args)
+    return await run_prewarm(client, refs, args.platform, args.pin, out, tty=out.isatty())
 
 
 def _mirror_url(config: Config, override: str | None) -> str:
@@ -203,30 +239,56 @@ def _mirror_url(config: Config, override: str | None) -> str:
     return f"http://{ListenAddress(host, config.listen.port)}"  # brackets IPv6 hosts
 
 
-def _serve(config: Config) -> int:
-    logs.configure(config.log)
-    from cachesvc.app import serve
+def _executable() -> str:
+    """How to run this very cachesvc again: the script's path, or ``python -m cachesvc``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or Path(argv0).name == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m cachesvc"
+    found = argv0 if os.sep in argv0 else shutil.which(argv0)
+    return shlex.quote(os.path.abspath(found)) if found else "cachesvc"
 
+
+def _refuse_port_zero(config: Config) -> None:
+    """Port 0 binds a random port each start: containerd's hosts.toml could never name it."""
+    for key, address in (("listen", config.listen), ("admin.listen", config.admin.listen)):
+        if address.port == 0:
+            raise ConfigError(
+                key,
+                f"port 0 ({address}) would pick a random port at every start, which "
+                "containerd (and the CLI) cannot be pointed at: give a fixed port such as "
+                f"{'127.0.0.1:5000' if key == 'listen' else '127.0.0.1:5050'}",
+            )
+
+
+def _banner(config: Config, config_path: str | None, mirror: str, admin: str) -> str:
+    """What to do next, printed once both listeners are bound."""
     hosts = _mirror_url(config, None)
-    print(
-        f"cachesvc {__version__}: mirror API on http://{config.listen}, admin on "
-        f"http://{config.admin.listen}, storage in {config.storage.root}",
-        file=sys.stderr,
-    )
-    print(
-        "Point containerd at it with /etc/containerd/certs.d/<registry>/hosts.toml "
-        "(cachesvc containerd-config --write /etc/containerd/certs.d), e.g.:\n",
-        file=sys.stderr,
-    )
+    flag = f" --config {shlex.quote(config_path)}" if config_path else ""
     first = sorted(config.registries)[0]
-    print(f"# /etc/containerd/certs.d/{first}/hosts.toml\n{hosts_toml(config, first, hosts)}",
-          file=sys.stderr)  # fmt: skip
+    return (
+        f"cachesvc {__version__}: mirror API on {mirror}, admin on {admin}, storage in "
+        f"{config.storage.root}\n"
+        "Point containerd at it (one hosts.toml per configured registry):\n\n"
+        f"  {_executable()} containerd-config{flag} --write /etc/containerd/certs.d\n\n"
+        f"which writes, e.g.:\n# /etc/containerd/certs.d/{first}/hosts.toml\n"
+        f"{hosts_toml(config, first, hosts)}"
+    )
+
+
+def _serve(config: Config, config_path: str | None) -> int:
+    logs.configure(config.log)
+    from cachesvc.app import Daemon, serve
+
+    def ready(daemon: Daemon) -> None:
+        print(_banner(config, config_path, daemon.mirror_url, daemon.admin_url),
+              file=sys.stderr, flush=True)  # fmt: skip
+
     if config.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, on_ready=ready))
     else:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_ready=ready))
     return 0
 
 
@@ -235,17 +297,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _load(args)
-        if args.command in ("prewarm", "status", "images"):
+        if args.command in ADMIN_COMMANDS:
             return _admin(args, config)
         if args.command in ("serve", "check-config"):
             # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
             config = replace(config, proxy_environment=proxy_environment(os.environ))
+        if args.command in ("serve", "check-config"):
+            _refuse_port_zero(config)
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, args.config or os.environ.get("CACHESVC_CONFIG"))
         if args.command == "check-config":
             for settings in config.registries.values():
                 tls_context(settings)  # load ca_file and client certificates as serve would
-            print(f"configuration OK: {len(config.registries)} registries "
+            count = len(config.registries)
+            print(f"configuration OK: {count} registr{'y' if count == 1 else 'ies'} "
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip
             return 0

@@ -263,7 +263,9 @@ def configure(config: LogConfig) -> None:
     """Install the configured handler on the root logger."""
     handler = BufferedStreamHandler(sys.stderr.fileno())
     atexit.register(handler.close)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    # Unset: text for a person at a terminal, JSON for a log collector (as uvicorn does).
+    text = config.format == "text" or (config.format is None and sys.stderr.isatty())
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level.upper())

@@ -8,14 +8,28 @@ gets its own set. Names follow ``cachesvc_<thing>_<unit>``; labels are bounded
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+RECENT_WINDOW = 300.0  # seconds: what "recent" means for upstream errors (cachesvc status)
+RECENT_LIMIT = 10_000  # error times remembered per endpoint (bounds memory in an outage)
 # Bound children remembered per metric (label sets are bounded; this bounds the memo).
 CHILDREN_LIMIT = 1024
 
@@ -30,6 +44,47 @@ def bound_children(metric: _M) -> Callable[..., _M]:
     child only costs the next lookup (prometheus keeps it).
     """
     return functools.lru_cache(maxsize=CHILDREN_LIMIT)(metric.labels)
+
+
+class RecentErrors(Collector):
+    """``cachesvc_upstream_recent_errors``: upstream errors per endpoint in the last 5 minutes.
+
+    A counter since start says little about now (a daemon that failed for an hour last
+    week looks as bad as one failing at this moment), and ``cachesvc status`` reads one
+    scrape, not a ``rate()``; so the daemon keeps the recent error times itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._times: dict[tuple[str, str], deque[float]] = {}
+
+    def record(self, registry: str, endpoint: str) -> None:
+        """One 5xx or transport error of ``endpoint`` now."""
+        key = (registry, endpoint)
+        times = self._times.get(key)
+        if times is None:
+            times = self._times[key] = deque(maxlen=RECENT_LIMIT)
+        times.append(self._clock())
+
+    def count(self, registry: str, endpoint: str) -> int:
+        """Errors of ``endpoint`` within the window."""
+        times = self._times.get((registry, endpoint))
+        if not times:
+            return 0
+        cutoff = self._clock() - RECENT_WINDOW
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "cachesvc_upstream_recent_errors",
+            f"Upstream 5xx and transport errors in the last {RECENT_WINDOW:.0f} seconds.",
+            labels=["registry", "endpoint"],
+        )
+        for registry, endpoint in list(self._times):
+            family.add_metric([registry, endpoint], self.count(registry, endpoint))
+        yield family
 
 
 class Metrics:
@@ -212,10 +267,27 @@ class Metrics:
             registry=registry,
         )
         self._upstream_access(registry)
+        self.recent_errors = RecentErrors()
+        registry.register(self.recent_errors)
+        # What an SRE expects of any process (memory, CPU, open fds, GC), from the
+        # library's standard collectors, on this registry: the global one stays untouched.
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self.requests_by = bound_children(self.requests)
         self.served_bytes_by = bound_children(self.served_bytes)
         self.http_responses_by = bound_children(self.http_responses)
+
+    def upstream_answered(self, registry: str, endpoint: str, status_class: str) -> None:
+        """Count one upstream answer (``2xx``..``5xx``, ``error`` for a transport failure)."""
+        self.upstream_requests.labels(registry, endpoint, status_class).inc()
+        now = time.time()
+        if status_class in ("5xx", "error"):
+            self.upstream_last_error.labels(registry, endpoint).set(now)
+            self.recent_errors.record(registry, endpoint)
+        else:
+            self.upstream_last_success.labels(registry, endpoint).set(now)
 
     def _upstream_access(self, registry: CollectorRegistry) -> None:
         """Upstream access: credentials, endpoint health, limits, stale and negative answers."""

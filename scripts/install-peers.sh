@@ -3,6 +3,7 @@
 #   docker-registry  -> docker-registry      containerd, ctr -> containerd
 #   skopeo           -> skopeo               nginx           -> nginx-light
 #   wrk              -> wrk                  dnsmasq         -> dnsmasq-base (cluster DNS tests)
+#   podman           -> podman (the README's "Other clients" registries.conf, tested)
 # Idempotent: does nothing when every binary is present. As root it installs only the missing
 # packages, with services kept from starting (a policy-rc.d that denies every start is in
 # place during the install and removed afterwards). Not root: prints what to install, exits 0
@@ -18,6 +19,7 @@ PEERS=(
   "nginx:nginx-light"
   "wrk:wrk"
   "dnsmasq:dnsmasq-base"
+  "podman:podman"
 )
 
 have() {

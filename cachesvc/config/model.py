@@ -117,7 +117,7 @@ class LogConfig:
     """Log level and format (``json`` lines or ``text``)."""
 
     level: str = "info"
-    format: str = "json"
+    format: str | None = None  # unset: text when stderr is a terminal, else json
     access_log: bool = True
 
 

@@ -309,8 +309,8 @@ def _log(raw: Mapping[str, Any]) -> LogConfig:
     level = str(raw.get("level", _DEFAULT.log.level)).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level", "expected one of debug, info, warning, error")
-    fmt = str(raw.get("format", _DEFAULT.log.format)).lower()
-    if fmt not in ("json", "text"):
+    fmt = str(raw["format"]).lower() if "format" in raw else _DEFAULT.log.format
+    if fmt not in (None, "json", "text"):
         raise ConfigError("log.format", "expected json or text")
     access_log = raw.get("access_log", _DEFAULT.log.access_log)
     if not isinstance(access_log, bool):

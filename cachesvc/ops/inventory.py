@@ -136,14 +136,14 @@ class Inventory:
         rows: list[dict[str, object]] = []
         for image in images.values():
             present: dict[str, int] = {}
-            last = 0.0
             for blob in image.blobs:
                 with contextlib.suppress(CachesvcError):
-                    d = Digest.parse(blob)
-                    size = self._store.size(d)
+                    size = self._store.size(Digest.parse(blob))
                     if size is not None:
                         present[blob] = size
-                        last = max(last, self._store.last_access(d))
+            # A pull of this image asks for its own manifest (or index); a shared layer is
+            # also read for other images, so its access time says nothing about this one.
+            last = self._store.last_access(Digest.parse(image.digest))
             for registry, repository in sorted(image.origins) or [("", "")]:
                 row: dict[str, object] = {
                     "registry": registry or None,

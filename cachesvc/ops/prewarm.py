@@ -95,6 +95,7 @@ class ImageProgress:
     bytes_total: int = 0
     blobs_done: int = 0
     blobs_total: int = 0
+    blobs_cached: int = 0  # of blobs_done: already in the cache, nothing fetched
     started: float | None = None
     finished: float | None = None
 
@@ -105,6 +106,7 @@ class ImageProgress:
             "digest": self.digest, "platforms": self.platforms,
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
             "blobs_done": self.blobs_done, "blobs_total": self.blobs_total,
+            "blobs_cached": self.blobs_cached,
             "started": self.started, "finished": self.finished,
         }  # fmt: skip
 
@@ -331,6 +333,7 @@ class Prewarmer:
                     if source.lease is not None:
                         source.lease.release()
                     self._metrics.prewarm_bytes.labels("cached").inc(size)
+                    image.blobs_cached += 1
                 else:
                     fill = source.fill
                     async for received in fill.progress():  # woken by the fill, no polling

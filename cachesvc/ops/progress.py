@@ -1,9 +1,10 @@
 """Terminal progress for prewarm jobs: a bar per image and an overall bar.
 
 On a terminal the block of bars is redrawn in place (ANSI cursor-up and clear-line)
-with bytes, rate and ETA; elsewhere (a pipe, a CI log) plain lines are printed: one
-when an image changes state and an overall line at most every ``PLAIN_EVERY``
-seconds, so logs stay short and greppable. Input is the job JSON of
+with bytes, rate and ETA (while an image is being resolved its size is unknown: its bar
+says so instead of showing 0 % or, for a zero total, 100 %); elsewhere (a pipe, a CI
+log) plain lines are printed: one when an image changes state and an overall line at
+most every ``PLAIN_EVERY`` seconds, so logs stay short and greppable. Input is the job JSON of
 ``GET /admin/v1/jobs/<id>``; nothing here does I/O except writing to the stream.
 """
 
@@ -46,6 +47,37 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def waiting_bar(word: str = "resolving", width: int = BAR_WIDTH) -> str:
+    """An indeterminate bar: the size is not known yet, so neither full nor empty."""
+    return "[" + f" {word}… ".center(width, " ") + "]"
+
+
+def sized(image: dict[str, Any]) -> bool:
+    """Whether an image's sizes are known (it was resolved; a failure may come before)."""
+    if image["state"] == "failed":
+        return image.get("digest") is not None and int(image["blobs_total"]) > 0
+    return image["state"] not in ("queued", "resolving")
+
+
+def reason_of(image: dict[str, Any]) -> str:
+    """The failure reason without a leading copy of the reference (named once, before it)."""
+    reason = str(image.get("reason") or image["state"])
+    ref = str(image["ref"])
+    if reason.startswith(ref) and reason != ref:
+        reason = reason[len(ref) :].lstrip(": ") or reason
+    return reason
+
+
+def cached_note(image: dict[str, Any]) -> str:
+    """``all 3 blobs already cached`` / ``2 of 3 blobs already cached`` / ``""``."""
+    cached, total = int(image.get("blobs_cached") or 0), int(image["blobs_total"])
+    if not cached:
+        return ""
+    if cached == total:
+        return f"all {total} blobs already cached" if total != 1 else "already cached"
+    return f"{cached} of {total} blobs already cached"
+
+
 def percent(done: int, total: int) -> int:
     """Whole percent done (100 for an empty total)."""
     return 100 if total <= 0 else min(100, int(done * 100 / total))
@@ -79,18 +111,22 @@ class Progress:
             self._samples.popleft()
 
     def overall(self, job: dict[str, Any]) -> str:
-        """The overall line: images done, bytes, rate, ETA."""
+        """The overall line: images done, bytes, rate, ETA (no percent before sizes are known)."""
         done, total = int(job["bytes_done"]), int(job["bytes_total"])
         images = job["images"]
         finished = sum(1 for i in images if i["state"] in ("done", "failed"))
-        text = (
-            f"{percent(done, total):3d}% {human_bytes(done)}/{human_bytes(total)}, "
-            f"{finished}/{len(images)} images"
-        )
+        waiting = sum(1 for i in images if not sized(i))
+        if waiting and job["state"] in ("queued", "running"):
+            text = f"resolving {waiting} of {len(images)} images, {human_bytes(done)} so far"
+        else:
+            text = (
+                f"{percent(done, total):3d}% {human_bytes(done)}/{human_bytes(total)}, "
+                f"{finished}/{len(images)} images"
+            )
         rate = self.rate()
-        if rate is not None and job["state"] in ("queued", "running"):
+        if rate is not None and job["state"] in ("queued", "running") and (done or not waiting):
             text += f", {human_bytes(rate)}/s"
-            if rate > 0 and total > done:
+            if rate > 0 and total > done and not waiting:
                 text += f", ETA {human_seconds((total - done) / rate)}"
         return text
 
@@ -111,13 +147,23 @@ class Progress:
             done, total = int(image["bytes_done"]), int(image["bytes_total"])
             state = image["state"]
             if state == "failed":
-                state = f"failed: {image['reason']}"
-            lines.append(
-                f"{name:<{NAME_WIDTH}} {bar(done, total)} {percent(done, total):3d}% "
-                f"{human_bytes(done):>10}/{human_bytes(total):<10} {state}"
-            )
+                state = f"failed: {reason_of(image)}"
+            elif state == "done" and cached_note(image):
+                state = f"done ({cached_note(image)})"
+            if sized(image):
+                lines.append(
+                    f"{name:<{NAME_WIDTH}} {bar(done, total)} {percent(done, total):3d}% "
+                    f"{human_bytes(done):>10}/{human_bytes(total):<10} {state}"
+                )
+            else:
+                word = "failed" if image["state"] == "failed" else image["state"]
+                tail = f" {state}" if image["state"] == "failed" else ""
+                lines.append(f"{name:<{NAME_WIDTH}} {waiting_bar(word)}{tail}")
         done, total = int(job["bytes_done"]), int(job["bytes_total"])
-        lines.append(f"{'overall':<{NAME_WIDTH}} {bar(done, total)} {self.overall(job)}")
+        running = job["state"] in ("queued", "running")
+        resolved = all(sized(i) or i["state"] == "failed" for i in job["images"])
+        overall = waiting_bar() if running and not resolved else bar(done, total)
+        lines.append(f"{'overall':<{NAME_WIDTH}} {overall} {self.overall(job)}")
         out = f"\x1b[{self._drawn}F" if self._drawn else ""
         out += "".join(f"\x1b[2K{line}\n" for line in lines)
         self._stream.write(out)
@@ -134,9 +180,10 @@ class Progress:
             if state == "fetching":
                 detail = f" ({image['blobs_total']} blobs, {human_bytes(image['bytes_total'])})"
             elif state == "done":
-                detail = f" ({human_bytes(image['bytes_done'])})"
+                note = cached_note(image)
+                detail = f" ({human_bytes(image['bytes_done'])}{', ' + note if note else ''})"
             elif state == "failed":
-                detail = f": {image['reason']}"
+                detail = f": {reason_of(image)}"
             self._stream.write(f"{image['ref']}: {state}{detail}\n")
         now = self._clock()
         if job["state"] in ("queued", "running") and now - self._last_plain >= PLAIN_EVERY:
@@ -156,5 +203,5 @@ class Progress:
         if not failed:
             return head + "\n"
         lines = [head + f"; {len(failed)} not done ({job['state']}):"]
-        lines += [f"  {i['ref']}: {i['reason'] or i['state']}" for i in failed]
+        lines += [f"  {i['ref']}: {reason_of(i)}" for i in failed]
         return "\n".join(lines) + "\n"

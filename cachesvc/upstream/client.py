@@ -341,11 +341,7 @@ class Upstream:
             url, params = target, None
 
     def _count(self, endpoint: str, status_class: str) -> None:
-        self._metrics.upstream_requests.labels(self.name, endpoint, status_class).inc()
-        metrics = self._metrics
-        healthy = status_class not in ("5xx", "error")
-        gauge = metrics.upstream_last_success if healthy else metrics.upstream_last_error
-        gauge.labels(self.name, endpoint).set(time.time())
+        self._metrics.upstream_answered(self.name, endpoint, status_class)
 
     # -- typed operations ------------------------------------------------------------
 

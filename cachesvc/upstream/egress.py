@@ -132,4 +132,32 @@ def connection_failure(exc: aiohttp.ClientError) -> str:
         return f"the forward proxy refused the tunnel ({exc.status} {exc.message})"
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return f"cannot connect to the forward proxy {exc.host}:{exc.port}"
-    return exc.__class__.__name__
+    return _transport_failure(exc)
+
+
+def _transport_failure(exc: aiohttp.ClientError) -> str:
+    """The README's troubleshooting words, never a Python class name."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        why = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return f"TLS handshake failed: the certificate of {exc.host} is not trusted ({why})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"name {exc.host} did not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection refused by {exc.host}:{exc.port}"
+        return f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the response was cut off"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"connection failed: {_reason(exc)}"
+    return str(exc) or "connection failed"
+
+
+def _reason(error: OSError) -> str:
+    """``[Errno 111] Connection refused`` -> ``connection refused``; SSL's reason words."""
+    text = str(getattr(error, "reason", None) or error.strerror or error or "unknown error")
+    return text.replace("_", " ").lower() if text.isupper() else text
