@@ -51,7 +51,7 @@ async def pull(http: aiohttp.ClientSession, node: ClusterNode, repo: str, tag: s
     parsed = json.loads(manifest)
     digests = [parsed["config"]["digest"]] + [layer["digest"] for layer in parsed["layers"]]
     bodies = await asyncio.gather(*(fetch(http, f"{base}/blobs/{d}?ns={NS}") for d in digests))
-    return {d: "sha256:" + hashlib.sha256(b).hexdigest() for d, b in zip(digests, bodies)}
+    return {d: "sha256:" + hashlib.sha256(b).hexdigest() for d, b in zip(digests, bodies, strict=True)}
 
 
 async def admin(http: aiohttp.ClientSession, node: ClusterNode, query: str = "") -> Any:
@@ -84,11 +84,12 @@ async def test_four_daemons_pull_one_image_with_one_upstream_get_per_blob(
         avoided = sum(n.metric("cachesvc_upstream_fetches_avoided_total") for n in nodes)
         assert avoided >= 3 * len(digests)  # three nodes got every blob from a peer
         for node in nodes:  # each node keeps its own verified copy
-            assert all(node.blob_path(d).exists() for d in digests)
+            assert await eventually(lambda n=node: all(n.blob_path(d).exists() for d in digests))
         status = await admin(http, nodes[0], f"?digest={digests[1]}")
         assert status["self"] == nodes[0].address
         assert status["members"] == sorted(n.address for n in nodes)
-        assert status["owner"] == status["ranking"][0] and len(status["ranking"]) == 4
+        assert status["owner"] == status["ranking"][0]
+        assert len(status["ranking"]) == 4
         assert {p["state"] for p in status["peers"]} == {"ok"}
 
 
@@ -120,7 +121,7 @@ async def test_the_upstream_fetcher_killed_mid_transfer_costs_at_most_one_more_g
         assert [start > 0 for _, start in fake.ranged_gets] == [True] * len(fake.ranged_gets)
         assert len(fake.ranged_gets) <= 1
         for node in others:
-            assert node.blob_path(digest).exists()
+            assert await eventually(node.blob_path(digest).exists)
 
 
 class LyingPeer:
@@ -184,8 +185,9 @@ async def test_a_peer_sending_wrong_bytes_is_blocked_and_nothing_wrong_is_kept(
         assert node.metric("cachesvc_peers_blocked_total") == 1
         # The client's retry (containerd retries) completes from the next source: upstream.
         assert await fetch(http, url) == data
-        assert liar.requests == 1 and blob_gets(fake, digest) == 1
-        assert node.blob_path(digest).exists()
+        assert liar.requests == 1
+        assert blob_gets(fake, digest) == 1
+        assert await eventually(node.blob_path(digest).exists)  # committed just after
 
 
 async def test_peer_api_tokens_none_wrong_rotated_and_overlapping(
@@ -216,7 +218,8 @@ async def test_peer_api_tokens_none_wrong_rotated_and_overlapping(
             if await accepted("new-secret"):
                 break
             await asyncio.sleep(0.02)
-        assert await accepted("new-secret") and await accepted("old-secret")
+        assert await accepted("new-secret")
+        assert await accepted("old-secret")
         write_tokens(token, "new-secret")  # rotation done: the old one is refused
         for _ in range(300):
             if not await accepted("old-secret"):
@@ -254,7 +257,8 @@ async def test_members_follow_dnsmasq_and_survive_its_outage(
         )
         async with running([node]), aiohttp.ClientSession() as http:
             before = await admin(http, node, f"?digest={digest}")
-            assert before["members"] == [node.address] and before["owner"] == node.address
+            assert before["members"] == [node.address]
+            assert before["owner"] == node.address
             await asyncio.to_thread(dns.set_records, {name: ["127.0.0.2", "127.0.0.3"]})
             members: list[str] = []
             for _ in range(500):
@@ -273,7 +277,8 @@ async def test_members_follow_dnsmasq_and_survive_its_outage(
                     break
                 await asyncio.sleep(0.02)
             assert status["membership_error"]
-            assert status["members"] == members and status["owner"] == str(two[1])
+            assert status["members"] == members
+            assert status["owner"] == str(two[1])
     finally:
         await asyncio.to_thread(dns.stop)
 

@@ -31,6 +31,7 @@ from cachesvc.store.store import Store
 from cachesvc.upstream.client import Upstream
 
 Result = Literal["hit", "miss", "coalesced"]
+PEER_JOIN_WAIT = 3.0  # seconds a peer's request waits for our own peer-sourced fill to start
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ class Blobs:
         cached = self.cached(digest)
         if cached is not None:
             return BlobAnswer(cached, "hit")
+        if self._cluster is not None and from_peer():
+            await self._join_peer_sourced(digest)
         fill, started = self._fills.start(digest, target.registry, self._opener(target, digest))
         if started and self._cluster is not None:
             self._watch(fill)
@@ -139,13 +142,6 @@ class Blobs:
         if self._cluster is None:
             return lambda: upstream.blob(target.repository, digest)
         cluster, metrics = self._cluster
-        running = self._chains.get(str(digest))
-        if running is not None and from_peer() and running.peer_sourced:
-            fill = self._fills.get(digest)
-            if fill is not None and not fill.ready.done():
-                # Joining would forward the peer's request to our own peer source: with
-                # member lists that disagree, two fills could wait on each other.
-                raise UpstreamUnreachable(f"blob {digest} is being fetched from a peer here")
         sources: list[Source] = [
             PeerSource(cluster, peer, target.registry, target.repository, digest)
             for peer in cluster.peers_for(BlobKey(str(digest)))
@@ -155,6 +151,22 @@ class Blobs:
         if self._fills.get(digest) is None:
             self._chains[str(digest)] = chain
         return chain.open
+
+    async def _join_peer_sourced(self, digest: Digest) -> None:
+        """A peer asks for a blob our own fill is asking a peer for: wait (a little) for it.
+
+        Normally that fill answers within moments (a fan-out redirect sent the asker here
+        because this daemon streams the blob from the owner). But if member lists disagree,
+        two daemons' fills could each wait on the other: after ``PEER_JOIN_WAIT`` the asker
+        gets an error and moves on to its next source, so no request ever loops.
+        """
+        chain = self._chains.get(str(digest))
+        fill = self._fills.get(digest)
+        if chain is None or fill is None or not chain.peer_sourced or fill.ready.done():
+            return
+        await asyncio.wait((fill.ready,), timeout=PEER_JOIN_WAIT)
+        if not fill.ready.done():
+            raise UpstreamUnreachable(f"blob {digest} is still being asked of a peer here")
 
     def _watch(self, fill: Fill) -> None:
         """When a cluster fill ends, settle its chain (block peers that sent wrong bytes)."""
