@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from cachesvc import logs
 from cachesvc.clock import SYSTEM_CLOCK, Clock
+from cachesvc.cluster.node import Cluster, server_tls
 from cachesvc.config import Config, ListenAddress, RegistryConfig
 from cachesvc.errors import ListenError
 from cachesvc.metrics import Metrics
@@ -31,12 +32,15 @@ from cachesvc.mirror.blobs import Blobs
 from cachesvc.mirror.facade import Mirror
 from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.manifests import Manifests
+from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.server import admin_api as adminapi
 from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
+from cachesvc.server import peer_api
+from cachesvc.server.admin_cluster import add_cluster_route
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
@@ -64,6 +68,7 @@ class _Parts:
     evictor: Evictor
     inventory: Inventory
     prewarm: Prewarmer
+    cluster: Cluster | None = None
 
 
 class Daemon:
@@ -83,6 +88,7 @@ class Daemon:
         self._ready: dict[str, bool] = {"ready": False}
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.peer_address: tuple[str, int] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -129,12 +135,14 @@ class Daemon:
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
         leases = Leases()
-        manifests = Manifests(store, upstreams, self.metrics, self.clock)
+        cluster = self._cluster(session)
+        peers = PeerManifests(cluster) if cluster is not None else None
+        manifests = Manifests(store, upstreams, self.metrics, self.clock, peers)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
             manifests,
-            Blobs(store, fills, upstreams, leases),
+            Blobs(store, fills, upstreams, leases, (cluster, self.metrics) if cluster else None),
             upstreams,
         )
         pins = Pins(store, self.metrics)
@@ -143,7 +151,15 @@ class Daemon:
         inventory = Inventory(store, manifests, retention, self.metrics)
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
-        return _Parts(store, session, fills, mirror, leases, pins, evictor, inventory, prewarm)
+        return _Parts(
+            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, cluster
+        )
+
+    def _cluster(self, session: aiohttp.ClientSession) -> Cluster | None:
+        """Cluster mode's member (None without ``cluster:``); its token file is read now."""
+        if self.config.cluster is None:
+            return None
+        return Cluster(self.config.cluster, session, self.config.timeouts, self.clock, self.metrics)
 
     def _watch_gauges(self, store: Store, fills: FillManager) -> None:
         """Gauges read at scrape time from the objects that know the value."""
@@ -222,6 +238,7 @@ class Daemon:
         app[admin.READY_KEY] = self._ready
         admin.add_routes(app)
         parts = self.parts
+        add_cluster_route(app, parts.cluster)
         adminapi.add_routes(
             app,
             adminapi.AdminServices(
@@ -249,12 +266,25 @@ class Daemon:
             self.mirror_address = await self._listen(
                 self.mirror_app(), self.config.listen, "listen"
             )
+            await self._start_cluster()
         except ListenError:
             await self.stop()
             raise
         self._parts.evictor.start()
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+
+    async def _start_cluster(self) -> None:
+        """Learn the members, then open the peer listener (``cluster.listen``)."""
+        cluster = self.parts.cluster
+        if cluster is None or self.config.cluster is None:
+            return
+        await cluster.start()
+        peers = peer_api.peer_app(cluster, self.parts.mirror, self.metrics)
+        listen = ListenAddress(self.config.cluster.listen.host, self.config.cluster.listen.port)
+        self.peer_address = await self._listen(
+            peers, listen, "cluster.listen", server_tls(self.config.cluster)
+        )
 
     async def _housekeep(self) -> None:
         """Periodic work off the request path: flush batched last-access times."""
@@ -266,7 +296,11 @@ class Daemon:
                 log.warning("could not record access times: %s", exc)
 
     async def _listen(
-        self, app: web.Application, address: ListenAddress, key: str
+        self,
+        app: web.Application,
+        address: ListenAddress,
+        key: str,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> tuple[str, int]:
         runner = web.AppRunner(
             app,
@@ -276,7 +310,9 @@ class Daemon:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -307,6 +343,8 @@ class Daemon:
             for site in list(runner.sites):
                 await site.stop()
         if parts is not None:
+            if parts.cluster is not None:
+                await parts.cluster.stop()
             await parts.prewarm.close()
             await parts.evictor.stop()
             await parts.fills.wait_idle(max(0.0, deadline - time.monotonic()))

@@ -275,6 +275,7 @@ class Metrics:
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
+        self._cluster(registry)
         self.requests_by = bound_children(self.requests)
         self.served_bytes_by = bound_children(self.served_bytes)
         self.http_responses_by = bound_children(self.http_responses)
@@ -356,3 +357,45 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+
+    def _cluster(self, registry: CollectorRegistry) -> None:
+        """Cluster mode (issue 13); all zero on a daemon without ``cluster:``."""
+        self.cluster_members = Gauge(
+            "cachesvc_cluster_members",
+            "Members of the cluster as this daemon sees them (itself included).",
+            registry=registry,
+        )
+        self.peer_requests = Counter(
+            "cachesvc_peer_requests_total",
+            "Requests served on the peer API by result (hit: from disk, fill: from a fill "
+            "in progress or started, redirected: fan-out full, error, unauthorized).",
+            ["result"],
+            registry=registry,
+        )
+        self.peer_bytes_received = Counter(
+            "cachesvc_peer_received_bytes_total",
+            "Blob bytes fills received from other members.",
+            registry=registry,
+        )
+        self.peer_bytes_sent = Counter(
+            "cachesvc_peer_sent_bytes_total",
+            "Body bytes sent to other members on the peer API.",
+            registry=registry,
+        )
+        self.upstream_avoided = Counter(
+            "cachesvc_upstream_fetches_avoided_total",
+            "Blob fills and manifest fetches completed from peers without asking upstream.",
+            registry=registry,
+        )
+        self.peers_blocked = Counter(
+            "cachesvc_peers_blocked_total",
+            "Peers blocked for cluster.block_for after they sent bytes that did not match.",
+            registry=registry,
+        )
+        self.peer_streams_peak = Gauge(
+            "cachesvc_peer_streams_peak",
+            "The most peers streaming one blob from this daemon at once since start "
+            "(at most cluster.fanout).",
+            registry=registry,
+        )
+        self.peer_requests_by = bound_children(self.peer_requests)

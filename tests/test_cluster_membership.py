@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from cachesvc.cluster.address import PeerAddress
 from cachesvc.cluster.membership import (
     DnsPeers,
     LookupFailed,
@@ -17,7 +16,8 @@ from cachesvc.cluster.membership import (
     source_for,
 )
 from cachesvc.cluster.ranking import BlobKey, owner
-from cachesvc.cluster.settings import DnsName, parse_cluster
+from cachesvc.config.cluster import DnsName, parse_cluster
+from cachesvc.config.peeraddress import PeerAddress
 from tests.peers.dns import Dnsmasq, free_udp_and_tcp_port
 
 SELF = PeerAddress.of("127.0.0.2", 5001)

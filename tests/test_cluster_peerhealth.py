@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from cachesvc.cluster.address import PeerAddress
 from cachesvc.cluster.peerhealth import PeerHealth
 from cachesvc.cluster.ranking import BlobKey, ranking
+from cachesvc.config.peeraddress import PeerAddress
 
 
 class Clock:

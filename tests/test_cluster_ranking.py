@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachesvc.cluster.address import PeerAddress
 from cachesvc.cluster.ranking import BlobKey, TagKey, owner, ranking
+from cachesvc.config.peeraddress import PeerAddress
 
 # No deadline: no timed assertions (the 2 cores are shared). Hypothesis keeps its example
 # database in .hypothesis/, which it gitignores itself.

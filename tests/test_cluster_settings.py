@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from cachesvc.cluster.address import PeerAddress
-from cachesvc.cluster.settings import ClusterTLS, DnsName, parse_cluster
 from cachesvc.config import parse_duration
+from cachesvc.config.cluster import ClusterTLS, DnsName, parse_cluster
+from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import ConfigError
 
 

@@ -29,8 +29,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from cachesvc.cluster.address import PeerAddress
-from cachesvc.cluster.settings import ClusterConfig, DnsName
+from cachesvc.config.cluster import ClusterConfig, DnsName
+from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import CachesvcError
 
 __all__ = ["DnsPeers", "LookupFailed", "MemberSource", "Membership", "StaticPeers", "source_for"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from cachesvc.cluster.address import PeerAddress
+from cachesvc.config.peeraddress import PeerAddress
 
 __all__ = ["PeerHealth", "PeerState", "StateName"]
 

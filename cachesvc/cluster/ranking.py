@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cachesvc.cluster.address import PeerAddress
+from cachesvc.config.peeraddress import PeerAddress
 
 __all__ = ["BlobKey", "RankKey", "TagKey", "owner", "ranking"]
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config.cluster parses with config.values, which imports this module
+    from cachesvc.config.cluster import ClusterConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +146,5 @@ class Config:
     # HTTP(S)_PROXY / NO_PROXY as the CLI read them (cachesvc.egress.proxy_environment):
     # (scheme, value) pairs for registries without a ``proxy`` key; empty: connect directly.
     proxy_environment: tuple[tuple[str, str], ...] = ()
+    # ``cluster:`` (cachesvc.config.cluster); unset: this daemon is an island (no peer API).
+    cluster: ClusterConfig | None = None

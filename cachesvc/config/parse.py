@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cachesvc.config.cluster import ClusterConfig, parse_cluster
 from cachesvc.config.model import (
     AdminConfig,
     Config,
+    ListenAddress,
     LogConfig,
     PrewarmConfig,
     RegistryConfig,
@@ -199,7 +201,7 @@ def parse_config(data: object) -> Config:
     reject_unknown(
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
-         "event_loop", "shutdown_grace", "prewarm", "credentials_file"},
+         "event_loop", "shutdown_grace", "prewarm", "credentials_file", "cluster"},
         "",
     )  # fmt: skip
     listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
@@ -235,7 +237,28 @@ def parse_config(data: object) -> Config:
         ),
         prewarm=prewarm,
         credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
+        cluster=_cluster(root, listen, admin.listen),
     )
+
+
+def _cluster(
+    root: Mapping[str, Any], listen: ListenAddress, admin: ListenAddress
+) -> ClusterConfig | None:
+    """``cluster:`` when present; its listener must be none of the other two."""
+    if "cluster" not in root:
+        return None
+    cluster = parse_cluster(root["cluster"], "cluster")
+    peer = ListenAddress(cluster.listen.host, cluster.listen.port)
+    for other, name in ((listen, "listen"), (admin, "admin.listen")):
+        if other.port == peer.port and other.port != 0 and _overlap(other.host, peer.host):
+            raise ConfigError("cluster.listen", f"must differ from {name} ({other})")
+    return cluster
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two bind hosts can take the same port (equal, or either a wildcard)."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a == b or a in wildcard or b in wildcard
 
 
 def _admin(raw: Mapping[str, Any]) -> AdminConfig:

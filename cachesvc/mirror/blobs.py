@@ -9,22 +9,29 @@ here as a ``RegistryError``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from cachesvc.errors import BlobUnknown, UpstreamError
-from cachesvc.mirror.fill import Fill
+from cachesvc.cluster.node import Cluster
+from cachesvc.cluster.origin import from_peer
+from cachesvc.cluster.ranking import BlobKey
+from cachesvc.errors import BlobUnknown, UpstreamError, UpstreamUnreachable
+from cachesvc.metrics import Metrics
+from cachesvc.mirror.fill import BodyOpener, Fill
 from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.routing import Target
+from cachesvc.mirror.sources import PeerSource, Source, SourceChain, UpstreamSource
 from cachesvc.oci import Digest
 from cachesvc.store.lease import Lease, Leases
 from cachesvc.store.store import Store
 from cachesvc.upstream.client import Upstream
 
 Result = Literal["hit", "miss", "coalesced"]
+PEER_JOIN_WAIT = 3.0  # seconds a peer's request waits for our own peer-sourced fill to start
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +90,15 @@ class Blobs:
         fills: FillManager,
         upstreams: Mapping[str, Upstream],
         leases: Leases | None = None,
+        cluster: tuple[Cluster, Metrics] | None = None,
     ) -> None:
         self._store = store
         self._fills = fills
         self._upstreams = upstreams
         self.leases = leases if leases is not None else Leases()
+        self._cluster = cluster  # cluster mode: fills ask peers before upstream
+        self._chains: dict[str, SourceChain] = {}  # of running fills in cluster mode
+        self._settling: set[asyncio.Task[None]] = set()
 
     def cached(self, digest: Digest) -> CachedBlob | None:
         """The stored blob, if there is one, leased to the caller (release it when sent)."""
@@ -108,10 +119,11 @@ class Blobs:
         cached = self.cached(digest)
         if cached is not None:
             return BlobAnswer(cached, "hit")
-        upstream = self._upstreams[target.registry]
-        fill, started = self._fills.start(
-            digest, target.registry, lambda: upstream.blob(target.repository, digest)
-        )
+        if self._cluster is not None and from_peer():
+            await self._join_peer_sourced(digest)
+        fill, started = self._fills.start(digest, target.registry, self._opener(target, digest))
+        if started and self._cluster is not None:
+            self._watch(fill)
         await fill.wait_ready()
         result: Result = "miss" if started else "coalesced"
         if fill.size is not None or unsized_ok:
@@ -123,6 +135,53 @@ class Blobs:
         if cached is None:
             raise UpstreamError(f"blob {digest} was evicted right after its fill; retry")
         return BlobAnswer(cached, result, fill.endpoint)
+
+    def _opener(self, target: Target, digest: Digest) -> BodyOpener:
+        """Upstream alone, or (cluster mode) the peers in rank, then upstream."""
+        upstream = self._upstreams[target.registry]
+        if self._cluster is None:
+            return lambda: upstream.blob(target.repository, digest)
+        cluster, metrics = self._cluster
+        sources: list[Source] = [
+            PeerSource(cluster, peer, target.registry, target.repository, digest)
+            for peer in cluster.peers_for(BlobKey(str(digest)))
+        ]
+        sources.append(UpstreamSource(upstream, target.repository, digest))
+        chain = SourceChain(sources, target.registry, metrics, cluster)
+        if self._fills.get(digest) is None:
+            self._chains[str(digest)] = chain
+        return chain.open
+
+    async def _join_peer_sourced(self, digest: Digest) -> None:
+        """A peer asks for a blob our own fill is asking a peer for: wait (a little) for it.
+
+        Normally that fill answers within moments (a fan-out redirect sent the asker here
+        because this daemon streams the blob from the owner). But if member lists disagree,
+        two daemons' fills could each wait on the other: after ``PEER_JOIN_WAIT`` the asker
+        gets an error and moves on to its next source, so no request ever loops.
+        """
+        chain = self._chains.get(str(digest))
+        fill = self._fills.get(digest)
+        if chain is None or fill is None or not chain.peer_sourced or fill.ready.done():
+            return
+        await asyncio.wait((fill.ready,), timeout=PEER_JOIN_WAIT)
+        if not fill.ready.done():
+            raise UpstreamUnreachable(f"blob {digest} is still being asked of a peer here")
+
+    def _watch(self, fill: Fill) -> None:
+        """When a cluster fill ends, settle its chain (block peers that sent wrong bytes)."""
+        chain = self._chains.get(str(fill.digest))
+
+        async def settle() -> None:
+            await fill.drain()
+            if self._chains.get(str(fill.digest)) is chain:
+                del self._chains[str(fill.digest)]
+            if chain is not None:
+                chain.settle(fill.error)
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def stat(self, target: Target, digest: Digest) -> tuple[int, Result, str | None]:
         """A blob's size for HEAD (and the upstream endpoint asked, if any); never downloads."""

@@ -397,7 +397,8 @@ class Fill:
             if self.size is not None and self.received + len(chunk) > self.size:
                 raise DigestMismatch("upstream sent more bytes than its Content-Length")
             self._keep(chunk)
-            received.inc(len(chunk))
+            if not body.counted:  # a chain of sources counts upstream and peer bytes itself
+                received.inc(len(chunk))
             await ingest.feed(chunk)
 
     async def _verify(self, ingest: Ingest) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from cachesvc.clock import SYSTEM_CLOCK, Clock
+from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import (
     DigestInvalid,
     DigestMismatch,
@@ -33,6 +34,7 @@ from cachesvc.errors import (
     UpstreamUnauthorized,
 )
 from cachesvc.metrics import Metrics
+from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Target
 from cachesvc.mirror.singleflight import SingleFlight
 from cachesvc.oci import ACCEPT_ANY_MANIFEST, MEDIA_OCI_MANIFEST, Digest, validate_tag
@@ -138,7 +140,9 @@ class Manifests:
         upstreams: Mapping[str, Upstream],
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,  # tag ages (wall: stored in the index), 404 expiry
+        peers: PeerManifests | None = None,  # cluster mode: ask the owner before upstream
     ) -> None:
+        self._peers = peers
         self._store = store
         self._clock = clock
         self._upstreams = upstreams
@@ -188,8 +192,12 @@ class Manifests:
         item = self.cached(digest)
         if item is not None:
             return ManifestAnswer(item[0], None if head else item[1], "hit")
+        peers = self._peers.for_digest(digest) if self._peers is not None else ()
+        # Lookups that ask peers fly apart from those that do not (requests from peers),
+        # so a peer's request never waits on our own request to a peer: no loops.
+        flight = f"{'peers' if peers else ''}\0{target.registry}\0{digest}"
         (record, endpoint), joined = await self._by_digest.do(
-            f"{target.registry}\0{digest}", lambda: self._fetch_digest(target, digest)
+            flight, lambda: self._fetch_digest(target, digest, peers)
         )
         item = self.cached(digest)
         if item is None:  # removed in between; extremely unlikely
@@ -203,14 +211,20 @@ class Manifests:
         for key in [k for k, r in self._tags.items() if r.digest == digest]:
             del self._tags[key]
 
-    async def _fetch_digest(self, target: Target, digest: Digest) -> tuple[ManifestRecord, str]:
+    async def _fetch_digest(
+        self, target: Target, digest: Digest, peers: tuple[PeerAddress, ...] = ()
+    ) -> tuple[ManifestRecord, str]:
         upstream = self._upstreams[target.registry]
-        answer = await upstream.fetch(
-            "GET",
-            f"/v2/{target.repository}/manifests/{digest}",
-            scope=f"repository:{target.repository}:pull",
-            headers={"Accept": ACCEPT_ANY_MANIFEST},
-        )
+        answer = None
+        if peers and self._peers is not None:
+            answer = await self._peers.digest(peers, target, digest)
+        if answer is None:
+            answer = await upstream.fetch(
+                "GET",
+                f"/v2/{target.repository}/manifests/{digest}",
+                scope=f"repository:{target.repository}:pull",
+                headers={"Accept": ACCEPT_ANY_MANIFEST},
+            )
         if answer.status == 404:
             raise ManifestUnknown(
                 f"manifest {digest} not found in {target.registry}/{target.repository}"
@@ -252,8 +266,10 @@ class Manifests:
             answer = await self._answer(target, record, head, "hit")
             if answer is not None:
                 return answer
+        peers = self._peers.for_tag(target, tag, accept) if self._peers is not None else ()
+        flight = f"peers\0{key}" if peers else key  # as for digests: no loops between peers
         (record, result, stale_age, endpoint), joined = await self._by_tag.do(
-            key, lambda: self._resolve(target, tag, accept, key, record)
+            flight, lambda: self._resolve(target, tag, accept, key, record, peers)
         )
         if joined and result == "miss":
             result = "coalesced"
@@ -295,13 +311,19 @@ class Manifests:
         accept: tuple[str, ...],
         key: str,
         previous: TagRecord | None,
+        peers: tuple[PeerAddress, ...] = (),
     ) -> tuple[TagRecord, Result, float | None, str | None]:
         upstream = self._upstreams[target.registry]
         path = f"/v2/{target.repository}/manifests/{tag}"
         scope = f"repository:{target.repository}:pull"
         headers = {"Accept": ", ".join(accept)}
+        from_owner = None
+        if peers and self._peers is not None:
+            from_owner = await self._peers.tag(peers, target, tag, accept)
         try:
-            if previous is not None:
+            if from_owner is not None:
+                answer = from_owner
+            elif previous is not None:
                 head = await upstream.fetch("HEAD", path, scope=scope, headers=headers)
                 if head.status == 404:
                     raise self._missing_tag(target, tag)
@@ -312,7 +334,9 @@ class Manifests:
                     )
                     await self._remember(key, record)
                     return record, "hit", None, head.endpoint
-            answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
+                answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
+            else:
+                answer = await upstream.fetch("GET", path, scope=scope, headers=headers)
         except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
             raise
         except UpstreamError as exc:

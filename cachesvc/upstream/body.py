@@ -21,6 +21,7 @@ class BlobBody:
     size: int | None
     chunks: AsyncIterator[bytes]
     endpoint: str | None = None  # the upstream endpoint that answered (for the access log)
+    counted: bool = False  # the source counts its own received bytes (a chain of sources)
 
 
 async def read_whole(resp: aiohttp.ClientResponse, limit: int, registry: str, path: str) -> bytes:

@@ -361,13 +361,29 @@ class Upstream:
             return Answer(resp.status, resp.headers, body, str(resp.url.origin()))
 
     @asynccontextmanager
-    async def blob(self, repository: str, digest: Digest) -> AsyncIterator[BlobBody]:
-        """Open a blob GET; an upstream 404 is ``BlobUnknown`` (decided here, once)."""
+    async def blob(
+        self, repository: str, digest: Digest, offset: int = 0
+    ) -> AsyncIterator[BlobBody]:
+        """Open a blob GET; an upstream 404 is ``BlobUnknown`` (decided here, once).
+
+        ``offset`` > 0 asks for the rest of the blob from there (a fill resuming after its
+        source died); the body's ``size`` is then the bytes from ``offset`` on.
+        """
         path = f"/v2/{repository}/blobs/{digest}"
-        async with self.open("GET", path, scope=f"repository:{repository}:pull") as resp:
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        scope = f"repository:{repository}:pull"
+        async with self.open("GET", path, scope=scope, headers=headers) as resp:
             if resp.status == 404:
                 raise BlobUnknown(f"blob {digest} not found in {self.name}/{repository}")
-            if resp.status != 200:
+            wanted = 206 if offset else 200
+            if resp.status != wanted or (offset and not _starts_at(resp, offset)):
                 raise UpstreamError(f"{self.name} answered {resp.status} for a blob GET")
             first = resp.history[0].url if resp.history else resp.url
             yield BlobBody(resp.content_length, blob_chunks(resp, self.name), str(first.origin()))
+
+
+def _starts_at(resp: aiohttp.ClientResponse, offset: int) -> bool:
+    """Whether a 206 answer's ``Content-Range`` starts at ``offset`` (``bytes N-M/T``)."""
+    unit, _, rest = resp.headers.get("Content-Range", "").partition(" ")
+    start = rest.partition("-")[0]
+    return unit == "bytes" and start.isdigit() and int(start) == offset

@@ -76,6 +76,7 @@ class FakeRegistry:
     url: str = ""
     gate: Gate | None = None  # Basic or token-service auth (tests/fakes/auth.py)
     response_headers: dict[str, str] = field(default_factory=dict)  # on every /v2 answer
+    ranged_gets: list[tuple[str, int]] = field(default_factory=list)  # (digest, start)
     arrivals: list[tuple[float, str, str]] = field(
         default_factory=list
     )  # (monotonic, method, path)
@@ -272,6 +273,12 @@ class FakeRegistry:
             data = b""
         data += b"x" * faults.extra_bytes
         response = web.StreamResponse()
+        start = _range_start(request.headers.get("Range"), len(data))
+        if start:  # a fill resuming after its source died (cluster mode)
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            data = data[start:]
+            self.ranged_gets.append((digest, start))
         if not faults.chunked:
             response.content_length = len(data)
         else:
@@ -298,6 +305,14 @@ class FakeRegistry:
                 await asyncio.sleep(faults.slow_chunk_delay)
         await response.write_eof()
         return response
+
+
+def _range_start(header: str | None, size: int) -> int:
+    """The N of ``bytes=N-`` (0 without one); open-ended ranges are all a resume needs."""
+    if not header or not header.startswith("bytes=") or not header.endswith("-"):
+        return 0
+    text = header[len("bytes=") : -1]
+    return int(text) if text.isdigit() and int(text) < size else 0
 
 
 @asynccontextmanager

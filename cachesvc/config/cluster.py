@@ -8,8 +8,10 @@ are errors, as everywhere in the configuration.
 What "unset" means, key by key, is in the docstring of each field of :class:`ClusterConfig`.
 Durations use the grammar of ``cachesvc.config.parse_duration`` (``"10s"``, ``"5m"``,
 ``"1h30m"``, a number of seconds), imported from ``cachesvc.config.values`` (a layer below
-this one). When ``Config`` gains its ``cluster`` field, ``ClusterConfig`` and its parser
-belong in ``cachesvc.config`` (config cannot import cluster: the layer contract).
+this one). ``ClusterConfig`` lives in ``cachesvc.config`` because ``Config.cluster`` holds it
+and config cannot import cluster (the layer contract); ``parse_config`` calls
+``parse_cluster`` and adds the checks that need the rest of the file (``cluster.listen``
+must differ from ``listen`` and ``admin.listen``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachesvc.cluster.address import PeerAddress, split_host_port
+from cachesvc.config.peeraddress import PeerAddress, split_host_port
 from cachesvc.config.values import mapping, positive, string
 from cachesvc.errors import ConfigError
 
