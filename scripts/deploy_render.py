@@ -156,8 +156,10 @@ def prometheus_rule_text() -> str:
         "metadata": {"name": "cachesvc", "labels": {"app.kubernetes.io/name": "cachesvc"}},
         "spec": {"groups": groups},
     }
-    header = ("# GENERATED from deploy/prometheus-rules.yaml by "
-              "`python scripts/deploy_render.py --sync-rules`: edit that file, not this one.\n")  # fmt: skip
+    header = (
+        "# GENERATED from deploy/prometheus-rules.yaml by `python scripts/deploy_render.py"
+        " --sync-rules`:\n# edit that file, not this one.\n"
+    )
     return header + yaml.safe_dump(rule, sort_keys=False, width=100)
 
 
