@@ -143,6 +143,8 @@ class Daemon:
         inventory = Inventory(store, manifests, retention, self.metrics)
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
+        # Every labelled counter an alert uses exists at 0 (increase() misses a series born at 1).
+        self.metrics.prime({name: r.endpoints for name, r in config.registries.items()})
         return _Parts(store, session, fills, mirror, leases, pins, evictor, inventory, prewarm)
 
     def _watch_gauges(self, store: Store, fills: FillManager) -> None:
@@ -150,12 +152,25 @@ class Daemon:
         m = self.metrics
         m.cache_bytes.set_function(lambda: store.usage_bytes)
         m.cache_entries.set_function(lambda: store.usage_entries)
-        m.cache_capacity.set(self.config.storage.max_size or 0)
         m.fills_in_flight.set_function(lambda: len(fills.running()))
         m.fill_waiters.set_function(lambda: sum(f.followers for f in fills.running()))
         root = self.config.storage.root
         m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
         m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
+        self._watch_disk_bounds()
+
+    def _watch_disk_bounds(self) -> None:
+        """storage.max_size and storage.min_free in bytes (a percentage follows the
+        filesystem's size, read at scrape time)."""
+        m, storage = self.metrics, self.config.storage
+        root = storage.root
+        m.cache_capacity.set_function(
+            lambda: storage.size_limit(shutil.disk_usage(root).total) or 0
+        )
+        share = storage.min_free
+        m.storage_min_free.set_function(
+            lambda: share.of(shutil.disk_usage(root).total) if share is not None else 0
+        )
 
     def _upstream(
         self,
