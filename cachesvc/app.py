@@ -33,6 +33,7 @@ from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
+from cachesvc.ops.nodewiring import WiringMonitor
 from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.server import admin_api as adminapi
 from cachesvc.server import health as admin
@@ -84,6 +85,8 @@ class Daemon:
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        # Is containerd on this node wired to us (containerd.config; /readyz, a gauge)?
+        self.wiring = WiringMonitor(config.containerd, config.registries, self.metrics)
 
     @property
     def mirror_url(self) -> str:
@@ -235,6 +238,7 @@ class Daemon:
         app = web.Application()
         app[admin.ADMIN_METRICS_KEY] = self.metrics
         app[admin.READY_KEY] = self._ready
+        app[admin.WIRING_KEY] = self.wiring
         admin.add_routes(app)
         parts = self.parts
         adminapi.add_routes(
@@ -268,6 +272,7 @@ class Daemon:
             await self.stop()
             raise
         self._parts.evictor.start()
+        await self.wiring.start(ListenAddress(self.config.listen.host, self.mirror_address[1]))
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
@@ -321,6 +326,7 @@ class Daemon:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        await self.wiring.stop()
         if parts is not None:
             await parts.prewarm.close()
             await parts.evictor.stop()
