@@ -348,8 +348,8 @@ def _containerd_flags(cmd: argparse.ArgumentParser) -> None:
                      help="where the node's filesystem is mounted; node paths in config.toml "
                      "are read under it; the hosts directory must be inside it")  # fmt: skip
     cmd.add_argument("--containerd-version", metavar="X.Y",
-                     help="the node's containerd release; 2.2 and later read "
-                     "/etc/containerd/certs.d without config_path")  # fmt: skip
+                     help="the node's containerd release (default: containerd.version); 2.2 "
+                     "and later read /etc/containerd/certs.d without config_path")  # fmt: skip
     cmd.add_argument("--write-config-path", action="store_true",
                      help="opt-in: when config.toml has no config_path, set it (the file must be "
                      "writable), then exit 1: containerd must be restarted to read it")  # fmt: skip
@@ -362,8 +362,8 @@ def _containerd_config(args: argparse.Namespace, config: Config) -> int:
     """``cachesvc containerd-config``: check, then print, write or uninstall."""
     found: Path | None = None
     if args.containerd_config:
-        version = parse_version(args.containerd_version, "--containerd-version") if (
-            args.containerd_version) else None  # fmt: skip
+        version = (parse_version(args.containerd_version, "--containerd-version")
+                   if args.containerd_version else config.containerd.version)  # fmt: skip
         found = _found_hosts_dir(args, Path(args.containerd_config), version)
         if found is None:
             return 1

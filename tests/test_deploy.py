@@ -167,6 +167,22 @@ def test_the_init_container_reads_containerd_config_from_its_mount(docs: list[di
     assert not certs.get("readOnly")
 
 
+def test_the_daemon_checks_the_wiring_the_init_container_wrote(docs: list[dict[str, Any]]) -> None:
+    config = parse_yaml((DEPLOY / "config.yaml").read_text())
+    pod = _by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (main,) = pod["containers"]
+    words = " ".join(init["command"]).split()
+    check = config.containerd
+    assert str(check.config) == words[words.index("--containerd-config") + 1]
+    assert str(check.host_root) == words[words.index("--host-root") + 1]
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    init_mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    for path in (str(check.config), str(check.host_root) + "/etc/containerd/certs.d"):
+        assert mounts[path]["readOnly"] is True
+        assert mounts[path]["name"] == init_mounts[path]
+
+
 def test_cachesvc_down_watches_the_podmonitor_job(tmp_path: Path) -> None:
     docs = render.render(_monitoring_overlay(tmp_path))
     monitor = _by_kind(docs, "PodMonitor")
