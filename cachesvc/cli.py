@@ -395,7 +395,8 @@ def _containerd_config(args: argparse.Namespace, config: Config) -> int:
 def _say(results: list[HostsFile]) -> None:
     """One line per hosts file: written, merged, kept, removed or restored, and why."""
     for result in results:
-        print(f"{result.action} {result.path}" + (f" ({result.detail})" if result.detail else ""))
+        action = "wrote" if result.action == "written" else result.action
+        print(f"{action} {result.path}" + (f" ({result.detail})" if result.detail else ""))
 
 
 def _found_hosts_dir(

@@ -102,7 +102,9 @@ async def test_max_size_as_a_percentage_of_the_filesystem(
                                     any(store.size(d) is None for d in digests))  # fmt: skip
             await daemon.parts.evictor.sweep()
             assert store.usage_bytes <= 2 * MIB
-            assert _gauge(daemon, "cachesvc_evictions_total", {"reason": "size"}) == 2
+            gone = [d for d in digests if store.size(d) is None]
+            assert len(gone) >= 2  # 3 MiB of blobs under a 2 MiB bound
+            assert _gauge(daemon, "cachesvc_evictions_total", {"reason": "size"}) == len(gone)
 
 
 @pytest.mark.parametrize(
