@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP     := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit peers bench bench-smoke clean
+.PHONY: run test lint typecheck unit peers bench bench-smoke deploy-check clean
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,11 @@ run: $(RUN_STAMP)
 ## test: install everything (venv, real peers when root) and run lint, types and the suite
 test: $(STAMP)
 	bash scripts/install-peers.sh
-	$(MAKE) --no-print-directory lint typecheck bench-smoke
+	$(MAKE) --no-print-directory lint typecheck deploy-check bench-smoke
 	$(PY) -m pytest -q   # last, so its summary line closes the output
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cachesvc tests benchmarks
+	$(VENV)/bin/ruff check cachesvc tests benchmarks scripts
 	$(VENV)/bin/ruff format --check cachesvc
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -45,6 +45,25 @@ peers: $(STAMP)
 bench: $(STAMP)
 	bash scripts/install-peers.sh
 	$(PY) -m benchmarks
+
+## deploy-check: render deploy/ (with and without the Prometheus Operator component) and
+## validate it strictly, promtool check + unit-test the alerts, hadolint the Dockerfile
+K8S_VERSIONS ?= 1.33.0 1.37.0
+RENDERED := $(VENV)/deploy-rendered
+deploy-check: $(STAMP)
+	rm -rf $(RENDERED) && mkdir -p $(RENDERED)/monitoring
+	printf 'resources: [../../../deploy]\ncomponents: [../../../deploy/components/prometheus-operator]\n' \
+	  > $(RENDERED)/monitoring/kustomization.yaml
+	$(PY) scripts/deploy_render.py deploy --out $(RENDERED)/deploy.yaml
+	$(PY) scripts/deploy_render.py deploy/cleanup --out $(RENDERED)/cleanup.yaml
+	$(PY) scripts/deploy_render.py $(RENDERED)/monitoring --out $(RENDERED)/monitoring.yaml
+	$(PY) scripts/deploy_render.py --check-rules
+	for v in $(K8S_VERSIONS); do \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet -k $$v \
+	    $(RENDERED)/deploy.yaml $(RENDERED)/cleanup.yaml || exit 1; done
+	promtool check rules deploy/prometheus-rules.yaml
+	promtool test rules deploy/tests/rules-test.yaml
+	$(VENV)/bin/hadolint Dockerfile
 
 bench-smoke: $(STAMP)
 	$(PY) -m benchmarks --smoke --out $(VENV)/bench-smoke

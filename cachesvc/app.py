@@ -35,6 +35,7 @@ from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
+from cachesvc.ops.nodewiring import WiringMonitor
 from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.server import admin_api as adminapi
 from cachesvc.server import health as admin
@@ -90,6 +91,8 @@ class Daemon:
         self.admin_address: tuple[str, int] | None = None
         self.peer_address: tuple[str, int] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        # Is containerd on this node wired to us (containerd.config; /readyz, a gauge)?
+        self.wiring = WiringMonitor(config.containerd, config.registries, self.metrics)
 
     @property
     def mirror_url(self) -> str:
@@ -151,6 +154,8 @@ class Daemon:
         inventory = Inventory(store, manifests, retention, self.metrics)
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
+        # Every labelled counter an alert uses exists at 0 (increase() misses a series born at 1).
+        self.metrics.prime({name: r.endpoints for name, r in config.registries.items()})
         return _Parts(
             store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, cluster
         )
@@ -166,12 +171,25 @@ class Daemon:
         m = self.metrics
         m.cache_bytes.set_function(lambda: store.usage_bytes)
         m.cache_entries.set_function(lambda: store.usage_entries)
-        m.cache_capacity.set(self.config.storage.max_size or 0)
         m.fills_in_flight.set_function(lambda: len(fills.running()))
         m.fill_waiters.set_function(lambda: sum(f.followers for f in fills.running()))
         root = self.config.storage.root
         m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
         m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
+        self._watch_disk_bounds()
+
+    def _watch_disk_bounds(self) -> None:
+        """storage.max_size and storage.min_free in bytes (a percentage follows the
+        filesystem's size, read at scrape time)."""
+        m, storage = self.metrics, self.config.storage
+        root = storage.root
+        m.cache_capacity.set_function(
+            lambda: storage.size_limit(shutil.disk_usage(root).total) or 0
+        )
+        share = storage.min_free
+        m.storage_min_free.set_function(
+            lambda: share.of(shutil.disk_usage(root).total) if share is not None else 0
+        )
 
     def _upstream(
         self,
@@ -236,6 +254,7 @@ class Daemon:
         app = web.Application()
         app[admin.ADMIN_METRICS_KEY] = self.metrics
         app[admin.READY_KEY] = self._ready
+        app[admin.WIRING_KEY] = self.wiring
         admin.add_routes(app)
         parts = self.parts
         add_cluster_route(app, parts.cluster)
@@ -271,6 +290,7 @@ class Daemon:
             await self.stop()
             raise
         self._parts.evictor.start()
+        await self.wiring.start(ListenAddress(self.config.listen.host, self.mirror_address[1]))
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
@@ -342,6 +362,7 @@ class Daemon:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        await self.wiring.stop()
         if parts is not None:
             if parts.cluster is not None:
                 await parts.cluster.stop()

@@ -2,7 +2,10 @@
 
 cachesvc serve [--config FILE]             run the daemon (CACHESVC_CONFIG works too)
 cachesvc check-config [--config FILE]      validate a configuration and print it
-cachesvc containerd-config [--write DIR]   print or write hosts.toml for every registry
+cachesvc containerd-config [--write [DIR]] [--containerd-config F --host-root R]
+                  [--containerd-version X.Y] [--write-config-path] [--uninstall]
+                                           print or write hosts.toml for every registry,
+                                           into the directory containerd is found to read
 cachesvc prewarm REF... [--file F] [--platform P ...] [--pin] [--admin URL] [--token-file F]
                                            prewarm images with progress; exit 0 only if all did
 cachesvc status [--admin URL]              health summary from /metrics and /readyz
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 
 from cachesvc import __version__, logs
 from cachesvc.config import Config, ListenAddress, default_config, load_config, proxy_environment
+from cachesvc.config.values import parse_version
 from cachesvc.errors import (
     AdminUnavailable,
     CachesvcError,
@@ -50,7 +54,9 @@ from cachesvc.ops.adminclient import (
     run_status,
     run_unpin,
 )
-from cachesvc.ops.containerd import hosts_toml, write_hosts_dir
+from cachesvc.ops.containerd import HostsFile, hosts_toml, uninstall_hosts_dir, write_hosts_dir
+from cachesvc.ops.nodewiring import find_hosts_dir, write_config_path
+from cachesvc.ops.wiring import WiringError
 from cachesvc.upstream.tls import tls_context
 
 EXIT_USAGE = 2
@@ -95,14 +101,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="configuration file (default: $CACHESVC_CONFIG, else the embedded default)",
         )
-    sub.choices["containerd-config"].add_argument(
-        "--write",
-        metavar="DIR",
-        help="write DIR/<registry>/hosts.toml (e.g. /etc/containerd/certs.d)",
-    )
-    sub.choices["containerd-config"].add_argument(
-        "--mirror-url", metavar="URL", help="URL containerd should use (default: from listen)"
-    )
+    _containerd_flags(sub.choices["containerd-config"])
     _admin_commands(sub)
     return parser
 
@@ -314,23 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({', '.join(sorted(config.registries))}), mirror on {config.listen}, "
                   f"admin on {config.admin.listen}, storage in {config.storage.root}")  # fmt: skip
             return 0
-        mirror_url = _mirror_url(config, args.mirror_url)
-        if args.write:
-            try:
-                written = write_hosts_dir(config, Path(args.write), mirror_url)
-            except OSError as exc:
-                print(
-                    f"cachesvc: cannot write hosts.toml files under {args.write}: "
-                    f"{exc.strerror or exc} (run as root, or pick a writable --write DIR)",
-                    file=sys.stderr,
-                )
-                return 1
-            for path in written:
-                print(f"wrote {path}")
-        else:
-            for registry in sorted(config.registries):
-                print(f"# {registry}/hosts.toml\n{hosts_toml(config, registry, mirror_url)}")
-        return 0
+        return _containerd_config(args, config)
     except ConfigError as exc:
         print(f"cachesvc: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -345,3 +328,95 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# -- containerd-config: the flags the DaemonSet's init container and cleanup use ----------
+
+_FOUND = "<found>"  # --write without DIR: the directory the wiring check found
+
+
+def _containerd_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--write", metavar="DIR", nargs="?", const=_FOUND,
+                     help="write DIR/<registry>/hosts.toml; without DIR, into the hosts "
+                     "directory --containerd-config says containerd reads")  # fmt: skip
+    cmd.add_argument("--mirror-url", metavar="URL",
+                     help="URL containerd should use (default: from listen)")  # fmt: skip
+    cmd.add_argument("--containerd-config", metavar="F",
+                     help="containerd's config.toml: refuse unless containerd reads hosts "
+                     "files (config_path, or the 2.2 default) and find where")  # fmt: skip
+    cmd.add_argument("--host-root", metavar="DIR", default="/",
+                     help="where the node's filesystem is mounted; node paths in config.toml "
+                     "are read under it; the hosts directory must be inside it")  # fmt: skip
+    cmd.add_argument("--containerd-version", metavar="X.Y",
+                     help="the node's containerd release (default: containerd.version); 2.2 "
+                     "and later read /etc/containerd/certs.d without config_path")  # fmt: skip
+    cmd.add_argument("--write-config-path", action="store_true",
+                     help="opt-in: when config.toml has no config_path, set it (the file must be "
+                     "writable), then exit 1: containerd must be restarted to read it")  # fmt: skip
+    cmd.add_argument("--uninstall", action="store_true",
+                     help="restore the hosts.toml backups and remove the files cachesvc wrote "
+                     "(needs no --config)")  # fmt: skip
+
+
+def _containerd_config(args: argparse.Namespace, config: Config) -> int:
+    """``cachesvc containerd-config``: check, then print, write or uninstall."""
+    found: Path | None = None
+    if args.containerd_config:
+        version = (parse_version(args.containerd_version, "--containerd-version")
+                   if args.containerd_version else config.containerd.version)  # fmt: skip
+        found = _found_hosts_dir(args, Path(args.containerd_config), version)
+        if found is None:
+            return 1
+    elif args.write == _FOUND or (args.uninstall and not args.write):
+        raise UsageError("--write without DIR and --uninstall need --containerd-config F "
+                         "(or give the directory: --write DIR)")  # fmt: skip
+    directory = found if args.write in (_FOUND, None) else Path(args.write)
+    if args.uninstall:
+        assert directory is not None
+        _say(uninstall_hosts_dir(directory))
+        return 0
+    mirror_url = _mirror_url(config, args.mirror_url)
+    if args.write is None:
+        for registry in sorted(config.registries):
+            print(f"# {registry}/hosts.toml\n{hosts_toml(config, registry, mirror_url)}")
+        return 0
+    assert directory is not None
+    try:
+        written = write_hosts_dir(config, directory, mirror_url)
+    except OSError as exc:
+        print(f"cachesvc: cannot write hosts.toml files under {directory}: "
+              f"{exc.strerror or exc} (run as root, or pick a writable --write DIR)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    _say(written)
+    return 0
+
+
+def _say(results: list[HostsFile]) -> None:
+    """One line per hosts file: written, merged, kept, removed or restored, and why."""
+    for result in results:
+        action = "wrote" if result.action == "written" else result.action
+        print(f"{action} {result.path}" + (f" ({result.detail})" if result.detail else ""))
+
+
+def _found_hosts_dir(
+    args: argparse.Namespace, config_toml: Path, version: tuple[int, int] | None
+) -> Path | None:
+    """The hosts directory under --host-root, or None after saying why (and, with
+    --write-config-path, after setting config_path)."""
+    try:
+        wiring, local = find_hosts_dir(config_toml, Path(args.host_root), version)
+    except WiringError as exc:
+        if not args.write_config_path:
+            print(f"cachesvc: containerd would ignore cachesvc's hosts files: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return None
+        hosts_dir = write_config_path(config_toml)
+        print(f"cachesvc: set config_path = \"{hosts_dir}\" in {config_toml}; containerd reads "
+              "it only at start-up: restart containerd on this node (systemctl restart "
+              "containerd), then this pod", file=sys.stderr)  # fmt: skip
+        return None
+    for note in wiring.notes:
+        print(f"cachesvc: note: {note}", file=sys.stderr)
+    print(f"containerd reads hosts files from {wiring.hosts_dir} ({wiring.source}), here {local}")
+    return local

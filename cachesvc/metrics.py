@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client import (
@@ -274,6 +274,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
+        self._deployment(registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self._cluster(registry)
         self.requests_by = bound_children(self.requests)
@@ -399,3 +400,44 @@ class Metrics:
             registry=registry,
         )
         self.peer_requests_by = bound_children(self.peer_requests)
+
+    def _deployment(self, registry: CollectorRegistry) -> None:
+        """What the deployment's alerts need: the disk floor and containerd's wiring."""
+        self.storage_min_free = Gauge(
+            "cachesvc_storage_min_free_bytes",
+            "storage.min_free in bytes: the free space eviction keeps on the filesystem of "
+            "storage.root (0: unset).",
+            registry=registry,
+        )
+        self.containerd_wired = Gauge(
+            "cachesvc_containerd_wired",
+            "1 when this node's containerd hosts files exist for every configured registry and "
+            "point at this listener; 0 otherwise, or when the check is off (containerd.config "
+            "unset). /readyz says what is missing.",
+            registry=registry,
+        )
+
+    def prime(self, endpoints: Mapping[str, Sequence[str]]) -> None:
+        """Create, at 0, every labelled counter series an alerting rule uses, per registry.
+
+        Prometheus' ``increase()`` cannot see the first increment of a series born at 1,
+        so a first digest mismatch or endpoint failure would be silent. ``endpoints`` maps
+        each configured registry to its endpoint URLs (the label values the clients use).
+        """
+        for name, urls in endpoints.items():
+            self.digest_mismatches.labels(name)
+            for kind in PRIMED_KINDS:
+                for result in PRIMED_RESULTS:
+                    self.requests.labels(kind, result, name)
+            for url in urls:
+                for status_class in PRIMED_STATUS_CLASSES:
+                    self.upstream_requests.labels(name, url, status_class)
+                for reason in PRIMED_FAILURE_REASONS:
+                    self.endpoint_failures.labels(name, url, reason)
+
+
+# The label values ``Metrics.prime`` creates: those the mirror and the upstream clients use.
+PRIMED_KINDS = ("manifest", "blob", "tags", "referrers")
+PRIMED_RESULTS = ("hit", "miss", "coalesced", "stale", "error", "passthrough")
+PRIMED_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+PRIMED_FAILURE_REASONS = ("connect", "timeout", "5xx", "429", "redirect")

@@ -4,6 +4,7 @@
 #   skopeo           -> skopeo               nginx           -> nginx-light
 #   wrk              -> wrk                  dnsmasq         -> dnsmasq-base (cluster DNS tests)
 #   podman           -> podman (the README's "Other clients" registries.conf, tested)
+#   promtool         -> prometheus           (checks and unit-tests deploy/'s alerting rules)
 # Idempotent: does nothing when every binary is present. As root it installs only the missing
 # packages, with services kept from starting (a policy-rc.d that denies every start is in
 # place during the install and removed afterwards). Not root: prints what to install, exits 0
@@ -20,6 +21,7 @@ PEERS=(
   "wrk:wrk"
   "dnsmasq:dnsmasq-base"
   "podman:podman"
+  "promtool:prometheus"
 )
 
 have() {
@@ -72,7 +74,7 @@ chmod 0755 "$policy"
 # Services already running before the install are left alone afterwards.
 was_active=()
 if command -v systemctl >/dev/null 2>&1; then
-  for svc in nginx containerd docker-registry; do
+  for svc in nginx containerd docker-registry prometheus; do
     if systemctl is-active --quiet "$svc" 2>/dev/null; then was_active+=("$svc"); fi
   done
 fi
@@ -84,7 +86,7 @@ apt-get install -y --no-install-recommends "${missing[@]}"
 
 # Belt and braces: nothing the install started may be left running.
 if command -v systemctl >/dev/null 2>&1; then
-  for svc in nginx containerd docker-registry; do
+  for svc in nginx containerd docker-registry prometheus; do
     case " ${was_active[*]-} " in *" $svc "*) continue ;; esac
     if systemctl is-active --quiet "$svc" 2>/dev/null; then systemctl stop "$svc" || true; fi
   done

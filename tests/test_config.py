@@ -172,23 +172,6 @@ def test_storage_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_the_shipped_daemonset_config_is_valid() -> None:
-    import yaml
-
-    root = Path(__file__).resolve().parent.parent
-    documents = list(yaml.safe_load_all((root / "deploy" / "daemonset.yaml").read_text()))
-    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    config = parse_yaml(config_map["data"]["config.yaml"])
-    assert config.credentials_file == Path("/etc/cachesvc/pull-secret/config.json")
-    daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
-    pod = daemonset["spec"]["template"]["spec"]
-    mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
-    assert str(config.credentials_file.parent) in mounts
-    assert config.admin.token_file is not None
-    assert str(config.admin.token_file.parent) in mounts
-    assert "/etc/cachesvc/config/config.yaml" in pod["containers"][0]["args"]
-
-
 @pytest.mark.parametrize(
     "url", ["ftp://x", 'http://x"y', "http://x y", "http://x/?a=b", "not a url", "http://"]
 )

@@ -9,6 +9,8 @@ whole mapping. Only the CLI reads files and the environment; the daemon is hande
 from cachesvc.config.model import (
     AdminConfig,
     Config,
+    ContainerdCheck,
+    DiskShare,
     ListenAddress,
     LogConfig,
     PrewarmConfig,
@@ -37,6 +39,8 @@ __all__ = [
     "DIRECT",
     "AdminConfig",
     "Config",
+    "ContainerdCheck",
+    "DiskShare",
     "ListenAddress",
     "LogConfig",
     "PrewarmConfig",

@@ -99,13 +99,45 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskShare:
+    """An amount of disk: ``bytes``, or ``percent`` of the filesystem holding storage.root.
+
+    A percentage is resolved against the filesystem's size when it is used (the store may
+    live on a volume that is resized), never at load time, when the root may not exist yet.
+    """
+
+    bytes: int | None = None
+    percent: float | None = None
+
+    def of(self, filesystem_bytes: int) -> int:
+        """This share in bytes of a filesystem of ``filesystem_bytes``."""
+        if self.bytes is not None:
+            return self.bytes
+        return int(filesystem_bytes * (self.percent or 0.0) / 100)
+
+
+@dataclass(frozen=True, slots=True)
 class StorageConfig:
-    """Where blobs, manifests, temp files and the index live."""
+    """Where blobs, manifests, temp files and the index live.
+
+    ``max_size`` bounds the store itself: bytes in ``max_size``, or ``max_size_percent`` of
+    its filesystem (``size_limit`` resolves either). ``min_free`` bounds the filesystem:
+    eviction keeps at least that much free on it, whatever else lives there (unset: no
+    free-space bound). Either one starts the eviction watch.
+    """
 
     root: Path = Path("/var/lib/cachesvc")
     max_size: int | None = None  # bytes; unset: no size bound (size eviction off)
     max_age: float | None = None  # seconds since last access; unset: no age limit
     sweep_interval: float = 60.0  # seconds between full eviction sweeps of the store
+    max_size_percent: float | None = None  # storage.max_size given as "N%"; max_size is None
+    min_free: DiskShare | None = None  # unset: eviction ignores the filesystem's free space
+
+    def size_limit(self, filesystem_bytes: int) -> int | None:
+        """``storage.max_size`` in bytes on a filesystem of ``filesystem_bytes`` (None: unset)."""
+        if self.max_size_percent is not None:
+            return DiskShare(percent=self.max_size_percent).of(filesystem_bytes)
+        return self.max_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +180,22 @@ class Config:
     proxy_environment: tuple[tuple[str, str], ...] = ()
     # ``cluster:`` (cachesvc.config.cluster); unset: this daemon is an island (no peer API).
     cluster: ClusterConfig | None = None
+    # The node's containerd wiring check (``ContainerdCheck``, defined below); off by default.
+    containerd: ContainerdCheck = field(default_factory=lambda: ContainerdCheck())
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerdCheck:
+    """Where the daemon looks to tell whether containerd on its node is wired to it.
+
+    ``config``: containerd's ``config.toml`` as mounted into the daemon (unset: the check
+    is off, ``/readyz`` says so and ``cachesvc_containerd_wired`` stays 0). Paths found in
+    it are node paths, read under ``host_root``. ``version`` (major, minor) of the node's
+    containerd matters only without ``config_path`` (2.2 reads /etc/containerd/certs.d by
+    default); unset: treated as older. ``interval``: seconds between two checks.
+    """
+
+    config: Path | None = None
+    host_root: Path = Path("/")
+    version: tuple[int, int] | None = None
+    interval: float = 30.0

@@ -18,6 +18,7 @@ from cachesvc.config.cluster import ClusterConfig, parse_cluster
 from cachesvc.config.model import (
     AdminConfig,
     Config,
+    ContainerdCheck,
     ListenAddress,
     LogConfig,
     PrewarmConfig,
@@ -31,7 +32,8 @@ from cachesvc.config.values import (
     mapping,
     parse_duration,
     parse_listen,
-    parse_size,
+    parse_share,
+    parse_version,
     positive,
     proxy_url,
     reject_unknown,
@@ -201,7 +203,8 @@ def parse_config(data: object) -> Config:
     reject_unknown(
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
-         "event_loop", "shutdown_grace", "prewarm", "credentials_file", "cluster"},
+         "event_loop", "shutdown_grace", "prewarm", "credentials_file", "cluster",
+         "containerd"},
         "",
     )  # fmt: skip
     listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
@@ -238,6 +241,7 @@ def parse_config(data: object) -> Config:
         prewarm=prewarm,
         credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
         cluster=_cluster(root, listen, admin.listen),
+        containerd=_containerd(mapping(root.get("containerd"), "containerd")),
     )
 
 
@@ -275,18 +279,40 @@ def _admin(raw: Mapping[str, Any]) -> AdminConfig:
 
 
 def _storage(raw: Mapping[str, Any]) -> StorageConfig:
-    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
+    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"} | {"min_free"},
+                   "storage")  # fmt: skip
     max_size = raw.get("max_size")
     max_age = raw.get("max_age")
+    share = parse_share(max_size, "storage.max_size", whole=True) if max_size is not None else None
+    min_free = raw.get("min_free")
     return StorageConfig(
         root=(
             Path(string(raw["root"], "storage.root")) if "root" in raw else _DEFAULT.storage.root
         ),
-        max_size=parse_size(max_size, "storage.max_size") if max_size is not None else None,
+        max_size=share.bytes if share is not None else None,
         max_age=positive(max_age, "storage.max_age", 0.0) if max_age is not None else None,
         sweep_interval=positive(
             raw.get("sweep_interval"), "storage.sweep_interval", _DEFAULT.storage.sweep_interval
         ),
+        max_size_percent=share.percent if share is not None else None,
+        min_free=parse_share(min_free, "storage.min_free") if min_free is not None else None,
+    )
+
+
+def _containerd(raw: Mapping[str, Any]) -> ContainerdCheck:
+    """The wiring check: off without ``config``; see ``ContainerdCheck``."""
+    reject_unknown(raw, {"config", "host_root", "version", "interval"}, "containerd")
+    default = _DEFAULT.containerd
+    version = raw.get("version")
+    return ContainerdCheck(
+        config=_optional_path(raw.get("config"), "containerd.config"),
+        host_root=(
+            Path(string(raw["host_root"], "containerd.host_root"))
+            if "host_root" in raw
+            else default.host_root
+        ),
+        version=parse_version(version, "containerd.version") if version is not None else None,
+        interval=positive(raw.get("interval"), "containerd.interval", default.interval),
     )
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from cachesvc.config.model import ListenAddress
+from cachesvc.config.model import DiskShare, ListenAddress
 from cachesvc.errors import ConfigError
 
 DIRECT = "direct"  # the ``proxy`` value that ignores the environment
@@ -57,6 +57,35 @@ def parse_size(value: object, key: str) -> int:
     if size <= 0:
         raise ConfigError(key, f"size must be positive, got {value!r}")
     return size
+
+
+_PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?")
+
+
+def parse_share(value: object, key: str, *, whole: bool = False) -> DiskShare:
+    """A size (``parse_size``) or a percentage of the filesystem: ``"20%"``, ``"12.5%"``.
+
+    0 % and (unless ``whole``) 100 % are refused: neither bounds anything usefully.
+    """
+    if isinstance(value, str) and (m := _PERCENT_RE.fullmatch(value.strip())):
+        percent = float(m.group(1))
+        if not 0 < percent < 100 and not (whole and percent == 100):
+            top = "100%" if whole else "under 100%"
+            raise ConfigError(key, f"percentage must be above 0% and {top}, got {value!r}")
+        return DiskShare(percent=percent)
+    try:
+        return DiskShare(bytes=parse_size(value, key))
+    except ConfigError:
+        raise ConfigError(key, f"expected a size such as '50GiB' or a percentage of the "
+                          f"filesystem such as '20%', got {value!r}") from None  # fmt: skip
+
+
+def parse_version(value: object, key: str) -> tuple[int, int]:
+    """A release as ``"X.Y"`` (``"2.2"``, ``"1.7.20"``, ``"v2.1"``): (major, minor)."""
+    if isinstance(value, str) and (m := _VERSION_RE.fullmatch(value.strip())):
+        return int(m.group(1)), int(m.group(2))
+    raise ConfigError(key, f"expected a version such as '2.2' or '1.7', got {value!r}")
 
 
 def parse_listen(value: object, key: str) -> ListenAddress:

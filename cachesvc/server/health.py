@@ -6,9 +6,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachesvc.metrics import Metrics
+from cachesvc.ops.nodewiring import WiringMonitor
 
 ADMIN_METRICS_KEY = web.AppKey("admin_metrics", Metrics)
 READY_KEY = web.AppKey("ready", dict)
+WIRING_KEY = web.AppKey("wiring", WiringMonitor)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -25,13 +27,37 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store is open and the mirror listener is bound."""
+    """Readiness: the store is open, the mirror listener is bound, and containerd on
+    this node is wired to it (when checked: see ``containerd_readiness``)."""
     state = request.app[READY_KEY]
     if state.get("ready"):
-        return web.json_response({"status": "ready"})
+        return containerd_readiness(request.app, {"status": "ready"})
     return web.json_response(
         {"status": "starting" if not state.get("stopping") else "stopping"}, status=503
     )
+
+
+def containerd_readiness(app: web.Application, body: dict[str, object]) -> web.Response:
+    """Add the ``containerd`` detail; a checked node that is not wired is not ready.
+
+    Why fail readiness rather than only report it: on a node whose containerd ignores the
+    cache, "Ready" is the lie issue 12 is about (pods Ready, every pull bypassing the
+    cache). Readiness of this hostNetwork DaemonSet routes no traffic (containerd reaches
+    the cache on loopback, whatever its readiness), so NotReady costs nothing but shows:
+    ``kubectl get pods`` says 0/1, ``kubectl rollout status`` stops at maxUnavailable
+    instead of rolling a broken wiring to every node, and the detail says what is missing.
+    In cluster mode the headless Service lists ready pods only, so such a node also leaves
+    the peer ring: the smaller loss, on a node whose own pulls skip the cache anyway.
+    Unchecked (``containerd.config`` unset, e.g. outside Kubernetes) stays ready.
+    """
+    monitor = app.get(WIRING_KEY)
+    if monitor is None:
+        return web.json_response(body)
+    report = monitor.report
+    body = {**body, "containerd": report.detail()}
+    if report.checked and not report.wired:
+        return web.json_response({**body, "status": "not wired"}, status=503)
+    return web.json_response(body)
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,9 +1,13 @@
-"""Size-bounded LRU eviction with an optional age limit.
+"""Size-bounded LRU eviction with an optional age limit and a free-space floor.
 
-A background task watches ``Store.usage_bytes`` once a second and sweeps when the
-store is over ``storage.max_size`` (down to ``LOW_WATER`` of it, so it does not
-sweep again at the next fill) and, regardless, every ``storage.sweep_interval``
-(for ``storage.max_age``). A sweep lists blobs in a thread, then deletes on the
+A background task watches ``Store.usage_bytes`` and the free space of the filesystem
+holding ``storage.root`` once a second and sweeps when the store is over
+``storage.max_size`` (down to ``LOW_WATER`` of it, so it does not sweep again at the
+next fill), or when that filesystem has less than ``storage.min_free`` free, whatever
+else fills it (until ``min_free / LOW_WATER`` is free: the cache yields before kubelet's
+eviction thresholds do), and, regardless, every ``storage.sweep_interval`` (for
+``storage.max_age``). Percentages of either bound are resolved against the
+filesystem's size at each check. A sweep lists blobs in a thread, then deletes on the
 event loop, oldest last access first, one blob at a time, through
 ``cachesvc.store.retention`` (which skips pinned blobs and blobs being read or
 filled, atomically on the loop). A removed blob
@@ -15,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
+from typing import NamedTuple
 
 from cachesvc.config import StorageConfig
 from cachesvc.metrics import Metrics
@@ -23,6 +29,14 @@ from cachesvc.store.retention import Retention
 from cachesvc.store.store import BlobEntry, Store
 
 log = logging.getLogger("cachesvc.eviction")
+
+
+class Disk(NamedTuple):
+    """Size and free bytes of the filesystem holding storage.root."""
+
+    total: int
+    free: int
+
 
 LOW_WATER = 0.9  # a size sweep stops at this fraction of storage.max_size
 CHECK_SECONDS = 1.0  # how often usage is compared with max_size (no disk access)
@@ -48,7 +62,9 @@ class Evictor:
 
     def start(self) -> None:
         """Run the watch loop in the background (only when a bound is configured)."""
-        if self._config.max_size is None and self._config.max_age is None:
+        config = self._config
+        bounds = (config.max_size, config.max_size_percent, config.max_age, config.min_free)
+        if all(bound is None for bound in bounds):
             return
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="eviction")
 
@@ -63,10 +79,7 @@ class Evictor:
     async def _watch(self) -> None:
         last_sweep = 0.0
         while True:
-            over = (
-                self._config.max_size is not None
-                and self._store.usage_bytes > self._config.max_size
-            )
+            over = self._goal(await self._disk()) is not None
             if over or time.monotonic() - last_sweep >= self._config.sweep_interval:
                 try:
                     await self.sweep()
@@ -76,7 +89,7 @@ class Evictor:
             await asyncio.sleep(CHECK_SECONDS)
 
     async def sweep(self) -> int:
-        """One pass: age limit first, then size; returns how many blobs were removed."""
+        """One pass: age limit first, then size and free space; returns blobs removed."""
         async with self._lock:
             entries = await asyncio.to_thread(lambda: list(self._store.entries()))
             entries.sort(key=lambda e: e.last_access)
@@ -95,26 +108,79 @@ class Evictor:
                     else:
                         kept.append(entry)
                 entries = kept
-            limit = self._config.max_size
-            if limit is not None and self._store.usage_bytes > limit:
-                goal = int(limit * LOW_WATER)
-                for entry in entries:
-                    if self._store.usage_bytes <= goal:
-                        break
-                    if self.evict(entry, "size"):
-                        removed += 1
-                        if removed % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
-                if self._store.usage_bytes > limit:
-                    log.warning(
-                        "store still over storage.max_size after a sweep: pinned or in-use "
-                        "blobs hold it",
-                        extra={"fields": {"usage_bytes": self._store.usage_bytes,
-                                          "max_size": limit}},
-                    )  # fmt: skip
+            removed += await self._size_phase(entries, removed)
             if removed:
                 log.info("evicted %d blobs", removed)
             return removed
+
+    async def _size_phase(self, entries: list[BlobEntry], removed: int) -> int:
+        """Evict oldest first down to the goal of ``_goal``; warn if the bounds still fail."""
+        target = self._goal(await self._disk())
+        if target is None:
+            return 0
+        goal, reason = target
+        count = 0
+        for entry in entries:
+            if self._store.usage_bytes <= goal:
+                break
+            if self.evict(entry, reason):
+                count += 1
+                if (removed + count) % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        self._warn_if_still_over(await self._disk())
+        return count
+
+    async def _disk(self) -> Disk | None:
+        """The filesystem of storage.root (in a thread: a hung mount must not stall the loop)."""
+        try:
+            usage = await asyncio.to_thread(shutil.disk_usage, self._config.root)
+        except OSError as exc:
+            log.warning("cannot read the free space of storage.root: %s", exc)
+            return None
+        return Disk(usage.total, usage.free)
+
+    def _bounds(self, disk: Disk | None) -> tuple[int | None, int | None]:
+        """(max_size, min_free) in bytes; a percentage needs the filesystem's size."""
+        if disk is None:
+            return self._config.max_size, None
+        floor = self._config.min_free.of(disk.total) if self._config.min_free else None
+        return self._config.size_limit(disk.total), floor
+
+    def _goal(self, disk: Disk | None) -> tuple[int, str] | None:
+        """The store size a sweep must get down to and the eviction reason (``size`` for
+        max_size, ``min_free``), or None when no bound is broken.
+
+        ``max_size``: its ``LOW_WATER``. ``min_free``: the usage at which the filesystem
+        has ``min_free / LOW_WATER`` free, i.e. usage minus the missing free bytes.
+        """
+        usage = self._store.usage_bytes
+        limit, floor = self._bounds(disk)
+        goals = []
+        if limit is not None and usage > limit:
+            goals.append((int(limit * LOW_WATER), "size"))
+        if floor is not None and disk is not None and disk.free < floor:
+            missing = min(int(floor / LOW_WATER), disk.total) - disk.free
+            goals.append((usage - missing, "min_free"))
+        if not goals:
+            return None
+        goal, reason = min(goals)
+        return max(0, goal), reason
+
+    def _warn_if_still_over(self, disk: Disk | None) -> None:
+        usage = self._store.usage_bytes
+        limit, floor = self._bounds(disk)
+        if limit is not None and usage > limit:
+            log.warning(
+                "store still over storage.max_size after a sweep: pinned or in-use blobs hold it",
+                extra={"fields": {"usage_bytes": usage, "max_size": limit}},
+            )
+        if floor is not None and disk is not None and disk.free < floor:
+            log.warning(
+                "free space on the filesystem of storage.root still below storage.min_free "
+                "after a sweep: other data fills it, or pinned or in-use blobs hold the store",
+                extra={"fields": {"free_bytes": disk.free, "min_free": floor,
+                                  "usage_bytes": usage}},
+            )  # fmt: skip
 
     def evict(self, entry: BlobEntry, reason: str) -> bool:
         """Remove one blob unless it is pinned or in use (no await: atomic on the loop)."""
