@@ -156,6 +156,7 @@ class Daemon:
         root = self.config.storage.root
         m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
         m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
+        m.storage_ready.set_function(lambda: store.health.trouble() is None)
 
     def _upstream(
         self,
@@ -238,7 +239,7 @@ class Daemon:
     async def start(self) -> None:
         """Open the store, bind both listeners, and become ready."""
         logs.quiet_bad_requests()
-        store = await asyncio.to_thread(Store, self.config.storage.root)
+        store = await asyncio.to_thread(Store, self.config.storage.root, self.metrics)
         self._parts = self._build(store)
         if self._parts.store.removed_temp_files:
             log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)

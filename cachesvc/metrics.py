@@ -274,6 +274,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
+        self._storage_faults(registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self.requests_by = bound_children(self.requests)
         self.served_bytes_by = bound_children(self.served_bytes)
@@ -354,5 +355,37 @@ class Metrics:
             "cachesvc_credentials_reloads_total",
             "Loads of the credentials file by result (ok, error: the last good ones stay).",
             ["result"],
+            registry=registry,
+        )
+
+    def _storage_faults(self, registry: CollectorRegistry) -> None:
+        """Issue 11's storage faults: damage found in the store, storage errors, pins."""
+        self.store_damaged = Counter(
+            "cachesvc_store_damaged_total",
+            "Stored files removed because their bytes did not match their digest (mismatch) "
+            "or could not be read (read_error), by who found it (serve, scrub, verify).",
+            ["reason", "found_by"],
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "cachesvc_storage_errors_total",
+            "Storage errors met on the request path (a full disk, EIO), by operation "
+            "(read, write); the request got a clear error or its bytes without caching.",
+            ["op"],
+            registry=registry,
+        )
+        self.storage_ready = Gauge(
+            "cachesvc_storage_ready",
+            "1 while the store takes writes and reads (what /readyz checks), 0 on trouble.",
+            registry=registry,
+        )
+        self.scrubbed_bytes = Counter(
+            "cachesvc_scrub_bytes_total",
+            "Bytes of stored files the background scrub hashed.",
+            registry=registry,
+        )
+        self.pinned_incomplete = Gauge(
+            "cachesvc_pinned_incomplete_images",
+            "Pinned images missing blobs (a prewarm that did not finish): prewarm them again.",
             registry=registry,
         )
