@@ -34,6 +34,7 @@ from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.prewarm import Prewarmer
+from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.server import admin_api as adminapi
 from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
@@ -41,6 +42,7 @@ from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
+from cachesvc.store.scrub import Scrubber
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream.auth import Authorizer
 from cachesvc.upstream.client import Upstream
@@ -64,6 +66,8 @@ class _Parts:
     evictor: Evictor
     inventory: Inventory
     prewarm: Prewarmer
+    checks: StoreChecks  # verify jobs and the background scrub (issue 11)
+    scrubber: Scrubber
 
 
 class Daemon:
@@ -143,7 +147,15 @@ class Daemon:
         inventory = Inventory(store, manifests, retention, self.metrics)
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
-        return _Parts(store, session, fills, mirror, leases, pins, evictor, inventory, prewarm)
+        checks = StoreChecks(store, self.metrics, retention=config.prewarm.retention)
+        storage = config.storage
+        scrubber = Scrubber(
+            store, self.metrics, rate=storage.scrub_rate, interval=storage.scrub_interval
+        )
+        return _Parts(
+            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, checks,
+            scrubber,
+        )  # fmt: skip
 
     def _watch_gauges(self, store: Store, fills: FillManager) -> None:
         """Gauges read at scrape time from the objects that know the value."""
@@ -232,6 +244,7 @@ class Daemon:
                 tokens=adminapi.TokenFile(self.config.admin.token_file),
                 metrics=self.metrics,
                 default_registry=self.config.default_registry,
+                checks=parts.checks,
             ),
         )
         return app
@@ -254,6 +267,7 @@ class Daemon:
             await self.stop()
             raise
         self._parts.evictor.start()
+        self._parts.scrubber.start()
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
@@ -309,6 +323,8 @@ class Daemon:
                 await site.stop()
         if parts is not None:
             await parts.prewarm.close()
+            await parts.checks.close()
+            await parts.scrubber.stop()
             await parts.evictor.stop()
             await parts.fills.wait_idle(max(0.0, deadline - time.monotonic()))
         for runner in reversed(self._runners):

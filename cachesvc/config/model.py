@@ -102,6 +102,8 @@ class StorageConfig:
     max_size: int | None = None  # bytes; unset: no size bound (size eviction off)
     max_age: float | None = None  # seconds since last access; unset: no age limit
     sweep_interval: float = 60.0  # seconds between full eviction sweeps of the store
+    scrub_rate: int = 16 * 1024 * 1024  # bytes/s the background scrub hashes; 0: no scrub
+    scrub_interval: float = 86400.0  # seconds between scrub passes (store/scrub.py)
 
 
 @dataclass(frozen=True, slots=True)

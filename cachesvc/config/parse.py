@@ -252,7 +252,8 @@ def _admin(raw: Mapping[str, Any]) -> AdminConfig:
 
 
 def _storage(raw: Mapping[str, Any]) -> StorageConfig:
-    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"}, "storage")
+    known = {"root", "max_size", "max_age", "sweep_interval", "scrub_rate", "scrub_interval"}
+    reject_unknown(raw, known, "storage")
     max_size = raw.get("max_size")
     max_age = raw.get("max_age")
     return StorageConfig(
@@ -264,7 +265,19 @@ def _storage(raw: Mapping[str, Any]) -> StorageConfig:
         sweep_interval=positive(
             raw.get("sweep_interval"), "storage.sweep_interval", _DEFAULT.storage.sweep_interval
         ),
+        **_scrub(raw),
     )
+
+
+def _scrub(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``storage.scrub_rate`` (a size per second; 0 turns the scrub off) and its interval."""
+    rate = raw.get("scrub_rate", _DEFAULT.storage.scrub_rate)
+    return {
+        "scrub_rate": 0 if rate in (0, "0") else parse_size(rate, "storage.scrub_rate"),
+        "scrub_interval": positive(
+            raw.get("scrub_interval"), "storage.scrub_interval", _DEFAULT.storage.scrub_interval
+        ),
+    }
 
 
 def _prewarm(raw: Mapping[str, Any]) -> PrewarmConfig:
