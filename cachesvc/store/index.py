@@ -8,7 +8,8 @@ across versions)::
                         registry NUL repository NUL tag NUL accept
     origin:<digest>     ((registry, repository), ...) a manifest was fetched for
     atime:<digest>      coarse last access (batched: see ``touch``/``flush``)
-    pins                the pin list (``cachesvc.store.pins``)
+    pins                the pin list of stores from before ``<root>/pins.json`` (read once
+                        by ``cachesvc.store.pins``, which keeps pins outside the index)
 
 Every method is a blocking SQLite call except ``touch`` and ``recent_access`` (memory):
 async code calls the others from a worker thread, or where the call is rare and small.
@@ -168,10 +169,6 @@ class Index:
     # -- pins ------------------------------------------------------------------------
 
     def load_pins(self) -> list[dict[str, Any]]:
-        """The persisted pin list (JSON-able records; see pins.py)."""
+        """The pin list a store from before ``pins.json`` kept here (see pins.py)."""
         value = self._cache.get("pins")
         return list(value) if isinstance(value, list) else []
-
-    def save_pins(self, pins: list[dict[str, Any]]) -> None:
-        """Persist the pin list (survives restarts)."""
-        self._cache.set("pins", pins)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from cachesvc.store.content import Content
 from cachesvc.store.health import StorageHealth
 from cachesvc.store.index import ACCESS_FLUSH_SECONDS, Index, TagRecord
 from cachesvc.store.ingest import Ingest
+from cachesvc.store.rebuild import index_present, rebuild, set_aside
 from cachesvc.store.verification import Damage, Verified
 
 log = logging.getLogger("cachesvc.store")
@@ -66,9 +68,24 @@ class Store:
         self.health = StorageHealth(root, (lambda op: count(op).inc()) if count else None)
         try:
             self.content = Content(root)
-            self.index = Index(root / "index")
+            self.index = self._open_index(root / "index")
         except OSError as exc:
             raise StoreError(f"cannot use storage root {root}: {exc.strerror or exc}") from None
+
+    def _open_index(self, directory: Path) -> Index:
+        """Open the index; one that is missing or damaged is rebuilt from the files."""
+        existed = index_present(directory)
+        try:
+            index = Index(directory)
+        except sqlite3.DatabaseError as exc:
+            set_aside(directory, str(exc))
+            index, existed = Index(directory), False
+            why = f"was damaged ({exc})"
+        else:
+            why = "was missing"
+        if not existed and self.content.usage_entries:
+            rebuild(self.content, index, why)
+        return index
 
     @property
     def tmp_root(self) -> Path:
@@ -220,6 +237,9 @@ class Store:
     def manifests(self) -> Iterator[tuple[ManifestRecord, tuple[tuple[str, str], ...]]]:
         """Every stored manifest with the (registry, repository) pairs it was fetched for."""
         for digest, media_type in self.index.manifest_digests():
-            size = self.size(digest)
+            try:
+                size = self.size(digest)
+            except OSError:  # unreadable metadata (EIO): not listed, not a 500
+                continue
             if size is not None:
                 yield ManifestRecord(digest, media_type, size), self.index.origins(digest)
