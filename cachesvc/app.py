@@ -233,6 +233,7 @@ class Daemon:
         app = web.Application()
         app[admin.ADMIN_METRICS_KEY] = self.metrics
         app[admin.READY_KEY] = self._ready
+        app[admin.STORAGE_TROUBLE_KEY] = self.parts.store.health.trouble
         admin.add_routes(app)
         parts = self.parts
         adminapi.add_routes(

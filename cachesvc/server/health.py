@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -9,6 +12,8 @@ from cachesvc.metrics import Metrics
 
 ADMIN_METRICS_KEY = web.AppKey("admin_metrics", Metrics)
 READY_KEY = web.AppKey("ready", dict)
+# Why the storage cannot be served from now (None: it can); StorageHealth.trouble.
+STORAGE_TROUBLE_KEY: web.AppKey[Callable[[], str | None]] = web.AppKey("storage_trouble")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -25,8 +30,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store is open and the mirror listener is bound."""
+    """Readiness: the store is open and healthy (a full or failing disk is 503 with
+    ``storage``: why), and the mirror listener is bound."""
     state = request.app[READY_KEY]
+    trouble = request.app.get(STORAGE_TROUBLE_KEY)
+    problem = await asyncio.to_thread(trouble) if state.get("ready") and trouble else None
+    if problem is not None:  # a full or failing disk: not fit to take traffic
+        return web.json_response({"status": "storage", "storage": problem}, status=503)
     if state.get("ready"):
         return web.json_response({"status": "ready"})
     return web.json_response(
