@@ -4,6 +4,7 @@
 #   skopeo           -> skopeo               nginx           -> nginx-light
 #   wrk              -> wrk                  dnsmasq         -> dnsmasq-base (cluster DNS tests)
 #   podman           -> podman (the README's "Other clients" registries.conf, tested)
+#   fusermount3      -> fuse3 (libfuse3 for tests/peers/eiofs.py: real EIO read errors)
 # Idempotent: does nothing when every binary is present. As root it installs only the missing
 # packages, with services kept from starting (a policy-rc.d that denies every start is in
 # place during the install and removed afterwards). Not root: prints what to install, exits 0
@@ -20,6 +21,7 @@ PEERS=(
   "wrk:wrk"
   "dnsmasq:dnsmasq-base"
   "podman:podman"
+  "fusermount3:fuse3"
 )
 
 have() {
