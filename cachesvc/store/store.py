@@ -172,7 +172,7 @@ class Store:
             return noted
         try:
             return self.path(digest).stat().st_mtime
-        except FileNotFoundError:
+        except OSError:  # gone, or its metadata unreadable (EIO): no known access
             return 0.0
 
     def entries(self) -> Iterator[BlobEntry]:
