@@ -37,6 +37,7 @@ from cachesvc.mirror.routing import Router
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.nodewiring import WiringMonitor
 from cachesvc.ops.prewarm import Prewarmer
+from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.server import admin_api as adminapi
 from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
@@ -46,6 +47,7 @@ from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
+from cachesvc.store.scrub import Scrubber
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
 from cachesvc.upstream.auth import Authorizer
 from cachesvc.upstream.client import Upstream
@@ -69,6 +71,8 @@ class _Parts:
     evictor: Evictor
     inventory: Inventory
     prewarm: Prewarmer
+    checks: StoreChecks  # verify jobs and the background scrub (issue 11)
+    scrubber: Scrubber
     cluster: Cluster | None = None
 
 
@@ -156,9 +160,15 @@ class Daemon:
         self._watch_gauges(store, fills)
         # Every labelled counter an alert uses exists at 0 (increase() misses a series born at 1).
         self.metrics.prime({name: r.endpoints for name, r in config.registries.items()})
-        return _Parts(
-            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, cluster
+        checks = StoreChecks(store, self.metrics, retention=config.prewarm.retention)
+        storage = config.storage
+        scrubber = Scrubber(
+            store, self.metrics, rate=storage.scrub_rate, interval=storage.scrub_interval
         )
+        return _Parts(
+            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, checks,
+            scrubber, cluster,
+        )  # fmt: skip
 
     def _cluster(self, session: aiohttp.ClientSession) -> Cluster | None:
         """Cluster mode's member (None without ``cluster:``); its token file is read now."""
@@ -176,6 +186,7 @@ class Daemon:
         root = self.config.storage.root
         m.storage_free.set_function(lambda: shutil.disk_usage(root).free)
         m.storage_total.set_function(lambda: shutil.disk_usage(root).total)
+        m.storage_ready.set_function(lambda: store.health.trouble() is None)
         self._watch_disk_bounds()
 
     def _watch_disk_bounds(self) -> None:
@@ -255,6 +266,7 @@ class Daemon:
         app[admin.ADMIN_METRICS_KEY] = self.metrics
         app[admin.READY_KEY] = self._ready
         app[admin.WIRING_KEY] = self.wiring
+        app[admin.STORAGE_TROUBLE_KEY] = self.parts.store.health.trouble
         admin.add_routes(app)
         parts = self.parts
         add_cluster_route(app, parts.cluster)
@@ -267,6 +279,7 @@ class Daemon:
                 tokens=adminapi.TokenFile(self.config.admin.token_file),
                 metrics=self.metrics,
                 default_registry=self.config.default_registry,
+                checks=parts.checks,
             ),
         )
         return app
@@ -274,7 +287,7 @@ class Daemon:
     async def start(self) -> None:
         """Open the store, bind both listeners, and become ready."""
         logs.quiet_bad_requests()
-        store = await asyncio.to_thread(Store, self.config.storage.root)
+        store = await asyncio.to_thread(Store, self.config.storage.root, self.metrics)
         self._parts = self._build(store)
         if self._parts.store.removed_temp_files:
             log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)
@@ -291,6 +304,7 @@ class Daemon:
             raise
         self._parts.evictor.start()
         await self.wiring.start(ListenAddress(self.config.listen.host, self.mirror_address[1]))
+        self._parts.scrubber.start()
         self._ready["ready"] = True
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
@@ -367,6 +381,8 @@ class Daemon:
             if parts.cluster is not None:
                 await parts.cluster.stop()
             await parts.prewarm.close()
+            await parts.checks.close()
+            await parts.scrubber.stop()
             await parts.evictor.stop()
             await parts.fills.wait_idle(max(0.0, deadline - time.monotonic()))
         for runner in reversed(self._runners):

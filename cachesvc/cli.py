@@ -14,6 +14,8 @@ cachesvc images [--registry R] [--repository R] [--pinned] [--json]
 cachesvc purge REF...                      remove images and the blobs only they use
 cachesvc pins / unpin REF...               the pin list; unpin images
 cachesvc jobs [ID] / cancel ID             prewarm jobs; cancel one
+cachesvc verify [--config FILE] [--remove] [--rate SIZE]
+                                           hash every stored file; exit 1 on damage
 
 The admin URL defaults to ``admin.listen`` of the configuration and the token to the
 content of ``admin.token_file`` (``--token-file`` or ``$CACHESVC_ADMIN_TOKEN_FILE``
@@ -103,7 +105,30 @@ def _parser() -> argparse.ArgumentParser:
         )
     _containerd_flags(sub.choices["containerd-config"])
     _admin_commands(sub)
+    _verify_command(sub)
     return parser
+
+
+def _verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check every stored file against its digest",
+        description="Hash every file under storage.root/blobs against its name, without "
+        "the daemon (safe while it runs). Prints each damaged file; exit 1 if any.",
+    )
+    verify.add_argument("--config", metavar="FILE", help="configuration file (storage.root)")
+    verify.add_argument(
+        "--remove", action="store_true", help="delete damaged files (fetched again when asked)"
+    )
+    verify.add_argument("--rate", metavar="SIZE", help="read at most SIZE per second (e.g. 50MiB)")
+
+
+def _verify(args: argparse.Namespace, config: Config) -> int:
+    from cachesvc.config.values import parse_size
+    from cachesvc.ops.storecheck import run_verify
+
+    rate = parse_size(args.rate, "--rate") if args.rate else None
+    return run_verify(config.storage.root, sys.stdout, sys.stderr, remove=args.remove, rate=rate)
 
 
 def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -298,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         if args.command in ADMIN_COMMANDS:
             return _admin(args, config)
+        if args.command == "verify":
+            return _verify(args, config)
         if args.command in ("serve", "check-config"):
             # The daemon's egress proxies; an unusable $HTTPS_PROXY is refused like a bad key.
             config = replace(config, proxy_environment=proxy_environment(os.environ))

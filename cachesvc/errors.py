@@ -20,6 +20,7 @@
         ├── BlobUnknown, ManifestUnknown, ManifestInvalid
         ├── RangeNotSatisfiable        416 with the blob's size
         ├── Unsupported
+        ├── StorageUnavailable         503: the node's disk failed (full, EIO); retry
         └── UpstreamError              upstream failed; decided before any status line
             ├── UpstreamUnreachable    502: connection refused, DNS, TLS, 5xx
             ├── UpstreamTimeout        504: connect, first byte or stall timeout
@@ -146,6 +147,16 @@ class ManifestInvalid(RegistryError):
 class Unsupported(RegistryError):
     code = "UNSUPPORTED"
     status = 405
+
+
+class StorageUnavailable(RegistryError):
+    """The store could not read or write what this request needs (a full disk, EIO)."""
+
+    code = "UNAVAILABLE"
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class RangeNotSatisfiable(RegistryError):

@@ -275,6 +275,7 @@ class Metrics:
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
         self._deployment(registry)
+        self._storage_faults(registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self._cluster(registry)
         self.requests_by = bound_children(self.requests)
@@ -414,6 +415,38 @@ class Metrics:
             "1 when this node's containerd hosts files exist for every configured registry and "
             "point at this listener; 0 otherwise, or when the check is off (containerd.config "
             "unset). /readyz says what is missing.",
+            registry=registry,
+        )
+
+    def _storage_faults(self, registry: CollectorRegistry) -> None:
+        """Issue 11's storage faults: damage found in the store, storage errors, pins."""
+        self.store_damaged = Counter(
+            "cachesvc_store_damaged_total",
+            "Stored files removed because their bytes did not match their digest (mismatch) "
+            "or could not be read (read_error), by who found it (serve, scrub, verify).",
+            ["reason", "found_by"],
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "cachesvc_storage_errors_total",
+            "Storage errors met on the request path (a full disk, EIO), by operation "
+            "(read, write); the request got a clear error or its bytes without caching.",
+            ["op"],
+            registry=registry,
+        )
+        self.storage_ready = Gauge(
+            "cachesvc_storage_ready",
+            "1 while the store takes writes and reads (what /readyz checks), 0 on trouble.",
+            registry=registry,
+        )
+        self.scrubbed_bytes = Counter(
+            "cachesvc_scrub_bytes_total",
+            "Bytes of stored files the background scrub hashed.",
+            registry=registry,
+        )
+        self.pinned_incomplete = Gauge(
+            "cachesvc_pinned_incomplete_images",
+            "Pinned images missing blobs (a prewarm that did not finish): prewarm them again.",
             registry=registry,
         )
 

@@ -5,6 +5,7 @@
 #   wrk              -> wrk                  dnsmasq         -> dnsmasq-base (cluster DNS tests)
 #   podman           -> podman (the README's "Other clients" registries.conf, tested)
 #   promtool         -> prometheus           (checks and unit-tests deploy/'s alerting rules)
+#   fusermount3      -> fuse3 (libfuse3 for tests/peers/eiofs.py: real EIO read errors)
 # Idempotent: does nothing when every binary is present. As root it installs only the missing
 # packages, with services kept from starting (a policy-rc.d that denies every start is in
 # place during the install and removed afterwards). Not root: prints what to install, exits 0
@@ -22,6 +23,7 @@ PEERS=(
   "dnsmasq:dnsmasq-base"
   "podman:podman"
   "promtool:prometheus"
+  "fusermount3:fuse3"
 )
 
 have() {

@@ -133,6 +133,9 @@ class StorageConfig:
     max_size_percent: float | None = None  # storage.max_size given as "N%"; max_size is None
     min_free: DiskShare | None = None  # unset: eviction ignores the filesystem's free space
 
+    scrub_rate: int = 16 * 1024 * 1024  # bytes/s the background scrub hashes; 0: no scrub
+    scrub_interval: float = 86400.0  # seconds between scrub passes (store/scrub.py)
+
     def size_limit(self, filesystem_bytes: int) -> int | None:
         """``storage.max_size`` in bytes on a filesystem of ``filesystem_bytes`` (None: unset)."""
         if self.max_size_percent is not None:

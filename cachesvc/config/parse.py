@@ -33,6 +33,7 @@ from cachesvc.config.values import (
     parse_duration,
     parse_listen,
     parse_share,
+    parse_size,
     parse_version,
     positive,
     proxy_url,
@@ -279,8 +280,9 @@ def _admin(raw: Mapping[str, Any]) -> AdminConfig:
 
 
 def _storage(raw: Mapping[str, Any]) -> StorageConfig:
-    reject_unknown(raw, {"root", "max_size", "max_age", "sweep_interval"} | {"min_free"},
-                   "storage")  # fmt: skip
+    known = {"root", "max_size", "max_age", "sweep_interval", "scrub_rate", "scrub_interval",
+             "min_free"}  # fmt: skip
+    reject_unknown(raw, known, "storage")
     max_size = raw.get("max_size")
     max_age = raw.get("max_age")
     share = parse_share(max_size, "storage.max_size", whole=True) if max_size is not None else None
@@ -296,6 +298,7 @@ def _storage(raw: Mapping[str, Any]) -> StorageConfig:
         ),
         max_size_percent=share.percent if share is not None else None,
         min_free=parse_share(min_free, "storage.min_free") if min_free is not None else None,
+        **_scrub(raw),
     )
 
 
@@ -314,6 +317,17 @@ def _containerd(raw: Mapping[str, Any]) -> ContainerdCheck:
         version=parse_version(version, "containerd.version") if version is not None else None,
         interval=positive(raw.get("interval"), "containerd.interval", default.interval),
     )
+
+
+def _scrub(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``storage.scrub_rate`` (a size per second; 0 turns the scrub off) and its interval."""
+    rate = raw.get("scrub_rate", _DEFAULT.storage.scrub_rate)
+    return {
+        "scrub_rate": 0 if rate in (0, "0") else parse_size(rate, "storage.scrub_rate"),
+        "scrub_interval": positive(
+            raw.get("scrub_interval"), "storage.scrub_interval", _DEFAULT.storage.scrub_interval
+        ),
+    }
 
 
 def _prewarm(raw: Mapping[str, Any]) -> PrewarmConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -28,6 +28,7 @@ from cachesvc.mirror.sources import PeerSource, Source, SourceChain, UpstreamSou
 from cachesvc.oci import Digest
 from cachesvc.store.lease import Lease, Leases
 from cachesvc.store.store import Store
+from cachesvc.store.verification import Damage, check_file
 from cachesvc.upstream.client import Upstream
 
 Result = Literal["hit", "miss", "coalesced"]
@@ -41,6 +42,9 @@ class CachedBlob:
     path: Path
     size: int
     lease: Lease | None = None  # held until the response is sent; release() when done
+    # Set when this process has not verified the file yet: send it through
+    # ``checked_spans`` (hashed while sent, the last byte after the digest matched).
+    unverified: Digest | None = None
 
     def release(self) -> None:
         """Give the lease back: eviction may remove the file again (idempotent)."""
@@ -106,7 +110,32 @@ class Blobs:
         if size is None:
             return None
         self._store.touch(digest)
-        return CachedBlob(self._store.path(digest), size, self.leases.take(digest))
+        unverified = None if digest in self._store.verified else digest
+        return CachedBlob(self._store.path(digest), size, self.leases.take(digest), unverified)
+
+    def verified(self, digest: Digest) -> None:
+        """A stored blob was hashed whole while it was sent, and matched."""
+        self._store.verified.add(digest)
+
+    def damaged(self, damage: Damage) -> None:
+        """A stored blob is wrong or unreadable: drop it so the next request refetches."""
+        self._store.drop_damaged(damage, "serve")
+
+    async def _checked_whole(self, cached: CachedBlob) -> CachedBlob | None:
+        """An unverified stored blob hashed whole before it is sent; None if damaged."""
+        digest = cached.unverified
+        if digest is None:
+            return cached
+        try:
+            damage = await asyncio.to_thread(check_file, cached.path, digest)
+        except FileNotFoundError:
+            damage = Damage(digest, "mismatch", "the file vanished")
+        if damage is None:
+            self.verified(digest)
+            return replace(cached, unverified=None)
+        cached.release()
+        self.damaged(damage)
+        return None
 
     async def get(self, target: Target, digest: Digest, *, unsized_ok: bool = True) -> BlobAnswer:
         """A blob to send: cached, joined to a running fill, or a new fill.
@@ -117,6 +146,10 @@ class Blobs:
         source is a file: use it as a context manager.
         """
         cached = self.cached(digest)
+        if cached is not None and not unsized_ok:
+            # A range (or an HTTP/1.0 client) cannot be sent under the release rule:
+            # an unverified file is checked whole first, and refetched if damaged.
+            cached = await self._checked_whole(cached)
         if cached is not None:
             return BlobAnswer(cached, "hit")
         if self._cluster is not None and from_peer():

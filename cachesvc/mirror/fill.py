@@ -33,6 +33,7 @@ from cachesvc.errors import (
     CachesvcError,
     DigestMismatch,
     RegistryError,
+    StorageUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -345,7 +346,8 @@ class Fill:
             raise
         except OSError as exc:
             log.error("fill %s: storage error: %s", self.digest, exc)
-            self._fail(UpstreamError(f"storage error while caching the blob: {exc}"))
+            self._store.health.failed("write", exc)
+            self._fail(StorageUnavailable(f"cannot store the blob on this node: {exc.strerror}"))
         except Exception as exc:  # a fill must always end its followers' wait, whatever broke
             log.exception("fill %s failed unexpectedly", self.digest)
             self._fail(UpstreamError(f"fill failed unexpectedly: {type(exc).__name__}"))

@@ -245,7 +245,16 @@ class Manifests:
     ) -> ManifestRecord:
         """Store a verified manifest (write, fsync, rename, index: off the loop)."""
         origin = (target.registry, target.repository)
-        record = await asyncio.to_thread(self._store.put_manifest, digest, media_type, body, origin)
+        try:
+            record = await asyncio.to_thread(
+                self._store.put_manifest, digest, media_type, body, origin
+            )
+        except OSError as exc:
+            # A full or failing disk: the verified bytes in hand are served (and held
+            # in memory) without being stored; /readyz reports the trouble.
+            self._store.health.failed("write", exc)
+            log.warning("manifest %s not stored: %s", digest, exc.strerror or exc)
+            record = ManifestRecord(digest, media_type, len(body))
         self._bodies.put(record, body)
         return record
 
@@ -410,4 +419,8 @@ class Manifests:
         if len(self._tags) > 100_000:
             self._tags.clear()
         self._tags[key] = record
-        await asyncio.to_thread(self._store.index.put_tag, key, record)
+        try:
+            await asyncio.to_thread(self._store.index.put_tag, key, record)
+        except OSError as exc:  # kept in memory only: resolved again after a restart
+            self._store.health.failed("write", exc)
+            log.warning("tag mapping not stored: %s", exc.strerror or exc)

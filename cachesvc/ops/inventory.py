@@ -7,7 +7,11 @@ are the root, the platform manifests, their configs and layers. One inventory ro
 per (root, registry, repository)::
 
     registry, repository, tags (seen), digest, media_type, platforms,
-    size_bytes (of the blobs present), blobs_cached / blobs_total, last_pulled, pinned
+    size_bytes (of the blobs present), blobs_cached / blobs_total, last_pulled, pinned,
+    complete (every blob stored; for a pinned image also: its prewarm finished)
+
+A pinned image whose root manifest is not stored (a prewarm killed before it) is
+listed too, from its pin, as not complete: prewarm it again.
 
 Purging an image removes its manifests, its tag mappings and the blobs no other
 cached image uses; a pinned image is refused (unpin first); blobs being read or
@@ -133,11 +137,14 @@ class Inventory:
     def _rows(self, filters: dict[str, str]) -> list[dict[str, object]]:
         images, tags = self._images()
         pinned = self._pins.pinned_roots()
-        rows: list[dict[str, object]] = []
+        whole: dict[str, bool] = {}  # pinned root -> every pin of it complete
+        for pin in self._pins.list():
+            whole[pin.digest] = whole.get(pin.digest, True) and self._pins.is_complete(pin)
+        rows: list[dict[str, object]] = self._unstored_pins(images, filters)
         for image in images.values():
             present: dict[str, int] = {}
             for blob in image.blobs:
-                with contextlib.suppress(CachesvcError):
+                with contextlib.suppress(CachesvcError, OSError):  # EIO: not present
                     size = self._store.size(Digest.parse(blob))
                     if size is not None:
                         present[blob] = size
@@ -160,10 +167,29 @@ class Inventory:
                     "blobs_total": len(image.blobs),
                     "last_pulled": last,
                     "pinned": image.digest in pinned,
+                    "complete": len(present) == len(image.blobs) and whole.get(image.digest, True),
                 }  # fmt: skip
                 if _matches(row, filters):
                     rows.append(row)
         rows.sort(key=lambda r: (str(r["registry"]), str(r["repository"]), str(r["digest"])))
+        return rows
+
+    def _unstored_pins(
+        self, images: dict[str, _Image], filters: dict[str, str]
+    ) -> list[dict[str, object]]:
+        """Rows for pinned images whose root manifest is not stored: incomplete."""
+        rows: list[dict[str, object]] = []
+        for pin in self._pins.list():
+            if pin.digest in images:
+                continue
+            row: dict[str, object] = {
+                "registry": pin.registry, "repository": pin.repository, "tags": [],
+                "digest": pin.digest, "media_type": None, "platforms": list(pin.platforms),
+                "size_bytes": 0, "blobs_cached": 0, "blobs_total": len(pin.blobs),
+                "last_pulled": 0.0, "pinned": True, "complete": False,
+            }  # fmt: skip
+            if _matches(row, filters):
+                rows.append(row)
         return rows
 
     async def images(self, filters: dict[str, str] | None = None) -> list[dict[str, object]]:

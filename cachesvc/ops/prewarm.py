@@ -15,7 +15,8 @@ Each image moves ``queued -> resolving -> fetching -> done`` or ends ``failed`` 
 a reason; bytes and blobs done/total add up to the descriptors' sizes. Cancelling a
 job stops following its fills (the fills themselves run on: other clients may be
 reading them, and the bytes are wanted anyway). Finished jobs are kept in memory
-for ``prewarm.retention``. With ``pin``, a finished image is pinned.
+for ``prewarm.retention``. With ``pin``, the image is pinned as it starts, incomplete
+until every blob is stored (``cachesvc.store.pins``): a prewarm again completes it.
 """
 
 from __future__ import annotations
@@ -348,14 +349,20 @@ class Prewarmer:
             update()
 
         pinned_before = job.pin and any(p.matches(reference) for p in self._pins.list())
+        pin = None
         if job.pin:
             # Pin before fetching, so blobs committed early are not evicted while later
             # ones still arrive; a failed image is unpinned again below (unless it was
-            # pinned before this job).
-            self._pins.add(reference, str(root), members | set(blobs), image.platforms)
+            # pinned before this job). Incomplete until every blob is stored, so a
+            # daemon killed meanwhile leaves a pin that says so.
+            pin = self._pins.add(
+                reference, str(root), members | set(blobs), image.platforms, complete=False
+            )
         tasks = [asyncio.ensure_future(fetch(b, s)) for b, s in blobs.items()]
         try:
             await asyncio.gather(*tasks)
+            if pin is not None:
+                self._pins.completed(pin)
         except BaseException:
             if job.pin and not pinned_before:
                 self._pins.remove(reference)

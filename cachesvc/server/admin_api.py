@@ -10,6 +10,7 @@
     DELETE /admin/v1/pins/<ref>       unpin
     GET    /admin/v1/images           the inventory (?registry=&repository=&tag=&platform=&pinned=)
     DELETE /admin/v1/images/<ref>     purge an image and the blobs no other image uses
+    POST   /admin/v1/verify           check every stored file -> 202 {"id"}; see /jobs/<id>
 
 The token is the content of ``admin.token_file`` (surrounding whitespace ignored),
 re-read whenever the file's mtime, size or inode changes, so rotating it needs no
@@ -35,6 +36,7 @@ from cachesvc.metrics import Metrics
 from cachesvc.oci.reference import parse_reference
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.prewarm import Prewarmer
+from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.smallfile import read_small_file
 from cachesvc.store.pins import Pins
 
@@ -83,6 +85,7 @@ class AdminServices:
     tokens: TokenFile
     metrics: Metrics
     default_registry: str | None
+    checks: StoreChecks | None = None  # verify jobs (issue 11)
 
 
 SERVICES_KEY = web.AppKey("admin_services", AdminServices)
@@ -175,9 +178,22 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    """One job."""
-    job = request.app[SERVICES_KEY].prewarm.get(request.match_info["id"])
+    """One job (prewarm or verify)."""
+    services = request.app[SERVICES_KEY]
+    check = services.checks.find(request.match_info["id"]) if services.checks else None
+    job = check if check is not None else services.prewarm.get(request.match_info["id"])
     return web.json_response(job.to_json())
+
+
+async def post_verify(request: web.Request) -> web.Response:
+    """Start a whole-store check; 202 with its job id."""
+    checks = request.app[SERVICES_KEY].checks
+    if checks is None:
+        raise NotFound("verify is not available in this daemon")
+    job = checks.submit()
+    return web.json_response(
+        {"id": job.id, "url": f"{PREFIX}/jobs/{job.id}", **job.to_json()}, status=202
+    )
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -233,6 +249,7 @@ def add_routes(app: web.Application, services: AdminServices) -> None:
     app.router.add_delete(f"{PREFIX}/pins/{{ref:.+}}", delete_pin)
     app.router.add_get(f"{PREFIX}/images", list_images)
     app.router.add_delete(f"{PREFIX}/images/{{ref:.+}}", delete_image)
+    app.router.add_post(f"{PREFIX}/verify", post_verify)
     app.router.add_route("*", f"{PREFIX}/{{tail:.*}}", _unknown)
 
 

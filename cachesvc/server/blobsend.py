@@ -24,7 +24,9 @@ from pathlib import Path
 from aiohttp import web
 
 from cachesvc.errors import BlobUnknown
+from cachesvc.oci import Digest
 from cachesvc.server import zerocopy
+from cachesvc.store.verification import checked_spans
 
 READ_CHUNK = 256 * 1024  # bytes read per step when the file cannot be sent zero-copy
 
@@ -50,12 +52,16 @@ async def send_file(
     path: Path,
     span: tuple[int, int],
     on_sent: Callable[[int], None],
+    check: Digest | None = None,
 ) -> None:
     """Open ``path``, send ``response``'s headers, then bytes ``[start, end)`` of the file.
 
     A file that is gone (removed behind the index's back) is ``BlobUnknown`` before
     the status line; after it, ``ConnectionError`` means the client left, and any
     other ``OSError`` is a read failure the caller must not mistake for success.
+    With ``check`` (a whole file this process has not verified) the bytes go out as
+    ``checked_spans`` releases them: hashed first, the last byte only after the
+    digest matched; ``StoredMismatch`` otherwise (the caller aborts and drops it).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -64,7 +70,10 @@ async def send_file(
     try:
         await response.prepare(request)
         start, end = span
-        if end > start:
+        if check is not None:
+            async for offset, count in checked_spans(fd, check, end):
+                await _send_range(request, response, fd, offset, count, on_sent)
+        elif end > start:
             await _send_range(request, response, fd, start, end - start, on_sent)
         await response.write_eof()
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -11,6 +14,8 @@ from cachesvc.ops.nodewiring import WiringMonitor
 ADMIN_METRICS_KEY = web.AppKey("admin_metrics", Metrics)
 READY_KEY = web.AppKey("ready", dict)
 WIRING_KEY = web.AppKey("wiring", WiringMonitor)
+# Why the storage cannot be served from now (None: it can); StorageHealth.trouble.
+STORAGE_TROUBLE_KEY: web.AppKey[Callable[[], str | None]] = web.AppKey("storage_trouble")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -27,9 +32,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store is open, the mirror listener is bound, and containerd on
-    this node is wired to it (when checked: see ``containerd_readiness``)."""
+    """Readiness: the store is open and healthy (a full or failing disk is 503 with
+    ``storage``: why), the mirror listener is bound, and containerd on this node is wired
+    to it (when checked: see ``containerd_readiness``)."""
     state = request.app[READY_KEY]
+    trouble = request.app.get(STORAGE_TROUBLE_KEY)
+    problem = await asyncio.to_thread(trouble) if state.get("ready") and trouble else None
+    if problem is not None:  # a full or failing disk: not fit to take traffic
+        return web.json_response({"status": "storage", "storage": problem}, status=503)
     if state.get("ready"):
         return containerd_readiness(request.app, {"status": "ready"})
     return web.json_response(

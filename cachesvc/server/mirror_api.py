@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import HttpVersion11, web
 
-from cachesvc.errors import RegistryError, Unsupported
+from cachesvc.errors import RegistryError, StorageUnavailable, Unsupported
 from cachesvc.logs import AccessLog
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import CachedBlob
@@ -25,6 +25,7 @@ from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest, normalize_accept, parse_api_path
 from cachesvc.oci.byterange import parse_range
 from cachesvc.server import blobsend, precondition, zerocopy
+from cachesvc.store.verification import Damage, StoredMismatch
 
 log = logging.getLogger("cachesvc.handlers")
 access_log = AccessLog(logging.getLogger("cachesvc.access"))
@@ -232,15 +233,20 @@ async def _hit(
     def sent(count: int) -> None:
         audit.bytes += count
 
+    check = blob.unverified if span is None else None  # a range was checked whole already
     try:
-        await blobsend.send_file(request, response, blob.path, span or (0, blob.size), sent)
+        await blobsend.send_file(request, response, blob.path, span or (0, blob.size), sent, check)
+        if check is not None:
+            request.app[MIRROR_KEY].blobs.verified(check)
     except ConnectionError:
         audit.hung_up = True
         _abort(request)
-    except OSError as exc:
+    except (StoredMismatch, OSError) as exc:
+        _damaged(request, exc)
         if not response.prepared:
-            raise
-        log.error("reading stored blob %s failed mid-body: %s", audit.digest, exc)
+            raise StorageUnavailable(
+                f"stored blob {audit.digest} cannot be read; it was dropped, retry to fetch it"
+            ) from None
         audit.error, audit.cache = f"aborted mid-body: {exc}", "error"
         _abort(request)
     finally:
@@ -280,6 +286,16 @@ async def _fill(
     finally:
         request.app[METRICS_KEY].served_bytes_by("upstream").inc(audit.bytes)
     return streaming
+
+
+def _damaged(request: web.Request, error: StoredMismatch | OSError) -> None:
+    """A stored blob was wrong or unreadable while sent: drop it (the store logs it)."""
+    digest = Digest.parse(request[AUDIT_KEY].digest or "")
+    if isinstance(error, StoredMismatch):
+        damage = error.damage
+    else:
+        damage = Damage(digest, "read_error", f"reading the stored blob failed: {error}")
+    request.app[MIRROR_KEY].blobs.damaged(damage)
 
 
 def _abort(request: web.Request) -> None:

@@ -48,7 +48,7 @@ class Content:
 
     def path(self, digest: Digest) -> Path:
         """Where the verified content of ``digest`` lives (it may not exist)."""
-        return self.blob_root / digest.algorithm / digest.hex[:2] / digest.hex
+        return blob_path(self.blob_root, digest)
 
     def size(self, digest: Digest) -> int | None:
         """The size of a stored blob, or None when it is not stored."""
@@ -111,19 +111,7 @@ class Content:
 
     def files(self) -> Iterator[tuple[Digest, int, float]]:
         """Every stored blob as (digest, size, mtime) (walks the disk)."""
-        for algorithm_dir in os.scandir(self.blob_root):
-            if not algorithm_dir.is_dir():
-                continue
-            for prefix in os.scandir(algorithm_dir.path):
-                if not prefix.is_dir():
-                    continue
-                for entry in os.scandir(prefix.path):
-                    try:
-                        digest = Digest.parse(f"{algorithm_dir.name}:{entry.name}")
-                        info = entry.stat()
-                    except (CachesvcError, OSError):  # a foreign file is not ours to list
-                        continue
-                    yield digest, info.st_size, info.st_mtime
+        return stored_files(self.blob_root)
 
     def _account(self, delta_bytes: int, delta_entries: int) -> None:
         with self._usage_lock:
@@ -148,6 +136,32 @@ class Content:
                 discard(Path(entry.path))
             removed += 1
         return removed
+
+
+def stored_files(blob_root: Path) -> Iterator[tuple[Digest, int, float]]:
+    """Every file under ``blob_root`` named by a digest, as (digest, size, mtime).
+
+    A function of the layout alone (no ``Content``, which cleans ``tmp/`` when it
+    opens), so ``cachesvc verify`` can walk a store a running daemon is using.
+    """
+    for algorithm_dir in os.scandir(blob_root):
+        if not algorithm_dir.is_dir():
+            continue
+        for prefix in os.scandir(algorithm_dir.path):
+            if not prefix.is_dir():
+                continue
+            for entry in os.scandir(prefix.path):
+                try:
+                    digest = Digest.parse(f"{algorithm_dir.name}:{entry.name}")
+                    info = entry.stat()
+                except (CachesvcError, OSError):  # a foreign file is not ours to list
+                    continue
+                yield digest, info.st_size, info.st_mtime
+
+
+def blob_path(blob_root: Path, digest: Digest) -> Path:
+    """Where the content of ``digest`` lives under ``blob_root`` (the layout, drawn above)."""
+    return blob_root / digest.algorithm / digest.hex[:2] / digest.hex
 
 
 def discard(temp: Path) -> None:

@@ -8,14 +8,20 @@ across versions)::
                         registry NUL repository NUL tag NUL accept
     origin:<digest>     ((registry, repository), ...) a manifest was fetched for
     atime:<digest>      coarse last access (batched: see ``touch``/``flush``)
-    pins                the pin list (``cachesvc.store.pins``)
+    pins                the pin list of stores from before ``<root>/pins.json`` (read once
+                        by ``cachesvc.store.pins``, which keeps pins outside the index)
 
 Every method is a blocking SQLite call except ``touch`` and ``recent_access`` (memory):
 async code calls the others from a worker thread, or where the call is rare and small.
+A failed write (a full disk, an I/O error) raises ``OSError`` like the file writes do
+(``_written``), so callers meet one kind of storage error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +48,16 @@ class TagRecord:
     checked_at: float  # wall-clock time of the last successful upstream answer
 
 
+@contextlib.contextmanager
+def _written() -> Iterator[None]:
+    """SQLite's errors on a write as the ``OSError`` a file write would raise."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = errno.ENOSPC if "full" in str(exc) else errno.EIO
+        raise OSError(code, f"index write failed: {exc}") from None
+
+
 class Index:
     """Media types, tags, origins, access times and pins under ``<root>/index``."""
 
@@ -66,7 +82,7 @@ class Index:
         every ``ACCESS_FLUSH_SECONDS``; swapping the dict is atomic)."""
         pending, self._access = self._access, {}
         if pending:
-            with self._cache.transact():
+            with _written(), self._cache.transact():
                 for key, when in pending.items():
                     self._cache.set(f"atime:{key}", when)
 
@@ -88,7 +104,8 @@ class Index:
 
     def set_media_type(self, digest: Digest, media_type: str) -> None:
         """Record that ``digest`` is a manifest of ``media_type``."""
-        self._cache.set(f"manifest:{digest}", media_type)
+        with _written():
+            self._cache.set(f"manifest:{digest}", media_type)
 
     def manifest_digests(self) -> Iterator[tuple[Digest, str]]:
         """Every manifest the index knows, with its media type."""
@@ -114,7 +131,8 @@ class Index:
         origins = set(known) if isinstance(known, tuple) else set()
         if (registry, repository) not in origins:
             origins.add((registry, repository))
-            self._cache.set(key, tuple(sorted(origins)))
+            with _written():
+                self._cache.set(key, tuple(sorted(origins)))
 
     def origins(self, digest: Digest) -> tuple[tuple[str, str], ...]:
         """The (registry, repository) pairs a manifest was fetched for."""
@@ -147,10 +165,11 @@ class Index:
 
     def put_tag(self, key: str, record: TagRecord) -> None:
         """Remember what a tag points at."""
-        self._cache.set(
-            f"tag:{key}",
-            (str(record.digest), record.media_type, record.size, record.checked_at),
-        )
+        with _written():
+            self._cache.set(
+                f"tag:{key}",
+                (str(record.digest), record.media_type, record.size, record.checked_at),
+            )
 
     def tags(self) -> Iterator[tuple[str, TagRecord]]:
         """Every remembered tag mapping as (key, record); keys are NUL-joined
@@ -168,10 +187,6 @@ class Index:
     # -- pins ------------------------------------------------------------------------
 
     def load_pins(self) -> list[dict[str, Any]]:
-        """The persisted pin list (JSON-able records; see pins.py)."""
+        """The pin list a store from before ``pins.json`` kept here (see pins.py)."""
         value = self._cache.get("pins")
         return list(value) if isinstance(value, list) else []
-
-    def save_pins(self, pins: list[dict[str, Any]]) -> None:
-        """Persist the pin list (survives restarts)."""
-        self._cache.set("pins", pins)

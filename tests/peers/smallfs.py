@@ -1,8 +1,6 @@
 """A small filesystem for disk-full tests: a tmpfs mounted with ``size=`` (needs root).
 
-Device-mapper's ``error`` target (for EIO) is not available in this container (no
-/dev/mapper/control, no dm module); a FUSE layer would need a FUSE library: EIO tests are
-not built yet.
+Read errors (EIO) come from a FUSE layer instead: ``tests.peers.eiofs``.
 """
 
 from __future__ import annotations
