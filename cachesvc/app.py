@@ -16,7 +16,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +41,7 @@ from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
 from cachesvc.server.admin_cluster import add_cluster_route
+from cachesvc.server.connections import GuardedSite
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
@@ -52,6 +53,7 @@ from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
+from cachesvc.upstream.session import registry_session
 from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
@@ -69,6 +71,9 @@ class _Parts:
     inventory: Inventory
     prewarm: Prewarmer
     cluster: Cluster | None = None
+    # Upstream registries' sessions, one per registry (upstream.session); ``session`` is
+    # the cluster's (peer requests).
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
 
 
 class Daemon:
@@ -128,9 +133,10 @@ class Daemon:
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
             read_bufsize=4 * 1024 * 1024,
         )
+        sessions = {n: registry_session(r, egress[n]) for n, r in config.registries.items()}
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
-            name: self._upstream(registry, session, credentials, tls[name], egress[name])
+            name: self._upstream(registry, sessions[name], credentials, tls[name], egress[name])
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
@@ -152,8 +158,9 @@ class Daemon:
         prewarm = Prewarmer(mirror, pins, self.metrics, config.prewarm, config.default_registry)
         self._watch_gauges(store, fills)
         return _Parts(
-            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, cluster
-        )
+            store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, cluster,
+            sessions,
+        )  # fmt: skip
 
     def _cluster(self, session: aiohttp.ClientSession) -> Cluster | None:
         """Cluster mode's member (None without ``cluster:``); its token file is read now."""
@@ -307,11 +314,18 @@ class Daemon:
             access_log=None,
             shutdown_timeout=self.config.shutdown_grace,
             handle_signals=False,
+            keepalive_timeout=self.config.timeouts.client_idle,
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(
-            runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
+        site = GuardedSite(
+            runner,
+            address.host,
+            address.port,
+            name={"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
+            max_connections=self.config.max_connections,
+            header_timeout=self.config.timeouts.client_header,
+            ssl_context=ssl_context,
         )
         try:
             await site.start()
@@ -363,6 +377,8 @@ class Daemon:
         if parts is not None:
             await parts.fills.close()
             await parts.session.close()
+            for upstream_session in parts.sessions.values():
+                await upstream_session.close()
             parts.store.close()
         self._parts = None
 
