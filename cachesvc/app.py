@@ -228,6 +228,7 @@ class Daemon:
             limiter=limiter,
             ssl_context=tls,
             egress=egress,
+            clock=self.clock,
         )
 
     def mirror_app(self) -> web.Application:
