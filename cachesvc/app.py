@@ -47,13 +47,13 @@ from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
-from cachesvc.upstream.auth import Authorizer
+from cachesvc.upstream.auth import Authorizer, entitled_endpoints
 from cachesvc.upstream.client import Upstream
 from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
-from cachesvc.upstream.session import registry_session
+from cachesvc.upstream.session import registry_session, trusted_for
 from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
@@ -199,6 +199,9 @@ class Daemon:
             insecure=registry.insecure,
             egress=egress,
             clock=self.clock,
+            entitled=entitled_endpoints(registry),
+            trusted=trusted_for(registry, egress),
+            redirect_private=registry.redirect_private,
         )
         endpoints = Endpoints(
             registry.name,

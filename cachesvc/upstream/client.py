@@ -151,7 +151,7 @@ class Upstream:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request, trying endpoints in order; yields a 2xx or 404 response.
 
-        Connect errors, timeouts, 5xx and 429 move on to the next endpoint; when all
+        Connect errors, timeouts, 5xx, 429, 401 and 403 move on to the next endpoint; when all
         fail, the last error is raised. 401 runs the auth challenge once. The limiter
         slot is held until the block ends (a blob body is read inside it).
         """
@@ -182,6 +182,11 @@ class Upstream:
                         ticket, endpoint, method, ep_path, ep_scope, headers, params
                     )
                 except (UpstreamUnreachable, UpstreamTimeout) as exc:
+                    last = exc
+                    continue
+                except (UpstreamUnauthorized, UpstreamDenied) as exc:
+                    # An endpoint that will not serve us (a CDN that wants credentials it
+                    # does not get): the next one may; the last one's refusal is the answer.
                     last = exc
                     continue
                 except UpstreamRateLimited as exc:
