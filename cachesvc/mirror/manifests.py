@@ -33,6 +33,7 @@ from cachesvc.errors import (
     DigestMismatch,
     ManifestInvalid,
     ManifestUnknown,
+    TagInvalid,
     UpstreamDenied,
     UpstreamError,
     UpstreamUnauthorized,
@@ -290,7 +291,15 @@ class Manifests:
         self, target: Target, tag: str, accept: tuple[str, ...], *, head: bool, ttl: float
     ) -> ManifestAnswer:
         """A manifest by tag, through the tag cache."""
-        validate_tag(tag)
+        try:
+            validate_tag(tag)
+        except TagInvalid:
+            # The distribution spec (and its conformance suite): a reference that is neither
+            # a digest nor a valid tag names no manifest. 404, and upstream is not asked.
+            raise ManifestUnknown(
+                f"manifest unknown: {tag[:80]!r} is neither a digest nor a valid tag (up to 128 "
+                "of [A-Za-z0-9_.-], not starting with . or -)"
+            ) from None
         key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
         self._check_missing(target, tag, key)
         record = self._tags.get(key)
