@@ -76,3 +76,16 @@ async def test_an_unspecified_address_is_never_a_redirect_target(
         status, body = await _get(http, blob_url(daemon, digest))
     assert cdn.seen == [], "the mirror connected to 0.0.0.0"
     assert status == 502, body[:300]
+
+
+async def test_the_cloud_metadata_address_is_never_a_redirect_target(
+    fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
+) -> None:
+    """169.254.169.254 (link-local): refused before any connection, even with
+    redirect_private, and the error says why."""
+    digest = fake.add_blob(os.urandom(100))
+    fake.faults.redirect_location = "http://169.254.169.254/latest/meta-data/iam/"
+    async with with_settings(start_daemon, fake, redirect_private=True) as daemon:
+        status, body = await _get(http, blob_url(daemon, digest))
+    assert status == 502, body[:300]
+    assert b"169.254.169.254" in body
