@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP     := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit peers bench bench-smoke deploy-check clean
+.PHONY: run test lint typecheck unit peers bench bench-smoke deploy-check clean conformance
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,3 +70,7 @@ bench-smoke: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data
+
+## conformance: the OCI distribution-spec pull specs against cachesvc (needs ../shared/conformance)
+conformance: $(STAMP)
+	$(PY) -m pytest -q tests/test_conformance.py

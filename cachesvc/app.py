@@ -16,7 +16,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -43,18 +43,20 @@ from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
 from cachesvc.server.admin_cluster import add_cluster_route
+from cachesvc.server.connections import GuardedSite
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
 from cachesvc.store.scrub import Scrubber
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
-from cachesvc.upstream.auth import Authorizer
+from cachesvc.upstream.auth import Authorizer, entitled_endpoints
 from cachesvc.upstream.client import Upstream
 from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
+from cachesvc.upstream.session import registry_session, trusted_for
 from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
@@ -74,6 +76,9 @@ class _Parts:
     checks: StoreChecks  # verify jobs and the background scrub (issue 11)
     scrubber: Scrubber
     cluster: Cluster | None = None
+    # Upstream registries' sessions, one per registry (upstream.session); ``session`` is
+    # the cluster's (peer requests).
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
 
 
 class Daemon:
@@ -135,9 +140,10 @@ class Daemon:
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
             read_bufsize=4 * 1024 * 1024,
         )
+        sessions = {n: registry_session(r, egress[n]) for n, r in config.registries.items()}
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
-            name: self._upstream(registry, session, credentials, tls[name], egress[name])
+            name: self._upstream(registry, sessions[name], credentials, tls[name], egress[name])
             for name, registry in config.registries.items()
         }
         fills = FillManager(store, self.metrics, stall_timeout=config.timeouts.stall)
@@ -167,7 +173,7 @@ class Daemon:
         )
         return _Parts(
             store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, checks,
-            scrubber, cluster,
+            scrubber, cluster, sessions,
         )  # fmt: skip
 
     def _cluster(self, session: aiohttp.ClientSession) -> Cluster | None:
@@ -221,6 +227,9 @@ class Daemon:
             insecure=registry.insecure,
             egress=egress,
             clock=self.clock,
+            entitled=entitled_endpoints(registry),
+            trusted=trusted_for(registry, egress),
+            redirect_private=registry.redirect_private,
         )
         endpoints = Endpoints(
             registry.name,
@@ -250,6 +259,7 @@ class Daemon:
             limiter=limiter,
             ssl_context=tls,
             egress=egress,
+            clock=self.clock,
         )
 
     def mirror_app(self) -> web.Application:
@@ -341,11 +351,18 @@ class Daemon:
             access_log=None,
             shutdown_timeout=self.config.shutdown_grace,
             handle_signals=False,
+            keepalive_timeout=self.config.timeouts.client_idle,
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(
-            runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
+        site = GuardedSite(
+            runner,
+            address.host,
+            address.port,
+            name={"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
+            max_connections=self.config.max_connections,
+            header_timeout=self.config.timeouts.client_header,
+            ssl_context=ssl_context,
         )
         try:
             await site.start()
@@ -400,6 +417,8 @@ class Daemon:
         if parts is not None:
             await parts.fills.close()
             await parts.session.close()
+            for upstream_session in parts.sessions.values():
+                await upstream_session.close()
             parts.store.close()
         self._parts = None
 

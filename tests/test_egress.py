@@ -181,7 +181,11 @@ async def test_no_proxy_and_proxy_direct_connect_directly(
     async with running_proxy(ForwardProxy()) as proxy:
         environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": "example.test,127.0.0.1"}
         async with (
-            start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
+            start_daemon(
+                {"fake.test": [fake.url]},
+                proxy_environment=environment,
+                **{"registry:fake.test": {"redirect_private": True}},  # a loopback CDN
+            ) as daemon,
             http.get(blob_url(daemon, first)) as resp,
         ):
             assert await resp.read() == b"no_proxy"
@@ -281,7 +285,11 @@ async def test_a_redirect_to_a_cdn_that_no_proxy_names_goes_direct(
         fake.faults.redirect_location = f"{cdn.url}/cdn/{digest}"
         environment = {"HTTP_PROXY": proxy.url, "NO_PROXY": f"{cdn_host}"}
         async with (
-            start_daemon({"fake.test": [fake.url]}, proxy_environment=environment) as daemon,
+            start_daemon(
+                {"fake.test": [fake.url]},
+                proxy_environment=environment,
+                **{"registry:fake.test": {"redirect_private": True}},  # a loopback CDN
+            ) as daemon,
             http.get(blob_url(daemon, digest)) as resp,
         ):
             assert resp.status == 200

@@ -14,9 +14,17 @@ import pytest
 from aiohttp import web
 
 from cachesvc.app import Daemon
-from tests.conftest import blob_url
+from tests.conftest import StartDaemon, blob_url, with_settings
 from tests.fakes.auth import TokenService
 from tests.fakes.registry import FakeRegistry
+
+
+@pytest.fixture
+async def mirror(fake: FakeRegistry, start_daemon: StartDaemon) -> AsyncIterator[Daemon]:
+    """cachesvc in front of ``fake``; its CDN is on another loopback host, which the address
+    rule allows only with ``redirect_private`` (tests/test_hostile_upstream_redirects.py)."""
+    async with with_settings(start_daemon, fake, redirect_private=True) as daemon:
+        yield daemon
 
 
 def _second_loopback() -> str:

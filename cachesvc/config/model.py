@@ -29,16 +29,21 @@ class ListenAddress:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Upstream timeouts in seconds.
+    """Timeouts in seconds: upstream ones, then the two for clients of both listeners.
 
     ``connect``: TCP + TLS handshake per endpoint. ``first_byte``: from sending the
-    request to the response headers. ``stall``: longest gap between two body reads
-    of a fill before it is abandoned.
+    request to the response headers, and the *total* deadline of a small body read whole
+    (manifests, tag lists, token answers, error bodies). ``stall``: longest gap between two
+    body reads of a fill before it is abandoned (blobs only: it never caps ``first_byte``).
+    ``client_header``: a client's request line and headers must arrive within this
+    (slowloris). ``client_idle``: an idle keep-alive client connection is closed after this.
     """
 
     connect: float = 5.0
     first_byte: float = 30.0
     stall: float = 30.0
+    client_header: float = 10.0
+    client_idle: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,12 @@ class RegistryConfig:
       per consecutive failure up to ``max_cooldown``.
     - ``proxy``: the forward proxy for everything fetched for this registry
       (``cachesvc.upstream.egress``); ``direct`` ignores ``HTTPS_PROXY``/``HTTP_PROXY``.
+    - ``redirect_private``: redirects (and token services) on a host that is not one of the
+      endpoints' may resolve to loopback/private addresses (``cachesvc.upstream.addresses``);
+      false: public addresses only. Link-local, unspecified and multicast: never.
+    - ``credential_endpoints``: indexes of endpoints marked ``credentials: true``; the
+      registry's credentials go only to those, the last endpoint (the origin), hosts with
+      their own ``auths`` entry, and token services those name (``upstream.auth``).
     """
 
     name: str
@@ -84,6 +95,8 @@ class RegistryConfig:
     cooldown: float = 5.0
     max_cooldown: float = 300.0
     proxy: str | None = None  # forward proxy URL, "direct", or None: the environment decides
+    redirect_private: bool = False
+    credential_endpoints: frozenset[int] = frozenset()
 
     def path_prefix(self, index: int) -> str:
         """The repository prefix of ``endpoints[index]`` (``""`` when none)."""
@@ -185,6 +198,9 @@ class Config:
     cluster: ClusterConfig | None = None
     # The node's containerd wiring check (``ContainerdCheck``, defined below); off by default.
     containerd: ContainerdCheck = field(default_factory=lambda: ContainerdCheck())
+
+    # Client connections open at once, per listener (mirror and admin); beyond: refused, logged.
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ _REGISTRY_KEYS = {
     "endpoints", "tag_ttl", "path_prefix", "ca_file", "client_cert", "client_key", "insecure",
     "max_concurrent", "requests_per_second", "requests_per_minute", "burst", "queue_size",
     "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown", "proxy",
+    "redirect_private",
 }  # fmt: skip
 
 
@@ -129,10 +130,13 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
     default_prefix = _path_prefix(data.get("path_prefix"), f"{key}.path_prefix")
     endpoints: list[str] = []
     prefixes: list[str] = []
+    entitled: set[int] = set()
     for i, entry in enumerate(raw):
         where = f"{key}.endpoints[{i}]"
         if isinstance(entry, Mapping):
-            reject_unknown(entry, {"url", "path_prefix"}, where)
+            reject_unknown(entry, {"url", "path_prefix", "credentials"}, where)
+            if _flag(entry, "credentials", where, False):
+                entitled.add(i)
             endpoints.append(endpoint(entry.get("url"), f"{where}.url"))
             own = entry.get("path_prefix")
             prefixes.append(
@@ -141,9 +145,7 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         else:
             endpoints.append(endpoint(entry, where))
             prefixes.append(default_prefix)
-    insecure = data.get("insecure", _REGISTRY.insecure)
-    if not isinstance(insecure, bool):
-        raise ConfigError(f"{key}.insecure", "expected true or false")
+    insecure = _flag(data, "insecure", key, _REGISTRY.insecure)
     for i, url in enumerate(endpoints):
         if url.startswith("http://") and not insecure and not _is_loopback(url):
             raise ConfigError(
@@ -179,7 +181,17 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         cooldown=cooldown,
         max_cooldown=max_cooldown,
         proxy=_proxy(data.get("proxy"), f"{key}.proxy"),
+        redirect_private=_flag(data, "redirect_private", key, _REGISTRY.redirect_private),
+        credential_endpoints=frozenset(entitled),
     )
+
+
+def _flag(data: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
+    """``data[name]`` as true/false (``default`` when absent)."""
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.{name}", "expected true or false")
+    return value
 
 
 def _duration(data: Mapping[str, Any], name: str, key: str, default: float) -> float:
@@ -205,7 +217,7 @@ def parse_config(data: object) -> Config:
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
          "event_loop", "shutdown_grace", "prewarm", "credentials_file", "cluster",
-         "containerd"},
+         "containerd", "max_connections"},
         "",
     )  # fmt: skip
     listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
@@ -243,6 +255,8 @@ def parse_config(data: object) -> Config:
         credentials_file=_optional_path(root.get("credentials_file"), "credentials_file"),
         cluster=_cluster(root, listen, admin.listen),
         containerd=_containerd(mapping(root.get("containerd"), "containerd")),
+        max_connections=_count(root.get("max_connections"), "max_connections")
+        or _DEFAULT.max_connections,
     )
 
 
@@ -358,13 +372,11 @@ def _registries(raw: Mapping[str, Any]) -> dict[str, RegistryConfig]:
 
 
 def _timeouts(raw: Mapping[str, Any]) -> Timeouts:
-    reject_unknown(raw, {"connect", "first_byte", "stall"}, "timeouts")
+    names = ("connect", "first_byte", "stall", "client_header", "client_idle")
+    reject_unknown(raw, set(names), "timeouts")
     default = _DEFAULT.timeouts
-    return Timeouts(
-        connect=positive(raw.get("connect"), "timeouts.connect", default.connect),
-        first_byte=positive(raw.get("first_byte"), "timeouts.first_byte", default.first_byte),
-        stall=positive(raw.get("stall"), "timeouts.stall", default.stall),
-    )
+    values = {n: positive(raw.get(n), f"timeouts.{n}", getattr(default, n)) for n in names}
+    return Timeouts(**values)
 
 
 def _log(raw: Mapping[str, Any]) -> LogConfig:

@@ -8,8 +8,12 @@ or rate-limits (ours or its), the last known mapping is served (``stale``) inste
 of an error, for at most the registry's ``max_stale`` since upstream last confirmed
 it. A 401/403 is not papered over: it surfaces, so a broken secret is noticed.
 
-An upstream 404 for a tag is remembered for ``negative_ttl`` (per registry,
-repository and tag), so a typo in a Deployment does not hammer the registry.
+An upstream 404 for a tag is remembered for ``negative_ttl``, keyed like the tag cache
+(registry, repository, tag *and* Accept set: curl's ``*/*`` missing an OCI-only image
+says nothing about containerd's lookup), so a typo in a Deployment does not hammer the
+registry; the upstream's own reason is passed on. 404s by digest are ``Upstream``'s.
+An answer for a manifest must be a manifest (``oci.not_a_manifest``), whatever
+redirect led to it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from cachesvc.errors import (
     DigestMismatch,
     ManifestInvalid,
     ManifestUnknown,
+    TagInvalid,
     UpstreamDenied,
     UpstreamError,
     UpstreamUnauthorized,
@@ -37,7 +42,13 @@ from cachesvc.metrics import Metrics
 from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Target
 from cachesvc.mirror.singleflight import SingleFlight
-from cachesvc.oci import ACCEPT_ANY_MANIFEST, MEDIA_OCI_MANIFEST, Digest, validate_tag
+from cachesvc.oci import (
+    ACCEPT_ANY_MANIFEST,
+    MEDIA_OCI_MANIFEST,
+    Digest,
+    not_a_manifest,
+    validate_tag,
+)
 from cachesvc.store.store import ManifestRecord, Store, TagRecord
 from cachesvc.upstream.client import Answer, Upstream
 
@@ -121,6 +132,29 @@ def _media_type(answer: Answer) -> str:
     return content_type or MEDIA_OCI_MANIFEST
 
 
+def _manifest_media_type(registry: str, reference: str, answer: Answer) -> str:
+    """The answer's media type, or ``ManifestInvalid`` if the answer is not a manifest."""
+    media_type = _media_type(answer)
+    problem = not_a_manifest(media_type, answer.body)
+    if problem is not None:
+        raise ManifestInvalid(
+            f"{registry} answered the manifest request for {reference} with something that is "
+            f"not a manifest ({problem}); nothing was kept"
+        )
+    return media_type
+
+
+def _upstream_reason(answer: Answer) -> str:
+    """The message of an OCI error body (``errors[0].message``), printable, short; or ""."""
+    try:
+        message = json.loads(answer.body)["errors"][0]["message"]
+    except (ValueError, LookupError, TypeError):
+        return ""
+    if not isinstance(message, str):
+        return ""
+    return "".join(c for c in message if c.isprintable())[:200]
+
+
 def _header_digest(answer: Answer) -> Digest | None:
     value = answer.headers.get("Docker-Content-Digest")
     if not value:
@@ -147,7 +181,8 @@ class Manifests:
         self._clock = clock
         self._upstreams = upstreams
         self._metrics = metrics
-        self._missing: OrderedDict[str, float] = OrderedDict()  # tag key -> expiry (monotonic)
+        # tag-cache key -> (expiry (monotonic), the 404's message)
+        self._missing: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._bodies = _BodyCache(MEMORY_BUDGET)
         self._tags: dict[str, TagRecord] = {}
         self._by_digest: SingleFlight[str, tuple[ManifestRecord, str]] = SingleFlight()
@@ -237,7 +272,8 @@ class Manifests:
                 f"{target.registry} sent a manifest for {digest} whose digest is {actual}; "
                 "nothing was kept"
             )
-        record = await self._put(target, digest, _media_type(answer), answer.body)
+        media_type = _manifest_media_type(target.registry, str(digest), answer)
+        record = await self._put(target, digest, media_type, answer.body)
         return record, answer.endpoint
 
     async def _put(
@@ -264,9 +300,17 @@ class Manifests:
         self, target: Target, tag: str, accept: tuple[str, ...], *, head: bool, ttl: float
     ) -> ManifestAnswer:
         """A manifest by tag, through the tag cache."""
-        validate_tag(tag)
-        self._check_missing(target, tag)
+        try:
+            validate_tag(tag)
+        except TagInvalid:
+            # The distribution spec (and its conformance suite): a reference that is neither
+            # a digest nor a valid tag names no manifest. 404, and upstream is not asked.
+            raise ManifestUnknown(
+                f"manifest unknown: {tag[:80]!r} is neither a digest nor a valid tag (up to 128 "
+                "of [A-Za-z0-9_.-], not starting with . or -)"
+            ) from None
         key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
+        self._check_missing(target, tag, key)
         record = self._tags.get(key)
         if record is None:  # not looked up since start-up: the index (SQLite) knows
             record = await asyncio.to_thread(self._store.index.get_tag, key)
@@ -335,7 +379,7 @@ class Manifests:
             elif previous is not None:
                 head = await upstream.fetch("HEAD", path, scope=scope, headers=headers)
                 if head.status == 404:
-                    raise self._missing_tag(target, tag)
+                    raise self._missing_tag(target, tag, key, head)
                 digest = _header_digest(head)
                 if head.status == 200 and digest == previous.digest:
                     record = TagRecord(
@@ -367,7 +411,7 @@ class Manifests:
                 exc.detail = {"stale_for_seconds": int(age), "max_stale_seconds": int(max_stale)}
             raise
         if answer.status == 404:
-            raise self._missing_tag(target, tag)
+            raise self._missing_tag(target, tag, key, answer)
         if answer.status != 200:
             raise UpstreamError(f"{target.registry} answered {answer.status} for a manifest")
         declared = _header_digest(answer)
@@ -380,38 +424,39 @@ class Manifests:
             )
         if not answer.body:
             raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
-        manifest = await self._put(target, digest, _media_type(answer), answer.body)
+        media_type = _manifest_media_type(target.registry, tag, answer)
+        manifest = await self._put(target, digest, media_type, answer.body)
         record = TagRecord(digest, manifest.media_type, manifest.size, self._clock.time())
         await self._remember(key, record)
         return record, "miss", None, answer.endpoint
 
-    def _missing_key(self, target: Target, tag: str) -> str:
-        return "\0".join((target.registry, target.repository, tag))
-
-    def _missing_tag(self, target: Target, tag: str) -> ManifestUnknown:
-        """Remember an upstream 404 for ``negative_ttl``; returns the error to raise."""
+    def _missing_tag(self, target: Target, tag: str, key: str, answer: Answer) -> ManifestUnknown:
+        """Remember an upstream 404 (per tag-cache key, so per Accept set) for
+        ``negative_ttl``, with upstream's reason; returns the error to raise."""
+        reason = _upstream_reason(answer)
+        message = f"{target.registry}/{target.repository}:{tag} not found"
+        if reason:
+            message += f" (upstream: {reason})"
         ttl = self._upstreams[target.registry].config.negative_ttl
         if ttl > 0:
-            key = self._missing_key(target, tag)
             self._missing.pop(key, None)
-            self._missing[key] = self._clock.monotonic() + ttl
+            self._missing[key] = (self._clock.monotonic() + ttl, message)
             while len(self._missing) > NEGATIVE_ENTRIES:
                 self._missing.popitem(last=False)
-        return ManifestUnknown(f"{target.registry}/{target.repository}:{tag} not found")
+        return ManifestUnknown(message)
 
-    def _check_missing(self, target: Target, tag: str) -> None:
-        key = self._missing_key(target, tag)
-        expires = self._missing.get(key)
-        if expires is None:
+    def _check_missing(self, target: Target, tag: str, key: str) -> None:
+        remembered = self._missing.get(key)
+        if remembered is None:
             return
+        expires, message = remembered
         if expires <= self._clock.monotonic():
             del self._missing[key]
             return
         if self._metrics is not None:
             self._metrics.negative_hits.labels(target.registry).inc()
         raise ManifestUnknown(
-            f"{target.registry}/{target.repository}:{tag} not found "
-            "(upstream said so moments ago; cachesvc remembers it for negative_ttl)"
+            f"{message}; upstream said so moments ago, cachesvc remembers it for negative_ttl"
         )
 
     async def _remember(self, key: str, record: TagRecord) -> None:

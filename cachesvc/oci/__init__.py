@@ -28,6 +28,7 @@ from cachesvc.oci.media import (
     MEDIA_OCI_INDEX,
     MEDIA_OCI_MANIFEST,
     normalize_accept,
+    not_a_manifest,
 )
 from cachesvc.oci.names import MAX_NAME_LENGTH, is_registry_host, validate_name, validate_tag
 
@@ -53,6 +54,7 @@ __all__ = [
     "is_digest",
     "is_registry_host",
     "normalize_accept",
+    "not_a_manifest",
     "parse_api_path",
     "parse_manifest",
     "validate_name",

@@ -29,6 +29,9 @@ ACCEPTABLE_MANIFEST_TYPES = frozenset(
         "*/*",
     )
 )
+# A manifest answer must be one of these (whatever redirect led to it): the listed types
+# plus the schema 1 and artifact forms registries still serve.
+MANIFEST_ANSWER_TYPES = ACCEPTABLE_MANIFEST_TYPES - {"application/json", "*/*"}
 # Manifests larger than this are refused: distribution uses the same 4 MiB ceiling,
 # and manifests are the only bodies cachesvc holds whole in memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -60,3 +63,18 @@ def _normalize_accept(value: str) -> tuple[str, ...]:
         # for every manifest type rather than let it down-convert or refuse.
         return tuple(sorted(MANIFEST_MEDIA_TYPES))
     return tuple(sorted(types))[:32]
+
+
+def not_a_manifest(media_type: str, body: bytes) -> str | None:
+    """Why an upstream answer for a manifest is not one (None: it is).
+
+    A manifest media type and a JSON object with ``schemaVersion``: a registry that
+    redirects a tag to some other URL (cachesvc's own ``/metrics``, a login page) must not
+    have that answer cached and served as the tag.
+    """
+    if media_type.lower() not in MANIFEST_ANSWER_TYPES:
+        return f"its media type is {media_type[:80]!r}, not a manifest type"
+    head = body.lstrip()[:1]
+    if head != b"{" or b'"schemaVersion"' not in body:
+        return "it is not a JSON document with schemaVersion"
+    return None

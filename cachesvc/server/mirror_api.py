@@ -86,6 +86,8 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         request.app[METRICS_KEY].http_responses_by(request.method, str(status)).inc()
+        if not audit.bytes and request.method != "HEAD" and isinstance(response, web.Response):
+            audit.bytes = len(response.body) if isinstance(response.body, bytes) else 0
         access_log.write(
             {
                 "client": request.remote,

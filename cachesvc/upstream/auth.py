@@ -8,9 +8,19 @@ refresh token, POSTed to the realm per the distribution token spec. Registries t
 answer ``WWW-Authenticate: Basic`` (htpasswd) get the credentials directly, and are
 remembered so later requests skip the 401 round trip.
 
-Tokens are cached per (endpoint, scope, credential) until shortly before they expire;
-concurrent requests for the same key share one token fetch; a change of the
-credentials file drops the registry's tokens. Nothing here logs or raises a secret.
+Tokens are cached per (endpoint, scope, credential) until shortly before they expire,
+in a cache bounded in entries and bytes (``tokencache``); concurrent requests for the
+same key share one token fetch; a change of the credentials file drops the registry's
+tokens. Nothing here logs or raises a secret.
+
+Whose credentials go where (containerd keys them per host): an endpoint whose host has
+its own ``auths`` entry gets that; the registry name's entry goes only to the registry's
+last endpoint (its origin: endpoints are CDN first, origin last) and to endpoints marked
+``credentials: true``; any other endpoint (a CDN) is anonymous, and so is its token
+service. A token answer is read to at most ``MAX_TOKEN_ANSWER`` bytes within the token
+deadline, a token over ``MAX_TOKEN`` is refused, and token requests follow redirects
+under the registry rules (``redirect``, ``addresses``) but never take credentials to
+another host: a redirected credentialed request to another origin is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ import aiohttp
 from yarl import URL
 
 from cachesvc.clock import SYSTEM_CLOCK, Clock
+from cachesvc.config import RegistryConfig
 from cachesvc.errors import (
+    ManifestInvalid,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -36,6 +48,8 @@ from cachesvc.errors import (
     UpstreamUnreachable,
 )
 from cachesvc.metrics import Metrics
+from cachesvc.upstream import addresses, redirect
+from cachesvc.upstream.body import read_whole
 from cachesvc.upstream.credentials import Credential, Credentials
 from cachesvc.upstream.egress import (
     CONNECT_DIRECTLY,
@@ -44,11 +58,16 @@ from cachesvc.upstream.egress import (
     Egress,
     connection_failure,
 )
+from cachesvc.upstream.tokencache import Token, TokenCache, TokenKey
 
 # Refresh a token this long before upstream says it expires.
 EXPIRY_MARGIN = 10.0
 # Per the token spec, a token without expires_in lives 60 seconds.
 DEFAULT_EXPIRES_IN = 60.0
+# A token service's answer is read to at most this; a token longer than MAX_TOKEN is refused
+# (real ones are a few KiB; an aiohttp request header line must fit it too).
+MAX_TOKEN_ANSWER = 1024 * 1024
+MAX_TOKEN = 64 * 1024
 _PARAM_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
@@ -70,21 +89,19 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
-@dataclass(slots=True)
-class _Token:
-    value: str
-    expires_at: float
-
-
-_TokenKey = tuple[str, str, str]  # (endpoint, scope, credential fingerprint or "")
-
-
 def _loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def entitled_endpoints(config: RegistryConfig) -> frozenset[str]:
+    """The endpoints that get the credentials stored under the registry's name: the last
+    (the origin) and those marked ``credentials: true``."""
+    chosen = {config.endpoints[i] for i in config.credential_endpoints}
+    return frozenset({*config.endpoints[-1:], *chosen})
 
 
 def refused_hint(registry: str, credential: Credential | None) -> str:
@@ -116,6 +133,9 @@ class Authorizer:
         insecure: bool = False,
         egress: Egress = CONNECT_DIRECTLY,
         clock: Clock = SYSTEM_CLOCK,
+        entitled: frozenset[str] = frozenset(),
+        trusted: frozenset[str] = frozenset(),
+        redirect_private: bool = False,
     ) -> None:
         self.registry = registry
         self._session = session
@@ -126,24 +146,30 @@ class Authorizer:
         self._insecure = insecure
         self._egress = egress
         self._clock = clock
-        self._tokens: dict[_TokenKey, _Token] = {}
-        self._inflight: dict[_TokenKey, asyncio.Task[_Token]] = {}
+        self._entitled = entitled  # endpoints that get the registry name's credentials
+        self._trusted = trusted  # hosts exempt from the address rule (addresses.py)
+        self._redirect_private = redirect_private
+        self._tokens = TokenCache()
+        self._inflight: dict[TokenKey, asyncio.Task[Token]] = {}
         self._basic: set[str] = set()  # endpoints that challenged with Basic
         credentials.on_change(self._credentials_changed)
 
     def credential(self, endpoint: str) -> Credential | None:
-        """The credentials to use at ``endpoint`` (None: anonymous)."""
-        return self._credentials.lookup(self.registry, urlsplit(endpoint).netloc)
+        """The credentials to use at ``endpoint`` (None: anonymous); the module's rule."""
+        own = self._credentials.for_host(urlsplit(endpoint).netloc)
+        if own is not None:
+            return own
+        if endpoint in self._entitled:
+            return self._credentials.lookup(self.registry)
+        return None
 
     def header(self, endpoint: str, scope: str) -> str | None:
         """An ``Authorization`` value known to work, without a round trip; or None."""
         credential = self.credential(endpoint)
         if endpoint in self._basic and credential is not None and credential.password:
             return credential.basic()
-        token = self._tokens.get(self._key(endpoint, scope, credential))
-        if token is not None and token.expires_at > self._clock.monotonic():
-            return f"Bearer {token.value}"
-        return None
+        token = self._tokens.get(self._key(endpoint, scope, credential), self._clock.monotonic())
+        return f"Bearer {token.value}" if token is not None else None
 
     def forget(self) -> None:
         """Drop every cached token (the credentials changed)."""
@@ -154,7 +180,7 @@ class Authorizer:
             self.forget()
 
     @staticmethod
-    def _key(endpoint: str, scope: str, credential: Credential | None) -> _TokenKey:
+    def _key(endpoint: str, scope: str, credential: Credential | None) -> TokenKey:
         return endpoint, scope, credential.fingerprint if credential is not None else ""
 
     async def answer(self, endpoint: str, challenge: Challenge | None, scope: str) -> str:
@@ -175,19 +201,19 @@ class Authorizer:
             )
         self._basic.discard(endpoint)
         key = self._key(endpoint, scope, credential)
-        self._tokens.pop(key, None)
+        self._tokens.pop(key)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(challenge, scope, credential))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         token = await asyncio.shield(task)
-        self._tokens[key] = token
+        self._tokens.put(key, token, self._clock.monotonic())
         return f"Bearer {token.value}"
 
     async def _fetch(
         self, challenge: Challenge, scope: str, credential: Credential | None
-    ) -> _Token:
+    ) -> Token:
         registry = self.registry
         realm = challenge.params.get("realm")
         if not realm or not realm.startswith(("https://", "http://")):
@@ -214,35 +240,25 @@ class Authorizer:
     ) -> tuple[int, bytes]:
         """One token request to ``realm``: (status, body); transport errors translated."""
         registry = self.registry
+        form: dict[str, str] | None = None
+        query: dict[str, str] | None = params
+        given: dict[str, str] = {}
+        if credential is not None and credential.identity_token:
+            # OAuth2: the identity token in a form, nothing in the query.
+            form = {
+                **params,
+                "grant_type": "refresh_token",
+                "refresh_token": credential.identity_token,
+                "client_id": "cachesvc",
+            }
+            query = None
+        elif credential is not None:
+            given = {"Authorization": credential.basic()}
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                form: dict[str, str] | None = None
-                query: dict[str, str] | None = params
-                given: dict[str, str] = {}
-                if credential is not None and credential.identity_token:
-                    # OAuth2: the identity token in a form, nothing in the query.
-                    form = {
-                        **params,
-                        "grant_type": "refresh_token",
-                        "refresh_token": credential.identity_token,
-                        "client_id": "cachesvc",
-                    }
-                    query = None
-                elif credential is not None:
-                    given = {"Authorization": credential.basic()}
-                proxy, proxy_headers, headers = self._egress.route(URL(realm), given)
-                async with self._session.request(
-                    "GET" if form is None else "POST",
-                    realm,
-                    data=form,
-                    params=query,
-                    headers=headers,
-                    ssl=self._ssl,
-                    proxy=proxy,
-                    proxy_headers=proxy_headers,
-                ) as resp:
-                    body = await resp.read()
-                    status = resp.status
+                deadline = loop.time() + self._timeout
+                return await self._exchange(URL(realm), form, query, given, deadline)
         except TimeoutError:
             self._metrics.token_fetches.labels(registry, "error").inc()
             raise UpstreamTimeout(f"token service of {registry} did not answer in time") from None
@@ -251,9 +267,69 @@ class Authorizer:
             raise UpstreamError(
                 f"token service of {registry} unreachable: {connection_failure(exc)}"
             ) from None
-        return status, body
+        except ManifestInvalid:  # read_whole's "too big"
+            self._metrics.token_fetches.labels(registry, "error").inc()
+            raise UpstreamUnreachable(
+                f"the token service of {registry} sent an answer over {MAX_TOKEN_ANSWER} bytes; "
+                "refused"
+            ) from None
 
-    def _token(self, status: int, body: bytes, credential: Credential | None) -> _Token:
+    async def _exchange(
+        self,
+        url: URL,
+        form: dict[str, str] | None,
+        query: dict[str, str] | None,
+        given: dict[str, str],
+        deadline: float,
+    ) -> tuple[int, bytes]:
+        """The token request, redirects followed by the registry rules; (status, body)."""
+        method = "GET" if form is None else "POST"
+        seen = {str(url)}
+        for hops in range(redirect.MAX_REDIRECTS + 2):
+            problem = addresses.literal_refusal(
+                url.host, self._trusted, allow_private=self._redirect_private
+            )
+            if problem is not None:
+                raise UpstreamUnauthorized(f"the token service of {self.registry}: {problem}")
+            proxy, proxy_headers, headers = self._egress.route(url, given)
+            async with self._session.request(
+                method,
+                url,
+                data=form,
+                params=query,
+                headers=headers,
+                ssl=self._ssl,
+                proxy=proxy,
+                proxy_headers=proxy_headers,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status not in redirect.REDIRECTS:
+                    path = f"token service {redirect.where(url)}"
+                    body = await read_whole(
+                        resp, MAX_TOKEN_ANSWER, self.registry, path, deadline=deadline
+                    )
+                    return resp.status, body
+                here = resp.url
+                target = redirect.target_of(here, resp.headers.get("Location"))
+                code = resp.status
+            refused = redirect.refusal(
+                here, target, hops=hops + 1, seen=seen, insecure=self._insecure
+            )
+            if refused is not None or target is None:
+                raise UpstreamUnauthorized(f"the token service of {self.registry}: {refused}")
+            if target.origin() != here.origin() and (form is not None or given):
+                raise UpstreamUnauthorized(
+                    f"the token service of {self.registry} redirected the token request to "
+                    f"{redirect.where(target.origin())}; cachesvc sends its credentials to no "
+                    "other host than the one the registry named"
+                )
+            seen.add(str(target))
+            if code == 303:
+                method, form = "GET", None
+            url, query = target, None
+        raise UpstreamUnauthorized(f"the token service of {self.registry}: too many redirects")
+
+    def _token(self, status: int, body: bytes, credential: Credential | None) -> Token:
         """The token service's answer as a token, or the error it amounts to."""
         registry = self.registry
         if status != 200:
@@ -280,8 +356,14 @@ class Authorizer:
         if not isinstance(value, str) or not value:
             self._metrics.token_fetches.labels(registry, "error").inc()
             raise UpstreamUnauthorized(f"token service of {registry} returned no token")
+        if len(value) > MAX_TOKEN:
+            self._metrics.token_fetches.labels(registry, "error").inc()
+            raise UpstreamUnreachable(
+                f"the token service of {registry} sent a token of {len(value)} bytes; cachesvc "
+                f"accepts tokens up to 64 KiB ({MAX_TOKEN} bytes)"
+            )
         self._metrics.token_fetches.labels(registry, "ok").inc()
         lifetime = (
             max(1.0, expires_in - EXPIRY_MARGIN) if expires_in > 2 * EXPIRY_MARGIN else expires_in
         )
-        return _Token(value, self._clock.monotonic() + lifetime)
+        return Token(value, self._clock.monotonic() + lifetime)

@@ -6,6 +6,7 @@ Transport failures while reading are translated here into ``UpstreamUnreachable`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,27 +25,43 @@ class BlobBody:
     counted: bool = False  # the source counts its own received bytes (a chain of sources)
 
 
-async def read_whole(resp: aiohttp.ClientResponse, limit: int, registry: str, path: str) -> bytes:
-    """The body of ``resp``, refused (``ManifestInvalid``) as soon as it exceeds ``limit``.
+async def read_whole(
+    resp: aiohttp.ClientResponse,
+    limit: int,
+    registry: str,
+    path: str,
+    *,
+    deadline: float | None = None,
+) -> bytes:
+    """The body of ``resp``, refused (``ManifestInvalid``) as soon as it exceeds ``limit``,
+    and ``UpstreamTimeout`` if it is not complete by ``deadline`` (loop time).
 
     The declared Content-Length is checked first and the bytes are counted as they come,
-    so a lying or endless upstream never costs more than ``limit`` bytes of memory.
+    so a lying or endless upstream never costs more than ``limit`` bytes of memory, and
+    a trickling one no more than the deadline. A body refused half-read closes its
+    connection (it is never handed to another request).
     """
     too_big = f"{registry} sent a body over {limit} bytes for {path}"
     if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
         raise ManifestInvalid(too_big)
     parts: list[bytes] = []
     total = 0
     try:
-        async for chunk in resp.content.iter_any():
-            total += len(chunk)
-            if total > limit:
-                raise ManifestInvalid(too_big)
-            parts.append(chunk)
+        async with asyncio.timeout_at(deadline):
+            async for chunk in resp.content.iter_any():
+                total += len(chunk)
+                if total > limit:
+                    resp.close()
+                    raise ManifestInvalid(too_big)
+                parts.append(chunk)
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"{registry}: body cut: {exc}") from None
     except TimeoutError:
-        raise UpstreamTimeout(f"{registry}: body stalled") from None
+        resp.close()
+        raise UpstreamTimeout(
+            f"{registry} did not send the whole body of {path} within timeouts.first_byte"
+        ) from None
     return b"".join(parts)
 
 

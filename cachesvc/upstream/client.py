@@ -9,6 +9,14 @@ timeouts, and turns every transport failure and refusal into a ``RegistryError``
 which knows whether it means MANIFEST_UNKNOWN; ``blob`` raises ``BlobUnknown`` itself.
 Bodies are read by ``body.py``.
 
+Small bodies (``fetch``) have a total deadline of ``timeouts.first_byte`` from the request;
+blob bodies are the fill's (``timeouts.stall`` between reads), so ``stall`` never caps
+``first_byte``. Transfer codings other than chunked, and content codings, are refused:
+cachesvc serves the exact bytes and would otherwise hash and cache compressed ones.
+Redirects and token services on hosts that are not an endpoint's must pass the address
+rule (``addresses``). A 404 for a blob or a manifest by digest is remembered for the
+registry's ``negative_ttl`` (``missing``).
+
 A repository ``path_prefix`` of an endpoint rewrites ``/v2/<repo>/...`` to
 ``/v2/<prefix>/<repo>/...`` and the token scope to match.
 """
@@ -24,9 +32,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.config import RegistryConfig, Timeouts
 from cachesvc.errors import (
     BlobUnknown,
@@ -40,7 +49,7 @@ from cachesvc.errors import (
 )
 from cachesvc.metrics import Metrics
 from cachesvc.oci import MAX_MANIFEST_BYTES, Digest
-from cachesvc.upstream import redirect
+from cachesvc.upstream import addresses, redirect
 from cachesvc.upstream.auth import Authorizer, parse_challenge, refused_hint
 from cachesvc.upstream.body import BlobBody, blob_chunks, read_whole
 from cachesvc.upstream.egress import (
@@ -51,7 +60,9 @@ from cachesvc.upstream.egress import (
     connection_failure,
 )
 from cachesvc.upstream.endpoints import Endpoints
+from cachesvc.upstream.missing import Missing
 from cachesvc.upstream.ratelimit import Limiter, Ticket
+from cachesvc.upstream.session import trusted_for
 
 log = logging.getLogger("cachesvc.upstream")
 
@@ -80,6 +91,11 @@ def _ratelimit_value(header: str | None) -> float | None:
         return None
 
 
+def _by_digest(path: str) -> bool:
+    """A blob path, or a manifest path whose reference is a digest (immutable: a 404 holds)."""
+    return "/blobs/" in path or ":" in path.rpartition("/manifests/")[2]
+
+
 def _rewrite(path: str, scope: str, prefix: str) -> tuple[str, str]:
     """Insert a repository prefix into ``/v2/<repo>/...`` and its ``repository:`` scope."""
     if not prefix or not path.startswith("/v2/"):
@@ -105,6 +121,7 @@ class Upstream:
         limiter: Limiter,
         ssl_context: ssl.SSLContext | bool = True,
         egress: Egress = CONNECT_DIRECTLY,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -116,9 +133,11 @@ class Upstream:
         self.limiter = limiter
         self._ssl = ssl_context
         self._egress = egress
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.stall
-        )
+        # No sock_read: headers are first_byte's (``_request``), small bodies have its total
+        # deadline (``fetch``), blob bodies the fill's stall timeout.
+        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+        self._trusted = trusted_for(config, egress)
+        self._missing = Missing(config.negative_ttl, clock)
 
     @asynccontextmanager
     async def open(
@@ -132,10 +151,24 @@ class Upstream:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request, trying endpoints in order; yields a 2xx or 404 response.
 
-        Connect errors, timeouts, 5xx and 429 move on to the next endpoint; when all
+        Connect errors, timeouts, 5xx, 429, 401 and 403 move on to the next endpoint; when all
         fail, the last error is raised. 401 runs the auth challenge once. The limiter
         slot is held until the block ends (a blob body is read inside it).
         """
+        async with self._open(method, path, scope, headers, params) as (response, _sent):
+            yield response
+
+    @asynccontextmanager
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, float]]:
+        """``open``, also yielding when (loop time) the answering request was sent."""
+        loop = asyncio.get_running_loop()
         async with self.limiter.slot() as ticket:
             last: RegistryError | None = None
             for attempt, index in enumerate(self.endpoints.available()):
@@ -143,11 +176,17 @@ class Upstream:
                 if attempt:
                     self.limiter.renew(ticket)
                 ep_path, ep_scope = _rewrite(path, scope, self.config.path_prefix(index))
+                sent = loop.time()
                 try:
                     response = await self._send(
                         ticket, endpoint, method, ep_path, ep_scope, headers, params
                     )
                 except (UpstreamUnreachable, UpstreamTimeout) as exc:
+                    last = exc
+                    continue
+                except (UpstreamUnauthorized, UpstreamDenied) as exc:
+                    # An endpoint that will not serve us (a CDN that wants credentials it
+                    # does not get): the next one may; the last one's refusal is the answer.
                     last = exc
                     continue
                 except UpstreamRateLimited as exc:
@@ -156,7 +195,7 @@ class Upstream:
                     last = exc
                     continue
                 try:
-                    yield response
+                    yield response, sent
                     return
                 finally:
                     response.release()
@@ -189,20 +228,35 @@ class Upstream:
             response.release()
             authorization = await self._auth.answer(endpoint, challenge, scope)
         self._record_ratelimit(endpoint, response.headers)
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if response.status < 300 and encoding not in ("", "identity"):
-            # Digests are over the exact bytes: a compressed body would be hashed (and
-            # served) as something it is not. We ask for identity; refuse anything else.
-            response.release()
-            raise UpstreamUnreachable(
-                f"{self.name} answered with Content-Encoding {encoding[:20]!r} at {endpoint}; "
-                "cachesvc asks for the exact bytes (Accept-Encoding: identity)"
-            )
+        self._refuse_codings(response, endpoint)
         if response.status < 300 or response.status == 404:
             self.endpoints.succeeded(endpoint)
             return response
         response.release()
         raise self._refusal(response, endpoint, method, path, redirected=redirected)
+
+    def _refuse_codings(self, response: aiohttp.ClientResponse, endpoint: str) -> None:
+        """Raise for a body in a coding cachesvc would have to decode to get the exact bytes.
+
+        Digests are over the exact bytes: a compressed body would be hashed (and served) as
+        something it is not. We ask for identity; a content coding on a 2xx, or any
+        transfer coding but chunked, is refused (the connection is closed, not reused).
+        """
+        transfer = response.headers.get("Transfer-Encoding", "").strip().lower()
+        codings = [c.strip() for c in transfer.split(",") if c.strip()]
+        if any(c not in ("chunked", "identity") for c in codings):
+            response.close()
+            raise UpstreamUnreachable(
+                f"{self.name} answered with Transfer-Encoding {transfer[:40]!r} at {endpoint}; "
+                "cachesvc decodes no transfer coding but chunked and keeps exact bytes only"
+            )
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if response.status < 300 and encoding not in ("", "identity"):
+            response.close()
+            raise UpstreamUnreachable(
+                f"{self.name} answered with Content-Encoding {encoding[:20]!r} at {endpoint}; "
+                "cachesvc asks for the exact bytes (Accept-Encoding: identity)"
+            )
 
     def _refusal(
         self,
@@ -306,6 +360,12 @@ class Upstream:
         seen = {str(url)}
         hops = 0
         while True:
+            problem = addresses.literal_refusal(
+                url.host, self._trusted, allow_private=self.config.redirect_private
+            )
+            if problem is not None:
+                self.endpoints.failed(endpoint, "redirect")
+                raise UpstreamUnreachable(f"{self.name}: a redirect at {endpoint}: {problem}")
             proxy, proxy_headers, sent = self._egress.route(url, headers)
             response = await self._session.request(
                 method,
@@ -355,9 +415,19 @@ class Upstream:
         params: Mapping[str, str] | None = None,
         limit: int = MAX_MANIFEST_BYTES,
     ) -> Answer:
-        """A request whose body (at most ``limit`` bytes) is read whole."""
-        async with self.open(method, path, scope=scope, headers=headers, params=params) as resp:
-            body = b"" if method == "HEAD" else await read_whole(resp, limit, self.name, path)
+        """A request whose body (at most ``limit`` bytes) is read whole, within
+        ``timeouts.first_byte`` of the request (a trickled body must not hold a client)."""
+        remembered = _by_digest(path) and self._missing.known(path)
+        if remembered:
+            self._metrics.negative_hits.labels(self.name).inc()
+            return Answer(404, CIMultiDictProxy(CIMultiDict()), b"", "")
+        async with self._open(method, path, scope, headers, params) as (resp, sent):
+            body = b""
+            if method != "HEAD":
+                deadline = sent + self._timeouts.first_byte
+                body = await read_whole(resp, limit, self.name, path, deadline=deadline)
+            if resp.status == 404 and _by_digest(path):
+                self._missing.remember(path)
             return Answer(resp.status, resp.headers, body, str(resp.url.origin()))
 
     @asynccontextmanager
@@ -370,10 +440,15 @@ class Upstream:
         source died); the body's ``size`` is then the bytes from ``offset`` on.
         """
         path = f"/v2/{repository}/blobs/{digest}"
+        unknown = f"blob {digest} not found in {self.name}/{repository}"
+        if self._missing.known(path):
+            self._metrics.negative_hits.labels(self.name).inc()
+            raise BlobUnknown(f"{unknown} (upstream said so moments ago; remembered)")
         headers = {"Range": f"bytes={offset}-"} if offset else None
         scope = f"repository:{repository}:pull"
         async with self.open("GET", path, scope=scope, headers=headers) as resp:
             if resp.status == 404:
+                self._missing.remember(path)
                 raise BlobUnknown(f"blob {digest} not found in {self.name}/{repository}")
             wanted = 206 if offset else 200
             if resp.status != wanted or (offset and not _starts_at(resp, offset)):

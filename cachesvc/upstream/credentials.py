@@ -8,7 +8,9 @@ The file is what a ``kubernetes.io/dockerconfigjson`` Secret mounts::
 
 Keys are normalised to ``host[:port]`` (scheme and path dropped; Docker Hub's historic
 names map to ``docker.io``). A lookup tries the endpoint's host first, then the
-registry name, so a CDN endpoint may carry credentials of its own.
+registry name, so a CDN endpoint may carry credentials of its own. Which endpoints may
+use the registry name's entry is ``auth.Authorizer``'s rule (containerd keys credentials
+per host: a CDN endpoint gets none of the origin's).
 
 Rotation: every lookup ``stat``s the file (through symlinks). kubelet swaps a ``..data``
 symlink, editors rename a new file into place, others overwrite in place: each changes
@@ -160,6 +162,12 @@ class Credentials:
             if found is not None:
                 return found
         return self._by_registry.get(normalize_registry(registry))
+
+    def for_host(self, endpoint_host: str) -> Credential | None:
+        """The host's own ``auths`` entry only (no fallback to a registry name)."""
+        if self.path is not None:
+            self._refresh()
+        return self._by_registry.get(normalize_registry(endpoint_host))
 
     def _refresh(self) -> None:
         assert self.path is not None

@@ -24,6 +24,7 @@ import aiohttp
 from yarl import URL
 
 from cachesvc.config import DIRECT
+from cachesvc.upstream.addresses import AddressRefused
 
 PROXY_AUTH_REQUIRED = 407
 PROXY_AUTH_HINT = (
@@ -130,6 +131,8 @@ def connection_failure(exc: aiohttp.ClientError) -> str:
         if exc.status == PROXY_AUTH_REQUIRED:
             return PROXY_AUTH_HINT
         return f"the forward proxy refused the tunnel ({exc.status} {exc.message})"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, AddressRefused):
+        return str(exc.os_error)  # the address rule, in its own words
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return f"cannot connect to the forward proxy {exc.host}:{exc.port}"
     return _transport_failure(exc)
