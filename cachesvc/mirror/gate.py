@@ -20,6 +20,7 @@ were decided with; a verified index records verdicts for the platform manifests 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -46,13 +47,15 @@ from cachesvc.policy.referrers import bundle_referrers, referrers_tag
 from cachesvc.policy.simplesigning import signature_tag
 from cachesvc.upstream.client import Upstream
 
-__all__ = ["DECISION_RESULTS", "VERDICTS_REMEMBERED", "Gate"]
+__all__ = ["ADMISSIONS_REMEMBERED", "DECISION_RESULTS", "VERDICTS_REMEMBERED", "Gate"]
 
 log = logging.getLogger("cachesvc.policy")
 
 # Verdicts remembered per registry; each is ~200 bytes, and a platform manifest covered by
 # its index must still be remembered when containerd asks for it moments later.
 VERDICTS_REMEMBERED = 65_536
+# Repositories whose allow-list answer is remembered (client-chosen names: bounded).
+ADMISSIONS_REMEMBERED = 4096
 # Every value of cachesvc_policy_decisions_total's ``result`` label (created at 0).
 DECISION_RESULTS = (
     "allowed",
@@ -112,7 +115,7 @@ class Gate:
         allow = self._allow.get(target.registry)
         if allow is None:
             return
-        if allow.allows(target.repository):
+        if self._allows(target.registry, target.repository):
             self._metrics.policy_decisions_by(target.registry, "allowed").inc()
             return
         self._metrics.policy_decisions_by(target.registry, "denied_allow").inc()
@@ -121,6 +124,11 @@ class Gate:
             f"repository {target.registry}/{target.repository} is not in "
             f"registries.{target.registry}.{allow.describe()}; cachesvc fetches nothing for it",
         )
+
+    @functools.lru_cache(maxsize=ADMISSIONS_REMEMBERED)  # noqa: B019  # one Gate per daemon
+    def _allows(self, registry: str, repository: str) -> bool:
+        """The allow list's answer, remembered: every request of a pull asks it again."""
+        return self._allow[registry].allows(repository)
 
     def verifies(self, registry: str) -> bool:
         """Whether manifests of ``registry`` must be signed (``verify`` is configured)."""
