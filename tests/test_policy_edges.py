@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec
 
 from cachesvc.config import parse_config
 from cachesvc.errors import ConfigError
-from cachesvc.ops.containerd import hosts_toml
+from cachesvc.ops.containerd import hosts_toml, uninstall_hosts_dir, write_hosts_dir
 from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry
 from tests.test_config import run_cli
@@ -163,3 +163,22 @@ async def test_clients_outside_the_list_get_403_whatever_they_claim(
     assert denied
     assert all(line["policy"] == "clients" and line["status"] == 403 for line in denied)
     assert digest
+
+
+def test_an_operators_hosts_toml_is_replaced_not_merged_under_policy(tmp_path: Path) -> None:
+    """A merged file would keep the operator's server: a path around the policy."""
+    target = tmp_path / "ccr.volces.com" / "hosts.toml"
+    target.parent.mkdir()
+    original = 'server = "https://ccr.volces.com"\n\n[host."https://cdn.example"]\n'
+    target.write_text(original)
+    guarded = parse_config(registry_with(verify=None, allow=["dev-team/*"]))
+    [result] = write_hosts_dir(guarded, tmp_path, "http://127.0.0.1:5000")
+    assert result.action == "written"
+    text = target.read_text()
+    assert 'server = "http://127.0.0.1:5000"' in text
+    assert "ccr.volces.com\"" not in text
+    assert "cdn.example" not in text
+    assert (target.parent / "hosts.toml.cachesvc-backup").read_text() == original
+    [undone] = uninstall_hosts_dir(tmp_path)
+    assert undone.action == "restored"
+    assert target.read_text() == original
