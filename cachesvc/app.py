@@ -31,6 +31,7 @@ from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import Blobs
 from cachesvc.mirror.facade import Mirror
 from cachesvc.mirror.fills import FillManager
+from cachesvc.mirror.gate import Gate
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Router
@@ -39,6 +40,7 @@ from cachesvc.ops.nodewiring import WiringMonitor
 from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.server import admin_api as adminapi
+from cachesvc.server import clients as client_policy
 from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
@@ -50,6 +52,7 @@ from cachesvc.store.pins import Pins
 from cachesvc.store.retention import Retention
 from cachesvc.store.scrub import Scrubber
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
+from cachesvc.tokenfile import TokenFile
 from cachesvc.upstream.auth import Authorizer, entitled_endpoints
 from cachesvc.upstream.client import Upstream
 from cachesvc.upstream.credentials import Credentials
@@ -102,6 +105,7 @@ class Daemon:
         self._housekeeping: asyncio.Task[None] | None = None
         # Is containerd on this node wired to us (containerd.config; /readyz, a gauge)?
         self.wiring = WiringMonitor(config.containerd, config.registries, self.metrics)
+        self._tokens: TokenFile | None = None  # admin.token_file, loaded by _build
 
     @property
     def mirror_url(self) -> str:
@@ -150,13 +154,16 @@ class Daemon:
         leases = Leases()
         cluster = self._cluster(session)
         peers = PeerManifests(cluster) if cluster is not None else None
-        manifests = Manifests(store, upstreams, self.metrics, self.clock, peers)
+        self._tokens = self._admin_tokens()
+        gate = Gate(config.registries, upstreams, self.metrics, self.clock)  # policy
+        manifests = Manifests(store, upstreams, self.metrics, self.clock, peers, vet=gate.vet)
         mirror = Mirror(
             config,
             Router(config.registries, config.default_registry),
             manifests,
             Blobs(store, fills, upstreams, leases, (cluster, self.metrics) if cluster else None),
             upstreams,
+            gate,
         )
         pins = Pins(store, self.metrics)
         retention = Retention(store, pins, leases, fills)  # eviction and purge: one rule
@@ -267,6 +274,7 @@ class Daemon:
         app = web.Application(middlewares=[handlers.errors_and_access_log])
         app[handlers.MIRROR_KEY] = self.parts.mirror
         app[handlers.METRICS_KEY] = self.metrics
+        client_policy.install(app, self.config.clients.allow, self.metrics)  # before routing
         handlers.add_routes(app)
         return app
 
@@ -286,7 +294,7 @@ class Daemon:
                 prewarm=parts.prewarm,
                 pins=parts.pins,
                 inventory=parts.inventory,
-                tokens=adminapi.TokenFile(self.config.admin.token_file),
+                tokens=self._tokens,
                 metrics=self.metrics,
                 default_registry=self.config.default_registry,
                 checks=parts.checks,
@@ -294,11 +302,26 @@ class Daemon:
         )
         return app
 
+    def _admin_tokens(self) -> TokenFile | None:
+        """``admin.token_file`` (several tokens, re-read on change); ConfigError if unusable."""
+        path = self.config.admin.token_file
+        if path is None:
+            return None
+        # Checked on every admin request (a stat; the admin API is not a hot path), so a
+        # removed token stops working at once.
+        return TokenFile.load(
+            path, config_key="admin.token_file", clock=self.clock.monotonic, check_interval=0
+        )
+
     async def start(self) -> None:
         """Open the store, bind both listeners, and become ready."""
         logs.quiet_bad_requests()
         store = await asyncio.to_thread(Store, self.config.storage.root, self.metrics)
-        self._parts = self._build(store)
+        try:
+            self._parts = self._build(store)
+        except BaseException:  # a ConfigError (key or token file): nothing may stay open
+            store.close()
+            raise
         if self._parts.store.removed_temp_files:
             log.info("removed %d unfinished temp files", self._parts.store.removed_temp_files)
         try:

@@ -179,7 +179,8 @@ def _admin_client(args: argparse.Namespace, config: Config, *, token: bool) -> A
     secret = None
     if path:
         try:
-            secret = Path(path).read_text(encoding="utf-8").strip() or None
+            # The first token: the file may hold several during a rotation (any is accepted).
+            secret = next(iter(Path(path).read_text(encoding="utf-8").split()), None)
         except OSError as exc:
             if token:
                 raise AdminUnavailable(f"cannot read the admin token file {path}: {exc}") from None

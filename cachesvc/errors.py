@@ -21,6 +21,8 @@
         ├── RangeNotSatisfiable        416 with the blob's size
         ├── Unsupported
         ├── StorageUnavailable         503: the node's disk failed (full, EIO); retry
+        ├── PolicyDenied               403 DENIED by the node's policy (``rule``: clients,
+        │                              allow or verify); never upstream's answer
         └── UpstreamError              upstream failed; decided before any status line
             ├── UpstreamUnreachable    502: connection refused, DNS, TLS, 5xx
             ├── UpstreamTimeout        504: connect, first byte or stall timeout
@@ -169,6 +171,21 @@ class RangeNotSatisfiable(RegistryError):
 
     def headers(self) -> dict[str, str]:
         return {"Content-Range": f"bytes */{self.size}"}
+
+
+class PolicyDenied(RegistryError):
+    """A request this node's policy refuses (``rule``: ``clients``, ``allow``, ``verify``).
+
+    Raised before any upstream request for ``clients`` and ``allow``, and before anything
+    is stored for ``verify``; the access log records ``rule`` as its ``policy`` field.
+    """
+
+    code = "DENIED"
+    status = 403
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 class UpstreamError(RegistryError):

@@ -276,11 +276,38 @@ class Metrics:
         PlatformCollector(registry=registry)
         self._deployment(registry)
         self._storage_faults(registry)
+        self._policy(registry)
         # The per-request counters of the mirror API, bound (see ``bound_children``).
         self._cluster(registry)
         self.requests_by = bound_children(self.requests)
         self.served_bytes_by = bound_children(self.served_bytes)
         self.http_responses_by = bound_children(self.http_responses)
+        self.policy_decisions_by = bound_children(self.policy_decisions)
+
+    def _policy(self, registry: CollectorRegistry) -> None:
+        """Policy at the node: allow lists, signature verification, client networks."""
+        self.policy_decisions = Counter(
+            "cachesvc_policy_decisions_total",
+            "Policy decisions by registry and result: allowed / denied_allow (the allow list), "
+            "verified (a fresh verification), cached (a remembered verified verdict), warned "
+            "(refused but served: verify mode warn), denied_<reason> (no_signature, "
+            "unknown_key, bad_signature, wrong_digest).",
+            ["registry", "result"],
+            registry=registry,
+        )
+        self.policy_client_refusals = Counter(
+            "cachesvc_policy_client_refusals_total",
+            "Mirror API requests refused because the client is outside clients.allow.",
+            registry=registry,
+        )
+        self.verify_seconds = Histogram(
+            "cachesvc_policy_verify_seconds",
+            "Time to verify one digest that had no cached verdict (fetching the signature "
+            "artifacts upstream and checking them).",
+            ["registry"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
 
     def upstream_answered(self, registry: str, endpoint: str, status_class: str) -> None:
         """Count one upstream answer (``2xx``..``5xx``, ``error`` for a transport failure)."""

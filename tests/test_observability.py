@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCESS_FIELDS = {
     "time", "level", "logger", "msg", "client", "method", "path", "registry", "repository",
     "reference", "digest", "status", "bytes", "duration_ms", "cache", "upstream", "error",
+    "policy",
 }  # fmt: skip
 
 

@@ -3,7 +3,6 @@ through its HTTP API and verified offline (what the mirror's policy step will do
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,12 +24,11 @@ from cachesvc.policy import (
 from cachesvc.policy.referrers import bundle_referrers, referrers_tag
 from cachesvc.policy.simplesigning import signature_tag
 from tests.peers import cosign
+from tests.peers.cosign import image, sign_bundle, sign_simple
 from tests.peers.images import (
     OCI_INDEX,
     OCI_MANIFEST,
-    LayerSpec,
     OCIImage,
-    build_image,
     build_index,
     push,
 )
@@ -91,52 +89,6 @@ async def evidence_for(
         assert data is not None
         blobs[blob] = data
     return Evidence(sig, bundles, blobs)
-
-
-def sign_simple(
-    layout: Path,
-    reg: DistributionRegistry,
-    repo: str,
-    image: OCIImage,
-    signer: ec.EllipticCurvePrivateKey,
-    *,
-    claim: str | None = None,
-    tamper: bool = False,
-) -> None:
-    """Push a .sig for ``image`` (claiming ``claim``, default its digest) signed by ``signer``."""
-    payload = cosign.simple_signing_payload(claim or image.digest, f"{reg.host_port}/{repo}")
-    signature = bytearray(cosign.sign_bytes(signer, payload))
-    if tamper:
-        signature[10] ^= 0x01  # inside r: still well-formed DER
-    encoded = base64.b64encode(bytes(signature)).decode()
-    tag = signature_tag(image.digest)
-    artifact = cosign.signature_manifest([(payload, encoded)])
-    cosign.push_artifact(layout, tag, artifact, reg.ref(repo, tag))
-
-
-def sign_bundle(
-    layout: Path,
-    reg: DistributionRegistry,
-    repo: str,
-    image: OCIImage,
-    signer: ec.EllipticCurvePrivateKey,
-    *,
-    tamper: bool = False,
-) -> None:
-    """Push a bundle referrer for ``image`` and the referrers tag-fallback index."""
-    statement = cosign.statement(image.digest)
-    bad = cosign.sign_bytes(signer, b"something else") if tamper else None
-    data = cosign.bundle_json(statement, signer, signature=bad)
-    size = (image.index or image.single.manifest).size
-    subject = {"mediaType": image.media_type, "size": size, "digest": image.digest}
-    index = cosign.referrers_index([cosign.bundle_referrer(subject, data)])
-    cosign.push_referrers_index(layout, index, reg.url, repo, referrers_tag(image.digest))
-
-
-def image(layout: Path, reg: DistributionRegistry, repo: str, tag: str, seed: int) -> OCIImage:
-    built = build_image(layout, tag, [LayerSpec(2048, seed=seed)])
-    push(built, None, reg.ref(repo, tag))
-    return built
 
 
 async def test_signed_index_verifies_and_covers_its_platforms(

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # config.cluster parses with config.values, which imports this module
     from cachesvc.config.cluster import ClusterConfig
 
+from cachesvc.policy.clients import ClientAllowList
+from cachesvc.policy.repositories import RepositoryAllowList
+
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
@@ -44,6 +47,26 @@ class Timeouts:
     stall: float = 30.0
     client_header: float = 10.0
     client_idle: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """``registries.<name>.verify``: serve a manifest only if one of ``keys`` signed it.
+
+    ``keys``: cosign public key files (PEM), each readable and of a supported type at load
+    (checked by the parser), re-read by the daemon when they change. ``mode``: ``enforce``
+    refuses with 403; ``warn`` serves and logs what it would have refused.
+    """
+
+    keys: tuple[Path, ...]
+    mode: str = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsConfig:
+    """``clients``: who may use the mirror API. ``allow`` unset: every client."""
+
+    allow: ClientAllowList | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,13 @@ class RegistryConfig:
     proxy: str | None = None  # forward proxy URL, "direct", or None: the environment decides
     redirect_private: bool = False
     credential_endpoints: frozenset[int] = frozenset()
+    allow: RepositoryAllowList | None = None  # repositories that may be fetched; unset: all
+    verify: VerifyConfig | None = None  # signature verification; unset: none
+
+    @property
+    def under_policy(self) -> bool:
+        """Whether ``allow`` or ``verify`` is set (then hosts.toml has no path around us)."""
+        return self.allow is not None or self.verify is not None
 
     def path_prefix(self, index: int) -> str:
         """The repository prefix of ``endpoints[index]`` (``""`` when none)."""
@@ -198,6 +228,7 @@ class Config:
     cluster: ClusterConfig | None = None
     # The node's containerd wiring check (``ContainerdCheck``, defined below); off by default.
     containerd: ContainerdCheck = field(default_factory=lambda: ContainerdCheck())
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
 
     # Client connections open at once, per listener (mirror and admin); beyond: refused, logged.
     max_connections: int = 1024

@@ -17,6 +17,7 @@ import yaml
 from cachesvc.config.cluster import ClusterConfig, parse_cluster
 from cachesvc.config.model import (
     AdminConfig,
+    ClientsConfig,
     Config,
     ContainerdCheck,
     ListenAddress,
@@ -25,6 +26,7 @@ from cachesvc.config.model import (
     RegistryConfig,
     StorageConfig,
     Timeouts,
+    VerifyConfig,
 )
 from cachesvc.config.values import (
     DIRECT,
@@ -42,6 +44,9 @@ from cachesvc.config.values import (
 )
 from cachesvc.errors import ConfigError
 from cachesvc.oci import is_registry_host
+from cachesvc.policy.clients import compile_clients
+from cachesvc.policy.keys import read_key_file
+from cachesvc.policy.repositories import RepositoryAllowList, compile_allow
 
 DEFAULT_CONFIG_YAML = """\
 # cachesvc embedded default: mirrors the big public registries at their real endpoints.
@@ -70,7 +75,7 @@ _REGISTRY_KEYS = {
     "endpoints", "tag_ttl", "path_prefix", "ca_file", "client_cert", "client_key", "insecure",
     "max_concurrent", "requests_per_second", "requests_per_minute", "burst", "queue_size",
     "queue_timeout", "max_stale", "negative_ttl", "cooldown", "max_cooldown", "proxy",
-    "redirect_private",
+    "redirect_private", "allow", "verify",
 }  # fmt: skip
 
 
@@ -183,6 +188,8 @@ def _registry(name: str, data: Mapping[str, Any], key: str) -> RegistryConfig:
         proxy=_proxy(data.get("proxy"), f"{key}.proxy"),
         redirect_private=_flag(data, "redirect_private", key, _REGISTRY.redirect_private),
         credential_endpoints=frozenset(entitled),
+        allow=_allow(data.get("allow"), f"{key}.allow"),
+        verify=_verify(data.get("verify"), f"{key}.verify"),
     )
 
 
@@ -217,7 +224,7 @@ def parse_config(data: object) -> Config:
         root,
         {"listen", "admin", "storage", "default_registry", "registries", "timeouts", "log",
          "event_loop", "shutdown_grace", "prewarm", "credentials_file", "cluster",
-         "containerd", "max_connections"},
+         "containerd", "max_connections", "clients"},
         "",
     )  # fmt: skip
     listen = parse_listen(root["listen"], "listen") if "listen" in root else _DEFAULT.listen
@@ -257,6 +264,7 @@ def parse_config(data: object) -> Config:
         containerd=_containerd(mapping(root.get("containerd"), "containerd")),
         max_connections=_count(root.get("max_connections"), "max_connections")
         or _DEFAULT.max_connections,
+        clients=_clients(mapping(root.get("clients"), "clients")),
     )
 
 
@@ -391,6 +399,44 @@ def _log(raw: Mapping[str, Any]) -> LogConfig:
     if not isinstance(access_log, bool):
         raise ConfigError("log.access_log", "expected true or false")
     return LogConfig(level=level, format=fmt, access_log=access_log)
+
+
+def _clients(raw: Mapping[str, Any]) -> ClientsConfig:
+    """``clients.allow``: CIDRs (IPv4 and IPv6); unset or null: every client."""
+    reject_unknown(raw, {"allow"}, "clients")
+    cidrs = raw.get("allow")
+    if cidrs is None:
+        return ClientsConfig()
+    if not isinstance(cidrs, list) or not cidrs:
+        raise ConfigError("clients.allow", "expected a non-empty list of CIDRs (unset: all)")
+    return ClientsConfig(allow=compile_clients(cidrs, "clients.allow"))
+
+
+def _allow(value: object, key: str) -> RepositoryAllowList | None:
+    """``registries.<name>.allow``: repository patterns; unset: every repository."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "expected a non-empty list of repository patterns (unset: all)")
+    return compile_allow(value, key)
+
+
+def _verify(value: object, key: str) -> VerifyConfig | None:
+    """``registries.<name>.verify``: key files are read now, so a bad one fails the load."""
+    if value is None:
+        return None
+    raw = mapping(value, key)
+    reject_unknown(raw, {"keys", "mode"}, key)
+    files = raw.get("keys")
+    if not isinstance(files, list) or not files:
+        raise ConfigError(f"{key}.keys", "expected a non-empty list of PEM public key files")
+    paths = tuple(Path(string(f, f"{key}.keys[{i}]")) for i, f in enumerate(files))
+    for i, path in enumerate(paths):
+        read_key_file(path, config_key=f"{key}.keys[{i}]")
+    mode = raw.get("mode", VerifyConfig(keys=()).mode)
+    if mode not in ("enforce", "warn"):
+        raise ConfigError(f"{key}.mode", f"expected enforce or warn, got {mode!r}")
+    return VerifyConfig(keys=paths, mode=str(mode))
 
 
 def parse_yaml(text: str, source: str = "<config>") -> Config:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from cachesvc.config import Config
 from cachesvc.errors import NameUnknown, TagInvalid, UpstreamError
 from cachesvc.mirror.blobs import BlobAnswer, Blobs
+from cachesvc.mirror.gate import Gate
 from cachesvc.mirror.manifests import ManifestAnswer, Manifests
 from cachesvc.mirror.routing import Router, Target
 from cachesvc.oci import MEDIA_OCI_INDEX, Digest, is_digest, validate_tag
@@ -44,8 +45,10 @@ class Mirror:
         manifests: Manifests,
         blobs: Blobs,
         upstreams: Mapping[str, Upstream],
+        gate: Gate,
     ) -> None:
         self._config = config
+        self.gate = gate
         self.router = router
         self.manifests = manifests
         self.blobs = blobs
@@ -54,7 +57,20 @@ class Mirror:
     async def manifest(
         self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool
     ) -> ManifestAnswer:
-        """A manifest by tag or digest."""
+        """A manifest by tag or digest (the policy's decisions first and last)."""
+        self.gate.admit(target)
+        answer = await self._manifest(target, reference, accept, head=head)
+        if self.gate.verifies(target.registry):
+            body = answer.body
+            if body is None:  # HEAD: an index's coverage needs its bytes
+                cached = self.manifests.cached(answer.record.digest)
+                body = cached[1] if cached is not None else None
+            await self.gate.vet(target, answer.record.digest, body)
+        return answer
+
+    async def _manifest(
+        self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool
+    ) -> ManifestAnswer:
         if is_digest(reference):
             return await self.manifests.by_digest(target, reference, head=head)
         ttl = self._config.registries[target.registry].tag_ttl
@@ -62,14 +78,17 @@ class Mirror:
 
     async def blob(self, target: Target, digest: Digest, *, unsized_ok: bool = True) -> BlobAnswer:
         """A blob to send (cached or filling; see ``Blobs.get``), a context manager."""
+        self.gate.admit(target)
         return await self.blobs.get(target, digest, unsized_ok=unsized_ok)
 
     async def blob_size(self, target: Target, digest: Digest) -> tuple[int, str, str | None]:
         """A blob's size for HEAD (and the upstream endpoint asked), without downloading it."""
+        self.gate.admit(target)
         return await self.blobs.stat(target, digest)
 
     async def tags(self, target: Target, n: str | None, last: str | None) -> Passthrough:
         """``tags/list`` from upstream, its ``Link`` rewritten to route back here."""
+        self.gate.admit(target)
         params: dict[str, str] = {}
         if n is not None:
             if not n.isdigit() or not 0 < int(n) <= 10000:
@@ -110,6 +129,7 @@ class Mirror:
         self, target: Target, digest: Digest, artifact_type: str | None
     ) -> Passthrough:
         """The referrers index from upstream; an empty index where upstream has none."""
+        self.gate.admit(target)
         params = {"artifactType": artifact_type[:200]} if artifact_type else None
         answer = await self._upstreams[target.registry].fetch(
             "GET",

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -55,6 +55,9 @@ from cachesvc.upstream.client import Answer, Upstream
 log = logging.getLogger("cachesvc.manifests")
 
 Result = Literal["hit", "miss", "coalesced", "stale"]
+# The policy's check of a fetched manifest before it is stored (cachesvc.mirror.gate.Gate.vet):
+# raises to refuse, and then nothing is kept.
+Vet = Callable[[Target, Digest, bytes], Awaitable[None]]
 # Bodies kept in memory for fast hits; manifests are small (a few KiB) and hot.
 MEMORY_BUDGET = 64 * 1024 * 1024
 # Tags remembered as missing; the oldest are forgotten first beyond this many.
@@ -175,9 +178,11 @@ class Manifests:
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,  # tag ages (wall: stored in the index), 404 expiry
         peers: PeerManifests | None = None,  # cluster mode: ask the owner before upstream
+        vet: Vet | None = None,
     ) -> None:
         self._peers = peers
         self._store = store
+        self._vet = vet
         self._clock = clock
         self._upstreams = upstreams
         self._metrics = metrics
@@ -279,7 +284,10 @@ class Manifests:
     async def _put(
         self, target: Target, digest: Digest, media_type: str, body: bytes
     ) -> ManifestRecord:
-        """Store a verified manifest (write, fsync, rename, index: off the loop)."""
+        """Store a verified manifest (write, fsync, rename, index: off the loop), once the
+        policy (if any) accepted it."""
+        if self._vet is not None:
+            await self._vet(target, digest, body)
         origin = (target.registry, target.repository)
         try:
             record = await asyncio.to_thread(

@@ -35,12 +35,33 @@ _SERVER = {"docker.io": "https://registry-1.docker.io"}
 
 def hosts_toml(config: Config, registry: str, mirror_url: str) -> str:
     """The ``certs.d/<registry>/hosts.toml`` that tries cachesvc first, the registry last."""
+    if config.registries[registry].under_policy:
+        return _policy_hosts_toml(registry, mirror_url)
     endpoints = config.registries[registry].endpoints
     server = _SERVER.get(registry, endpoints[-1])
     return (
         f"{HEADER}: pulls of {registry} go through the node-local cache;\n"
         "# containerd falls back to the server below if cachesvc answers an error.\n"
         f'server = "{server}"\n'
+        "\n"
+        f'[host."{mirror_url}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+    )
+
+
+def _policy_hosts_toml(registry: str, mirror_url: str) -> str:
+    """A registry under policy (``allow`` or ``verify``): cachesvc is the only host.
+
+    containerd tries the next host after any 4xx and the ``server`` last, so a 403 from the
+    policy would send the pull straight to the registry. With cachesvc as the server there
+    is no path around the policy; the price is that a stopped cachesvc blocks these pulls.
+    """
+    return (
+        f"{HEADER}: {registry} is under policy (allow/verify in cachesvc's\n"
+        "# configuration), so cachesvc itself is the server: containerd moves on to the next\n"
+        "# host after any 4xx, and a direct server would be a path around the policy.\n"
+        "# While cachesvc is down, pulls of this registry fail (readiness gates the node).\n"
+        f'server = "{mirror_url}"\n'
         "\n"
         f'[host."{mirror_url}"]\n'
         '  capabilities = ["pull", "resolve"]\n'
@@ -65,19 +86,28 @@ def write_hosts_dir(config: Config, directory: Path, mirror_url: str) -> list[Ho
         target = directory / registry / "hosts.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
         ours = hosts_toml(config, registry, mirror_url)
-        result = _place(target, ours, mirror_url)
+        result = _place(target, ours, mirror_url, whole=config.registries[registry].under_policy)
         log.info("%s %s%s", result.action, target, f" ({result.detail})" if result.detail else "")
         done.append(result)
     return done
 
 
-def _place(target: Path, ours: str, mirror_url: str) -> HostsFile:
-    """Write ``ours`` to ``target``, or merge it into the file that was there first."""
+def _place(target: Path, ours: str, mirror_url: str, *, whole: bool = False) -> HostsFile:
+    """Write ``ours`` to ``target``, or merge it into the file that was there first.
+
+    ``whole`` (a registry under policy): never merged, since the original's hosts and server
+    would be a path around the policy; the original is still backed up for uninstall.
+    """
     backup = target.with_name(target.name + BACKUP_SUFFIX)
     original = _original(target, backup)
     if original is None:
         _atomic_write(target, ours)
         return HostsFile(target, "written")
+    if whole:
+        if not backup.exists():
+            _atomic_write(backup, original)
+        _atomic_write(target, ours)
+        return HostsFile(target, "written", f"under policy: replaced, original in {backup.name}")
     try:
         document = tomllib.loads(original)
     except tomllib.TOMLDecodeError as exc:

@@ -12,22 +12,20 @@
     DELETE /admin/v1/images/<ref>     purge an image and the blobs no other image uses
     POST   /admin/v1/verify           check every stored file -> 202 {"id"}; see /jobs/<id>
 
-The token is the content of ``admin.token_file`` (surrounding whitespace ignored),
-re-read whenever the file's mtime, size or inode changes, so rotating it needs no
-restart. Tokens are compared in constant time. Without a token file the API answers
-403 and says how to enable it; a missing or wrong token is 401. Tokens are never
+The tokens are the lines of ``admin.token_file`` (``cachesvc.tokenfile.TokenFile``: any
+line is accepted, for a rotation's overlap; re-read when the file changes, kubelet's
+``..data`` swap included, so rotating needs no restart; a briefly missing or empty file
+keeps the last tokens). Each is compared in constant time. Without a token file the API
+answers 403 and says how to enable it; a missing or wrong token is 401. Tokens are never
 logged. The handlers translate only: every action is one call on the domain object.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
@@ -37,8 +35,8 @@ from cachesvc.oci.reference import parse_reference
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.ops.storecheck import StoreChecks
-from cachesvc.smallfile import read_small_file
 from cachesvc.store.pins import Pins
+from cachesvc.tokenfile import TokenFile
 
 log = logging.getLogger("cachesvc.admin")
 
@@ -52,29 +50,6 @@ HOW_TO_ENABLE = (
 )
 
 
-class TokenFile:
-    """The admin token, re-read when its file changes."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._token: bytes | None = None
-
-    def current(self) -> bytes | None:
-        """The token now in effect; None when unset, unreadable or empty."""
-        if self.path is None:
-            return None
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != self._stamp:
-                self._token = read_small_file(self.path).strip() or None
-                self._stamp = stamp
-        except OSError:
-            self._stamp, self._token = None, None
-        return self._token
-
-
 @dataclass(frozen=True, slots=True)
 class AdminServices:
     """What the admin routes act on."""
@@ -82,7 +57,7 @@ class AdminServices:
     prewarm: Prewarmer
     pins: Pins
     inventory: Inventory
-    tokens: TokenFile
+    tokens: TokenFile | None  # admin.token_file; None: the API is disabled (403)
     metrics: Metrics
     default_registry: str | None
     checks: StoreChecks | None = None  # verify jobs (issue 11)
@@ -103,19 +78,13 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     services = request.app[SERVICES_KEY]
     counter = services.metrics.admin_requests
-    expected = services.tokens.current()
-    if expected is None:
+    tokens = services.tokens
+    if tokens is None:
         counter.labels("disabled").inc()
-        why = (
-            HOW_TO_ENABLE
-            if services.tokens.path is None
-            else f"the admin token file {services.tokens.path} is missing, unreadable or "
-            "empty: write the token into it (it is re-read on change)"
-        )
-        return _error(403, "DISABLED", why)
+        return _error(403, "DISABLED", HOW_TO_ENABLE)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     presented = given.strip().encode("utf-8", "surrogateescape")  # header bytes as sent
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
+    if scheme.lower() != "bearer" or not tokens.accepts(presented):
         counter.labels("unauthorized").inc()
         response = _error(401, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="cachesvc-admin"'

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import HttpVersion11, web
 
-from cachesvc.errors import RegistryError, StorageUnavailable, Unsupported
+from cachesvc.errors import PolicyDenied, RegistryError, StorageUnavailable, Unsupported
 from cachesvc.logs import AccessLog
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import CachedBlob
@@ -44,6 +44,7 @@ class Audit:
     bytes: int = 0
     error: str | None = None
     hung_up: bool = False  # the client closed the connection mid-response (logged as 499)
+    policy: str | None = None  # the policy rule that refused it: clients, allow or verify
 
 
 AUDIT_KEY = web.RequestKey("audit", Audit)
@@ -75,6 +76,8 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         return response
     except RegistryError as exc:
         audit.error = exc.message
+        if isinstance(exc, PolicyDenied):
+            audit.policy = exc.rule
         response = error_response(exc, head=request.method == "HEAD")
         status = response.status
         return response
@@ -103,6 +106,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
                 "cache": audit.cache,
                 "upstream": audit.upstream,
                 "error": audit.error,
+                "policy": audit.policy,
             }
         )
 

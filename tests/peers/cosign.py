@@ -31,7 +31,17 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from .images import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME, push
+from .images import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME,
+    LayerSpec,
+    OCIImage,
+    build_image,
+    push,
+)
+from .registry import DistributionRegistry
 
 __all__ = [
     "BUNDLE_V03",
@@ -42,12 +52,15 @@ __all__ = [
     "PrivateKey",
     "bundle_json",
     "bundle_referrer",
+    "image",
     "key_hint",
     "public_pem",
     "push_artifact",
     "push_referrers_index",
     "referrers_index",
+    "sign_bundle",
     "sign_bytes",
+    "sign_simple",
     "signature_manifest",
     "simple_signing_payload",
     "statement",
@@ -295,3 +308,54 @@ def push_referrers_index(
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310  # loopback registry
         if response.headers.get("Docker-Content-Digest") != index.digest:
             raise RuntimeError(f"registry stored the index as {response.headers}")
+
+
+# -- signing images in the registry, as `cosign sign --key` would -----------------------
+
+
+def sign_simple(
+    layout: Path,
+    reg: DistributionRegistry,
+    repo: str,
+    image: OCIImage,
+    signer: PrivateKey,
+    *,
+    claim: str | None = None,
+    tamper: bool = False,
+) -> None:
+    """Push a .sig for ``image`` (claiming ``claim``, default its digest) signed by ``signer``."""
+    payload = simple_signing_payload(claim or image.digest, f"{reg.host_port}/{repo}")
+    signature = bytearray(sign_bytes(signer, payload))
+    if tamper:
+        signature[10] ^= 0x01  # inside r: still well-formed DER
+    encoded = base64.b64encode(bytes(signature)).decode()
+    tag = image.digest.replace(":", "-") + ".sig"  # cosign's signature tag
+    artifact = signature_manifest([(payload, encoded)])
+    push_artifact(layout, tag, artifact, reg.ref(repo, tag))
+
+
+def sign_bundle(
+    layout: Path,
+    reg: DistributionRegistry,
+    repo: str,
+    image: OCIImage,
+    signer: PrivateKey,
+    *,
+    tamper: bool = False,
+) -> None:
+    """Push a bundle referrer for ``image`` and the referrers tag-fallback index."""
+    signed = statement(image.digest)
+    bad = sign_bytes(signer, b"something else") if tamper else None
+    data = bundle_json(signed, signer, signature=bad)
+    size = (image.index or image.single.manifest).size
+    subject = {"mediaType": image.media_type, "size": size, "digest": image.digest}
+    index = referrers_index([bundle_referrer(subject, data)])
+    fallback = image.digest.replace(":", "-")  # the referrers tag fallback
+    push_referrers_index(layout, index, reg.url, repo, fallback)
+
+
+def image(layout: Path, reg: DistributionRegistry, repo: str, tag: str, seed: int) -> OCIImage:
+    """A one-layer image built from ``seed`` and pushed as ``repo:tag``."""
+    built = build_image(layout, tag, [LayerSpec(2048, seed=seed)])
+    push(built, None, reg.ref(repo, tag))
+    return built
