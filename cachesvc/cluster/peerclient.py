@@ -111,6 +111,20 @@ class PeerClient:
         finally:
             resp.release()
 
+    async def blob_size(
+        self, peer: PeerAddress, registry: str, repository: str, digest: Digest
+    ) -> int:
+        """HEAD a blob on ``peer`` (a blob HEAD asked of its owner): its size, or ``PeerFailed``."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        resp, served_by = await self._request(peer, "HEAD", path, registry, {})
+        try:
+            length = resp.headers.get("Content-Length", "")
+            if resp.status != 200 or not length.isdigit():
+                raise PeerFailed(served_by, f"answered a HEAD of {digest} with {resp.status}")
+            return int(length)
+        finally:
+            resp.release()
+
     async def manifest(
         self, peer: PeerAddress, registry: str, repository: str, reference: str, accept: str
     ) -> Answer:
