@@ -19,6 +19,7 @@ import aiohttp
 
 from tests.cluster_nodes import ADMIN_TOKEN, ClusterNode, cluster_of, write_tokens
 from tests.fakes.registry import FakeRegistry
+from tests.polling import eventually
 from tests.test_cluster_e2e import blob_gets, running
 
 NS = "fake.test"
@@ -75,6 +76,7 @@ async def test_a_cluster_prewarm_fills_every_member_with_one_upstream_get_per_bl
         assert tag_lookups == 1, fake.requests
         for node in nodes:
             for digest in digests:
+                assert await eventually(node.blob_path(digest).exists)
                 assert node.blob_path(digest).read_bytes() == fake.blobs[digest]
         async with http.get(f"{nodes[0].admin_url}/admin/v1/jobs", headers=AUTH) as resp:
             listed = (await resp.json())["jobs"]
@@ -153,4 +155,4 @@ async def test_cachesvc_prewarm_cluster_shows_every_member_and_exits_0(
         for digest in digests:
             assert blob_gets(fake, digest) == 1
             for node in nodes:
-                assert node.blob_path(digest).exists()
+                assert await eventually(node.blob_path(digest).exists)

@@ -27,6 +27,7 @@ from cachesvc.cluster.ranking import BlobKey, ranking
 from cachesvc.config.peeraddress import PeerAddress
 from tests.cluster_nodes import ClusterNode, cluster_of, free_port_on, write_tokens
 from tests.fakes.registry import FakeRegistry
+from tests.polling import eventually
 from tests.test_cluster_e2e import blob_gets, fetch, running
 
 NS = "fake.test"
@@ -141,4 +142,5 @@ async def test_a_peer_that_stalls_is_resumed_from_upstream_and_the_client_sees_n
         assert fake.ranged_gets == [(digest, MiB + 12345)]  # the rest, from upstream
         assert blob_gets(fake, digest) == 1
         assert node.metric("cachesvc_peer_received_bytes_total") == MiB + 12345
+        assert await eventually(node.blob_path(digest).exists)  # committed just after
         assert (await asyncio.to_thread(node.blob_path(digest).read_bytes)) == data
