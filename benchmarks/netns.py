@@ -92,6 +92,27 @@ class Namespace:
                       "prio", str(prio), "u32", "match", match, "sport", str(port), "0xffff",
                       "flowid", SHAPED])  # fmt: skip
 
+    def shape_sources(self, hosts: Sequence[str], port: int, rate: str) -> list[str]:
+        """Give each of ``hosts`` its own "NIC": what leaves ``host:port`` is limited to ``rate``.
+
+        Call after :meth:`shape_port` (it adds classes under the same htb root). The cluster
+        benchmark uses it for the peer listeners, so a fan-out model with a known NIC rate can
+        be checked against a run. Returns the class ids, one per host, in order.
+        """
+        bits = _tc_rate_bits(rate)
+        burst = max(128 * 1024, int(bits / 8 * 0.004))
+        classes = []
+        for i, host in enumerate(hosts):
+            classid = f"1:{10 + i}"
+            self.run(["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", classid,
+                      "htb", "rate", rate, "burst", str(burst), "cburst", str(burst),
+                      "quantum", "65536"])  # fmt: skip
+            self.run(["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip",
+                      "prio", str(10 + i), "u32", "match", "ip", "src", f"{host}/32",
+                      "match", "ip", "sport", str(port), "0xffff", "flowid", classid])  # fmt: skip
+            classes.append(classid)
+        return classes
+
     def shaped_bytes(self, classid: str = SHAPED) -> int:
         """Bytes sent through htb class ``classid`` (the shaped port's egress) so far."""
         out = self.run(["tc", "-s", "class", "show", "dev", "lo"])

@@ -35,6 +35,7 @@ from cachesvc.mirror.gate import Gate
 from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Router
+from cachesvc.ops.clusterprewarm import ClusterPrewarm
 from cachesvc.ops.inventory import Inventory
 from cachesvc.ops.nodewiring import WiringMonitor
 from cachesvc.ops.prewarm import Prewarmer
@@ -46,6 +47,7 @@ from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
 from cachesvc.server.admin_cluster import add_cluster_route
 from cachesvc.server.connections import GuardedSite
+from cachesvc.server.peer_prewarm import PeerPrewarm, add_prewarm_routes
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
 from cachesvc.store.pins import Pins
@@ -82,6 +84,7 @@ class _Parts:
     # Upstream registries' sessions, one per registry (upstream.session); ``session`` is
     # the cluster's (peer requests).
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+    cluster_prewarm: ClusterPrewarm | None = None  # "scope": "cluster" prewarm jobs
 
 
 class Daemon:
@@ -181,6 +184,7 @@ class Daemon:
         return _Parts(
             store, session, fills, mirror, leases, pins, evictor, inventory, prewarm, checks,
             scrubber, cluster, sessions,
+            ClusterPrewarm(prewarm, cluster, config.prewarm.retention) if cluster else None,
         )  # fmt: skip
 
     def _cluster(self, session: aiohttp.ClientSession) -> Cluster | None:
@@ -298,6 +302,7 @@ class Daemon:
                 metrics=self.metrics,
                 default_registry=self.config.default_registry,
                 checks=parts.checks,
+                cluster_prewarm=parts.cluster_prewarm,
             ),
         )
         return app
@@ -348,6 +353,7 @@ class Daemon:
             return
         await cluster.start()
         peers = peer_api.peer_app(cluster, self.parts.mirror, self.metrics)
+        add_prewarm_routes(peers, PeerPrewarm(self.parts.prewarm))
         listen = ListenAddress(self.config.cluster.listen.host, self.config.cluster.listen.port)
         self.peer_address = await self._listen(
             peers, listen, "cluster.listen", server_tls(self.config.cluster)
@@ -420,6 +426,8 @@ class Daemon:
         if parts is not None:
             if parts.cluster is not None:
                 await parts.cluster.stop()
+            if parts.cluster_prewarm is not None:
+                await parts.cluster_prewarm.close()
             await parts.prewarm.close()
             await parts.checks.close()
             await parts.scrubber.stop()

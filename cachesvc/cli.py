@@ -8,6 +8,7 @@ cachesvc containerd-config [--write [DIR]] [--containerd-config F --host-root R]
                                            into the directory containerd is found to read
 cachesvc prewarm REF... [--file F] [--platform P ...] [--pin] [--admin URL] [--token-file F]
                                            prewarm images with progress; exit 0 only if all did
+                 [--cluster]               on every cluster member (one job, a bar per member)
 cachesvc status [--admin URL]              health summary from /metrics and /readyz
 cachesvc images [--registry R] [--repository R] [--pinned] [--json]
                                            the inventory as a table
@@ -144,6 +145,9 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="platform to fetch from an index (repeatable; default: the "
                          "node's own)")  # fmt: skip
     prewarm.add_argument("--pin", action="store_true", help="pin the images (no eviction)")
+    prewarm.add_argument("--cluster", action="store_true",
+                         help="prewarm on every cluster member (cluster mode; one upstream "
+                         "fetch per blob for the whole cluster)")  # fmt: skip
     status = sub.add_parser("status", help="health summary: hit ratio, cache fill, upstreams")
     images = sub.add_parser("images", help="list cached images")
     images.add_argument("--registry", help="only this registry")
@@ -239,7 +243,10 @@ async def _admin_command(args: argparse.Namespace, client: AdminClient) -> int:
         case "cancel":
             return await run_cancel(client, args.job, out)
     refs = _references(args)
-    return await run_prewarm(client, refs, args.platform, args.pin, out, tty=out.isatty())
+    return await run_prewarm(
+        client, refs, args.platform, args.pin, out, tty=out.isatty(),
+        scope="cluster" if args.cluster else "node",
+    )  # fmt: skip
 
 
 def _mirror_url(config: Config, override: str | None) -> str:

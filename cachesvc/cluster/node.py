@@ -44,6 +44,7 @@ class Cluster:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.timeouts = timeouts  # a fill's source chain times out a stalled source with these
         self.self_address = config.advertise
         self.tokens = TokenFile.load(
             config.token_file, config_key="cluster.token_file", clock=clock.monotonic

@@ -15,6 +15,7 @@ not worse than asking that upstream ourselves. Failures are ``UpstreamUnreachabl
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,11 +32,16 @@ from cachesvc.tokenfile import TokenFile
 from cachesvc.upstream.body import BlobBody, read_whole
 from cachesvc.upstream.client import Answer
 
-__all__ = ["CONNECT_TIMEOUT", "PEER_HEADER", "PeerBlob", "PeerClient", "PeerFailed"]
+__all__ = [
+    "CONNECT_TIMEOUT", "MAX_CONTROL_BYTES", "PEER_HEADER", "PREWARM_PATH", "PeerBlob",
+    "PeerClient", "PeerFailed",
+]  # fmt: skip
 
 CONNECT_TIMEOUT = 0.5  # seconds: a dead peer costs at most this before the next source
 MAX_HOPS = 3  # redirects followed (a fan-out tree deeper than 3 hops from one ask is odd)
 PEER_HEADER = "X-Cachesvc-Peer"
+PREWARM_PATH = "/cluster/v1/prewarm"  # the one control route of the peer API (peer_prewarm)
+MAX_CONTROL_BYTES = 256 * 1024  # a prewarm answer: 500 images' progress fits easily
 
 
 class PeerFailed(UpstreamUnreachable):
@@ -105,6 +111,20 @@ class PeerClient:
         finally:
             resp.release()
 
+    async def blob_size(
+        self, peer: PeerAddress, registry: str, repository: str, digest: Digest
+    ) -> int:
+        """HEAD a blob on ``peer`` (a blob HEAD asked of its owner): its size, or ``PeerFailed``."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        resp, served_by = await self._request(peer, "HEAD", path, registry, {})
+        try:
+            length = resp.headers.get("Content-Length", "")
+            if resp.status != 200 or not length.isdigit():
+                raise PeerFailed(served_by, f"answered a HEAD of {digest} with {resp.status}")
+            return int(length)
+        finally:
+            resp.release()
+
     async def manifest(
         self, peer: PeerAddress, registry: str, repository: str, reference: str, accept: str
     ) -> Answer:
@@ -121,6 +141,33 @@ class PeerClient:
             return Answer(resp.status, resp.headers, body, f"peer {served_by}")
         finally:
             resp.release()
+
+    async def control(
+        self, peer: PeerAddress, method: str, path: str, body: object = None
+    ) -> tuple[int, object]:
+        """A JSON request to a peer's prewarm route (never redirected); (status, JSON body).
+
+        Used by a cluster prewarm to start and follow each member's part. The answer is
+        read bounded (``MAX_CONTROL_BYTES``); anything that is not JSON is ``PeerFailed``.
+        """
+        headers = {
+            "Authorization": f"Bearer {self._tokens.first()}",
+            PEER_HEADER: str(self._self),
+            "Content-Type": "application/json",
+        }
+        data = json.dumps(body).encode() if body is not None else None
+        url = URL(f"{self._scheme}://{peer}{path}")
+        resp = await self._send(peer, method, url, headers, data)
+        try:
+            raw = await read_whole(resp, MAX_CONTROL_BYTES, f"peer {peer}", path)
+        except RegistryError as exc:
+            raise PeerFailed(peer, exc.message) from None
+        finally:
+            resp.release()
+        try:
+            return resp.status, json.loads(raw) if raw else {}
+        except ValueError:
+            raise PeerFailed(peer, f"answered {resp.status} with a body that is not JSON") from None
 
     async def _request(
         self, peer: PeerAddress, method: str, path: str, registry: str, extra: Mapping[str, str]
@@ -144,7 +191,12 @@ class PeerClient:
         raise PeerFailed(peer, f"more than {MAX_HOPS} redirects")
 
     async def _send(
-        self, peer: PeerAddress, method: str, url: URL, headers: Mapping[str, str]
+        self,
+        peer: PeerAddress,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        data: bytes | None = None,
     ) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT + self._timeouts.first_byte):
@@ -152,6 +204,7 @@ class PeerClient:
                     method,
                     url,
                     headers=headers,
+                    data=data,
                     allow_redirects=False,
                     auto_decompress=False,
                     timeout=self._timeout,

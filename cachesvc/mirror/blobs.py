@@ -24,7 +24,13 @@ from cachesvc.metrics import Metrics
 from cachesvc.mirror.fill import BodyOpener, Fill
 from cachesvc.mirror.fills import FillManager
 from cachesvc.mirror.routing import Target
-from cachesvc.mirror.sources import PeerSource, Source, SourceChain, UpstreamSource
+from cachesvc.mirror.sources import (
+    PeerSource,
+    Source,
+    SourceChain,
+    UpstreamSource,
+    size_from_peers,
+)
 from cachesvc.oci import Digest
 from cachesvc.store.lease import Lease, Leases
 from cachesvc.store.store import Store
@@ -225,6 +231,12 @@ class Blobs:
         fill = self._fills.get(digest)
         if fill is not None and fill.ready.done() and fill.size is not None and not fill.finished:
             return fill.size, "coalesced", fill.endpoint
+        if self._cluster is not None:  # the owner answers (from_peer: no peers are asked)
+            found = await size_from_peers(
+                self._cluster[0], target.registry, target.repository, digest
+            )
+            if found is not None:
+                return found[0], "miss", found[1]
         answer = await self._upstreams[target.registry].fetch(
             "HEAD",
             f"/v2/{target.repository}/blobs/{digest}",

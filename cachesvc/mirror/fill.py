@@ -386,9 +386,10 @@ class Fill:
     async def _receive(self, body: BlobBody, ingest: Ingest) -> None:
         received = self._metrics.upstream_bytes.labels(self.registry)
         chunks = body.chunks.__aiter__()
+        stall = None if body.guards_stall else self._stall  # a chain resumes from a stall
         while True:
             try:
-                async with asyncio.timeout(self._stall):
+                async with asyncio.timeout(stall):
                     chunk = await anext(chunks, None)
             except TimeoutError:
                 raise UpstreamTimeout(f"upstream stalled: no bytes for {self._stall:g}s") from None

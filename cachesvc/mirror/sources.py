@@ -10,6 +10,9 @@ bytes from a peer are trusted no more than bytes from upstream.
 - A source that dies mid-transfer costs a retry, not a failed fill: the chain asks the next
   source for the rest (``Range: bytes=<received>-``) and goes on yielding. The fill's hash
   state and its followers never notice (they see no error, only a pause).
+- A source that stalls without closing (no bytes for ``timeouts.stall``) counts as one that
+  died: the chain times each source out itself (the fill leaves stalls to it) and resumes
+  from the next source; only the last source's stall fails the fill, as an upstream's would.
 - A digest mismatch is found by the fill at the end; :meth:`SourceChain.settle` then blocks
   every peer that supplied bytes of it (``cluster.block_for``), so the next attempt (the
   client's retry) is served from the next source. The wrong bytes were never released whole.
@@ -17,6 +20,7 @@ bytes from a peer are trusted no more than bytes from upstream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -24,6 +28,7 @@ from typing import Protocol
 
 from cachesvc.cluster.node import Cluster
 from cachesvc.cluster.peerclient import PeerFailed
+from cachesvc.cluster.ranking import BlobKey
 from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import (
     DigestMismatch,
@@ -37,7 +42,7 @@ from cachesvc.oci import Digest
 from cachesvc.upstream.body import BlobBody
 from cachesvc.upstream.client import Upstream
 
-__all__ = ["PeerSource", "Source", "SourceChain", "UpstreamSource"]
+__all__ = ["PeerSource", "Source", "SourceChain", "UpstreamSource", "size_from_peers"]
 
 log = logging.getLogger("cachesvc.sources")
 
@@ -94,6 +99,32 @@ class PeerSource:
             raise
 
 
+async def size_from_peers(
+    cluster: Cluster, registry: str, repository: str, digest: Digest
+) -> tuple[int, str] | None:
+    """A blob HEAD asked of the blob's owner (then the next in rank): (size, ``peer X``).
+
+    None when no peer answered 200 with a size (this daemon owns it, or every peer failed):
+    the caller asks upstream then. So a rollout's HEADs cost upstream one per blob, at the
+    owner, instead of one per node. Nothing from a peer is trusted here either: a size is
+    only a HEAD's answer, and the GET that follows is hashed as always.
+    """
+    for peer in cluster.peers_for(BlobKey(str(digest))):
+        try:
+            size = await cluster.client.blob_size(peer, registry, repository, digest)
+        except PeerFailed as exc:
+            cluster.failed(exc)
+            log.info("blob HEAD from %s failed: %s", peer, exc.message)
+            continue
+        except RegistryError as exc:  # a timeout: the next peer, then upstream
+            log.info("blob HEAD from %s failed: %s", peer, exc.message)
+            continue
+        cluster.health.mark_ok(peer)
+        cluster.metrics.upstream_avoided.inc()
+        return size, f"peer {peer}"
+    return None
+
+
 class SourceChain:
     """A fill's sources in fallback order; ``open`` is the fill's ``BodyOpener``."""
 
@@ -110,6 +141,7 @@ class SourceChain:
         self._registry = registry
         self._metrics = metrics
         self._cluster = cluster
+        self._stall = cluster.timeouts.stall if cluster is not None else None
         self._stack = AsyncExitStack()
         self.supplied: list[Source] = []  # sources that sent bytes, in order
         self.resumes = 0
@@ -125,7 +157,8 @@ class SourceChain:
         try:
             body, index = await self._open_from(0, 0)
             chunks = self._chunks(body, index, body.size)
-            yield BlobBody(body.size, chunks, body.endpoint, counted=True)
+            guarded = self._stall is not None  # else the fill times stalls out itself
+            yield BlobBody(body.size, chunks, body.endpoint, counted=True, guards_stall=guarded)
         finally:
             await self._stack.aclose()
 
@@ -154,7 +187,7 @@ class SourceChain:
         while True:
             source = self._sources[index]
             try:
-                async for chunk in body.chunks:
+                async for chunk in self._guarded(source, body):
                     received += len(chunk)
                     self._count(source, len(chunk))
                     yield chunk
@@ -163,8 +196,8 @@ class SourceChain:
                 if index + 1 >= len(self._sources):
                     raise
                 log.warning("%s died after %d bytes, resuming: %s", source.label, received, exc)
-                if isinstance(exc, PeerFailed) and self._cluster is not None:
-                    self._cluster.health.mark_unreachable(exc.peer)
+                if self._cluster is not None and source.peer is not None:
+                    self._cluster.health.mark_unreachable(source.peer)
                 await self._stack.aclose()
                 body, index = await self._open_from(index + 1, received)
                 self.resumes += 1
@@ -172,6 +205,21 @@ class SourceChain:
                     raise UpstreamError(
                         f"{self._sources[index].label} disagrees on the blob's size"
                     ) from None
+
+    async def _guarded(self, source: Source, body: BlobBody) -> AsyncIterator[bytes]:
+        """``body``'s chunks; no bytes for ``stall`` seconds is ``UpstreamTimeout`` (a cut)."""
+        chunks = body.chunks.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self._stall):
+                    chunk = await anext(chunks, None)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"{source.label} stalled: no bytes for {self._stall:g}s"
+                ) from None
+            if chunk is None:
+                return
+            yield chunk
 
     def _count(self, source: Source, count: int) -> None:
         if source.peer is None:

@@ -111,16 +111,24 @@ async def run_prewarm(
     *,
     tty: bool,
     interval: float | None = None,
+    scope: str = "node",
 ) -> int:
-    """Submit a job, follow it with progress output, and end with a summary."""
+    """Submit a job, follow it with progress output, and end with a summary.
+
+    ``scope="cluster"``: every member prewarms; the job's images are one row per member
+    and image (``<member> <ref>``), so the same bars show each member's progress.
+    """
     progress = Progress(out, tty=tty)
     interval = interval if interval is not None else (0.2 if tty else 1.0)
     async with aiohttp.ClientSession() as session:
-        body = {"images": refs, "platforms": platforms or None, "pin": pin}
+        body: dict[str, object] = {"images": refs, "platforms": platforms or None, "pin": pin}
+        if scope != "node":
+            body["scope"] = scope
         job = await client.call(session, "POST", "/admin/v1/prewarm", body)
         job_id = job["id"]
         if not tty:
-            out.write(f"prewarm job {job_id}: {len(refs)} images, platforms "
+            members = f" on {len(job['members'])} members" if "members" in job else ""
+            out.write(f"prewarm job {job_id}: {len(refs)} images{members}, platforms "
                       f"{', '.join(job['platforms'])}{', pin' if pin else ''}\n")  # fmt: skip
         try:
             while True:

@@ -3,6 +3,7 @@
 ::
 
     POST   /admin/v1/prewarm          {"images": [...], "platforms": [...], "pin": bool} -> 202
+                                      "scope": "cluster": every member (ops.clusterprewarm)
     GET    /admin/v1/jobs             every job still kept
     GET    /admin/v1/jobs/<id>        one job: per-image state, bytes/blobs done/total
     DELETE /admin/v1/jobs/<id>        cancel it
@@ -32,8 +33,9 @@ from aiohttp import web
 from cachesvc.errors import AdminError, CachesvcError, NotFound
 from cachesvc.metrics import Metrics
 from cachesvc.oci.reference import parse_reference
+from cachesvc.ops.clusterprewarm import ClusterJob, ClusterPrewarm
 from cachesvc.ops.inventory import Inventory
-from cachesvc.ops.prewarm import Prewarmer
+from cachesvc.ops.prewarm import Job, Prewarmer
 from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.store.pins import Pins
 from cachesvc.tokenfile import TokenFile
@@ -61,6 +63,7 @@ class AdminServices:
     metrics: Metrics
     default_registry: str | None
     checks: StoreChecks | None = None  # verify jobs (issue 11)
+    cluster_prewarm: ClusterPrewarm | None = None  # cluster mode: "scope": "cluster"
 
 
 SERVICES_KEY = web.AppKey("admin_services", AdminServices)
@@ -134,23 +137,52 @@ async def post_prewarm(request: web.Request) -> web.Response:
     pin = data.get("pin", False)
     if not isinstance(pin, bool):
         raise AdminError("pin must be true or false")
-    job = request.app[SERVICES_KEY].prewarm.submit(images, _strings(data, "platforms"), pin)
+    services = request.app[SERVICES_KEY]
+    platforms = _strings(data, "platforms")
+    job: Job | ClusterJob
+    if _scope(data, services) == "cluster":
+        assert services.cluster_prewarm is not None
+        job = services.cluster_prewarm.submit(images, platforms, pin)
+    else:
+        job = services.prewarm.submit(images, platforms, pin)
     return web.json_response(
         {"id": job.id, "url": f"{PREFIX}/jobs/{job.id}", **job.to_json()}, status=202
     )
 
 
+def _scope(data: dict[str, object], services: AdminServices) -> str:
+    """``node`` (the default) or ``cluster`` (cluster mode only)."""
+    scope = data.get("scope", "node")
+    if scope not in ("node", "cluster"):
+        raise AdminError('scope must be "node" or "cluster"')
+    if scope == "cluster" and services.cluster_prewarm is None:
+        raise AdminError("scope cluster needs cluster mode: this daemon has no cluster: section")
+    return str(scope)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
-    """Every kept job, newest first."""
-    jobs = request.app[SERVICES_KEY].prewarm.list()
+    """Every kept job (cluster jobs too), newest first."""
+    services = request.app[SERVICES_KEY]
+    jobs: list[Job | ClusterJob] = list(services.prewarm.list())
+    if services.cluster_prewarm is not None:
+        jobs += services.cluster_prewarm.list()
+    jobs.sort(key=lambda j: j.created, reverse=True)
     return web.json_response({"jobs": [j.to_json() for j in jobs]})
 
 
+def _cluster_job(services: AdminServices, job_id: str) -> ClusterJob | None:
+    if services.cluster_prewarm is None:
+        return None
+    return services.cluster_prewarm.get(job_id)
+
+
 async def get_job(request: web.Request) -> web.Response:
-    """One job (prewarm or verify)."""
-    services = request.app[SERVICES_KEY]
-    check = services.checks.find(request.match_info["id"]) if services.checks else None
-    job = check if check is not None else services.prewarm.get(request.match_info["id"])
+    """One job (prewarm, cluster prewarm or verify; a cluster job shows every member)."""
+    services, job_id = request.app[SERVICES_KEY], request.match_info["id"]
+    check = services.checks.find(job_id) if services.checks else None
+    if check is not None:
+        return web.json_response(check.to_json())
+    job = _cluster_job(services, job_id) or services.prewarm.get(job_id)
     return web.json_response(job.to_json())
 
 
@@ -166,8 +198,13 @@ async def post_verify(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    """Cancel a job."""
-    job = request.app[SERVICES_KEY].prewarm.cancel(request.match_info["id"])
+    """Cancel a job (a cluster job: every member's part)."""
+    services, job_id = request.app[SERVICES_KEY], request.match_info["id"]
+    job: Job | ClusterJob
+    if _cluster_job(services, job_id) is not None and services.cluster_prewarm is not None:
+        job = services.cluster_prewarm.cancel(job_id)
+    else:
+        job = services.prewarm.cancel(job_id)
     return web.json_response(job.to_json(), status=202)
 
 

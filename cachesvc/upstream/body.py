@@ -23,6 +23,7 @@ class BlobBody:
     chunks: AsyncIterator[bytes]
     endpoint: str | None = None  # the upstream endpoint that answered (for the access log)
     counted: bool = False  # the source counts its own received bytes (a chain of sources)
+    guards_stall: bool = False  # the source times out stalls itself (a chain: resumes instead)
 
 
 async def read_whole(
