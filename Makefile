@@ -46,7 +46,7 @@ bench: $(STAMP)
 	bash scripts/install-peers.sh
 	$(PY) -m benchmarks
 
-## deploy-check: render deploy/ (with and without the Prometheus Operator component) and
+## deploy-check: render deploy/ (alone, with the Prometheus Operator component, with cluster/) and
 ## validate it strictly, promtool check + unit-test the alerts, hadolint the Dockerfile
 K8S_VERSIONS ?= 1.33.0 1.37.0
 RENDERED := $(VENV)/deploy-rendered
@@ -54,13 +54,17 @@ deploy-check: $(STAMP)
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)/monitoring
 	printf 'resources: [../../../deploy]\ncomponents: [../../../deploy/components/prometheus-operator]\n' \
 	  > $(RENDERED)/monitoring/kustomization.yaml
+	mkdir -p $(RENDERED)/cluster
+	printf 'resources: [../../../deploy]\ncomponents: [../../../deploy/cluster]\n' \
+	  > $(RENDERED)/cluster/kustomization.yaml
+	$(PY) scripts/deploy_render.py $(RENDERED)/cluster --out $(RENDERED)/cluster.yaml
 	$(PY) scripts/deploy_render.py deploy --out $(RENDERED)/deploy.yaml
 	$(PY) scripts/deploy_render.py deploy/cleanup --out $(RENDERED)/cleanup.yaml
 	$(PY) scripts/deploy_render.py $(RENDERED)/monitoring --out $(RENDERED)/monitoring.yaml
 	$(PY) scripts/deploy_render.py --check-rules
 	for v in $(K8S_VERSIONS); do \
 	  $(VENV)/bin/kubernetes-validate --strict --quiet -k $$v \
-	    $(RENDERED)/deploy.yaml $(RENDERED)/cleanup.yaml || exit 1; done
+	    $(RENDERED)/deploy.yaml $(RENDERED)/cleanup.yaml $(RENDERED)/cluster.yaml || exit 1; done
 	promtool check rules deploy/prometheus-rules.yaml
 	promtool test rules deploy/tests/rules-test.yaml
 	$(VENV)/bin/hadolint Dockerfile

@@ -337,8 +337,9 @@ class Metrics:
         )
         self.upstream_auth_failures = Counter(
             "cachesvc_upstream_auth_failures_total",
-            "Upstream refusals of the mirror's own credentials (401 after the challenge, or "
-            "403), by status code.",
+            "Upstream refusals of the mirror's own credentials, by the registry or its token "
+            "service (401 after the challenge, or 403; a 401 challenge cachesvc has no "
+            "credentials for counts as 401), by status code.",
             ["registry", "code"],
             registry=registry,
         )
@@ -486,6 +487,8 @@ class Metrics:
         """
         for name, urls in endpoints.items():
             self.digest_mismatches.labels(name)
+            for code in PRIMED_AUTH_CODES:
+                self.upstream_auth_failures.labels(name, code)
             for kind in PRIMED_KINDS:
                 for result in PRIMED_RESULTS:
                     self.requests.labels(kind, result, name)
@@ -501,3 +504,4 @@ PRIMED_KINDS = ("manifest", "blob", "tags", "referrers")
 PRIMED_RESULTS = ("hit", "miss", "coalesced", "stale", "error", "passthrough")
 PRIMED_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 PRIMED_FAILURE_REASONS = ("connect", "timeout", "5xx", "429", "redirect")
+PRIMED_AUTH_CODES = ("401", "403")

@@ -29,7 +29,11 @@ RULES = ROOT / "deploy" / "prometheus-rules.yaml"
 PROMETHEUS_RULE = ROOT / "deploy" / "components" / "prometheus-operator" / "prometheusrule.yaml"
 
 _KEYS = {"apiVersion", "kind", "namespace", "resources", "components", "configMapGenerator",
-         "images"}  # fmt: skip
+         "images", "patches"}  # fmt: skip
+# Strategic merge: the lists of a pod spec merged by key (Kubernetes' patchMergeKey); any
+# other list is replaced, maps are merged (what deploy/cluster's DaemonSet patch needs).
+_MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
+               "volumeMounts": "mountPath", "ports": "containerPort"}  # fmt: skip
 _CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding",
                    "CustomResourceDefinition"}  # fmt: skip
 Doc = dict[str, Any]
@@ -111,6 +115,46 @@ def _set_images(docs: list[Doc], images: list[Doc]) -> None:
                         container["image"] = image.get("newName", name) + tag
 
 
+def _merge(base: Any, patch: Any, field: str = "") -> Any:
+    """``patch`` over ``base`` as a strategic-merge patch does (the subset above)."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _merge(base[key], value, key) if key in base else value
+        return merged
+    key = _MERGE_KEYS.get(field)
+    if key is not None and isinstance(base, list) and isinstance(patch, list):
+        merged_list, added = list(base), []
+        for item in patch:
+            index = next((i for i, b in enumerate(merged_list) if b.get(key) == item.get(key)),
+                         None)  # fmt: skip
+            if index is None:
+                added.append(item)
+            else:
+                merged_list[index] = _merge(merged_list[index], item)
+        return added + merged_list  # kustomize puts the new items first
+    return patch
+
+
+def _patch(directory: Path, docs: list[Doc], entry: Doc) -> None:
+    """One ``patches:`` entry: a strategic-merge patch file, applied to its target."""
+    unknown = sorted(set(entry) - {"path", "target"})
+    if unknown:
+        raise RenderError(f"{directory}: patches entry with unsupported keys {unknown}")
+    patch = yaml.safe_load((directory / entry["path"]).read_text())
+    target = entry.get("target") or {"kind": patch["kind"], "name": patch["metadata"]["name"]}
+    hits = [i for i, d in enumerate(docs) if d["kind"] == target.get("kind", d["kind"])
+            and d["metadata"]["name"] == target.get("name", d["metadata"]["name"])]  # fmt: skip
+    if not hits:
+        raise RenderError(f"{directory / entry['path']}: no resource matches {target}")
+    for i in hits:
+        patched = dict(patch)
+        patched["metadata"] = {**patch.get("metadata", {}), "name": docs[i]["metadata"]["name"]}
+        if "namespace" in docs[i]["metadata"]:
+            patched["metadata"]["namespace"] = docs[i]["metadata"]["namespace"]
+        docs[i] = _merge(docs[i], patched)
+
+
 def _apply(directory: Path, kustomization: Doc, docs: list[Doc]) -> list[Doc]:
     """One kustomization's own resources, generators and transformers over ``docs``."""
     for resource in kustomization.get("resources", []):
@@ -126,6 +170,8 @@ def _apply(directory: Path, kustomization: Doc, docs: list[Doc]) -> list[Doc]:
         config_map, name = _generate(directory, generator)
         docs.append(config_map)
         names[name] = config_map["metadata"]["name"]
+    for entry in kustomization.get("patches", []):
+        _patch(directory, docs, entry)
     _rename_config_maps(docs, names)
     _set_images(docs, kustomization.get("images", []))
     if "namespace" in kustomization:

@@ -159,6 +159,9 @@ async def test_refusals_name_the_registry_and_the_mirrors_credentials_with_a_met
         assert error["code"] == "UNAUTHORIZED"
         assert "fake.test" in error["message"]
         assert "no credentials for fake.test" in error["message"]
+        failures = {"registry": "fake.test", "code": "401"}
+        # No credentials for a Basic challenge: an auth failure too (the alert's counter).
+        assert await metric(http, daemon, "cachesvc_upstream_auth_failures_total", **failures) == 1
 
         overwrite(path, docker_config({"fake.test": basic_entry("alice", "wrong")}))
         async with http.get(blob_url(daemon, digest)) as resp:
@@ -166,16 +169,7 @@ async def test_refusals_name_the_registry_and_the_mirrors_credentials_with_a_met
             error = (await resp.json())["errors"][0]
         assert "fake.test refused the mirror's credentials" in error["message"]
         assert "expired" in error["message"]
-        assert (
-            await metric(
-                http,
-                daemon,
-                "cachesvc_upstream_auth_failures_total",
-                registry="fake.test",
-                code="401",
-            )
-            == 1
-        )
+        assert await metric(http, daemon, "cachesvc_upstream_auth_failures_total", **failures) == 2
 
         fake.gate = None
         fake.faults.status = 403

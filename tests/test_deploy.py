@@ -55,13 +55,26 @@ def _monitoring_overlay(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("which", ["deploy", "cleanup", "monitoring"])
+def _cluster_overlay(tmp_path: Path) -> Path:
+    """deploy/ with the cluster component, as the README's overlay has it."""
+    base = os.path.relpath(DEPLOY, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{base}]\ncomponents: [{base}/cluster]\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("which", ["deploy", "cleanup", "monitoring", "cluster"])
 def test_the_renderer_agrees_with_kubectl_kustomize(which: str, tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed: only scripts/deploy_render.py renders deploy/")
     directory = {"deploy": DEPLOY, "cleanup": DEPLOY / "cleanup",
-                 "monitoring": _monitoring_overlay(tmp_path)}[which]  # fmt: skip
+                 "monitoring": tmp_path, "cluster": tmp_path}[which]  # fmt: skip
+    if which == "monitoring":
+        _monitoring_overlay(tmp_path)
+    if which == "cluster":
+        _cluster_overlay(tmp_path)
     out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
                          check=True, timeout=60).stdout  # fmt: skip
 
@@ -215,6 +228,30 @@ def test_every_alert_has_a_promtool_test() -> None:
 
 
 def test_the_renderer_refuses_what_it_does_not_do(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches: [{path: p.yaml}]\n")
-    with pytest.raises(render.RenderError, match=r"unsupported keys \['patches'\]"):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nreplacements: [{path: p.yaml}]\n")
+    with pytest.raises(render.RenderError, match=r"unsupported keys \['replacements'\]"):
         render.render(tmp_path)
+
+
+@pytest.mark.parametrize("overlay", ["deploy", "cluster"])
+def test_every_cachesvc_command_line_parses_and_checks_the_wiring(
+    overlay: str, tmp_path: Path
+) -> None:
+    """Each container's `cachesvc ...` words (after `exec` in a shell line) are what the CLI
+    accepts, and the init container of either layout checks containerd's config.toml (a
+    bare `--write DIR` would write hosts files nobody may read)."""
+    from cachesvc.cli import _parser
+
+    docs = render.render(DEPLOY if overlay == "deploy" else _cluster_overlay(tmp_path))
+    pod = _by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]
+    seen = {}
+    for container in pod["initContainers"] + pod["containers"]:
+        words = " ".join(container.get("command", []) + container.get("args", [])).split()
+        start = words.index("cachesvc") + 1 if "cachesvc" in words else 0
+        seen[container["name"]] = _parser().parse_args(words[start:])
+    assert seen["cachesvc"].command == "serve"
+    init = seen["containerd-hosts"]
+    assert init.command == "containerd-config"
+    assert init.containerd_config == "/host/etc/containerd/config.toml"
+    assert init.host_root == "/host"
+    assert init.write is not None

@@ -18,6 +18,7 @@ from cachesvc.cli import main
 from cachesvc.config import ListenAddress, parse_config
 from cachesvc.ops.containerd import BACKUP_SUFFIX, HEADER
 from tests.conftest import daemon_for, make_config
+from tests.test_cli_admin import run_cli
 
 V2 = '[plugins."io.containerd.grpc.v1.cri".registry]'
 V3 = "[plugins.'io.containerd.cri.v1.images'.registry]"
@@ -197,6 +198,13 @@ async def test_readiness_reports_and_requires_the_wiring_when_checked(
         assert isinstance(detail, dict)
         assert detail["hosts_dir"] == "/etc/containerd/certs.d"
         assert any("docker.io: no " in p for p in detail["problems"])
+        # `cachesvc status` says which problems, not only "not wired".
+        code, out, _ = await run_cli("status", "--admin", daemon.admin_url)
+        assert code == 1
+        assert ("containerd:      NOT wired (hosts directory /etc/containerd/certs.d): pulls on "
+                "this node bypass the cache") in out  # fmt: skip
+        for problem in detail["problems"]:  # type: ignore[union-attr]
+            assert f"\n  {problem}\n" in out
         gauge = daemon.metrics.registry.get_sample_value
         assert gauge("cachesvc_containerd_wired") == 0
         # The init container's write, for this daemon's port: wired.
@@ -207,6 +215,9 @@ async def test_readiness_reports_and_requires_the_wiring_when_checked(
         status, body = await _ready(http, daemon.admin_url)
         assert (status, body["status"]) == (200, "ready")
         assert gauge("cachesvc_containerd_wired") == 1
+        code, out, _ = await run_cli("status", "--admin", daemon.admin_url)
+        assert code == 0
+        assert "containerd:      wired (hosts directory /etc/containerd/certs.d)" in out
         # One registry's file pointing elsewhere (a stale port): not wired again, named.
         node.hosts("ghcr.io").write_text('[host."http://127.0.0.1:1"]\n')
         await daemon.wiring.refresh(listen)
@@ -227,6 +238,8 @@ async def test_unchecked_wiring_stays_ready_and_says_so(
         assert status == 200
         assert body["containerd"] == {"checked": False, "wired": None,
                                       "problems": ["not checked: containerd.config is unset"]}  # fmt: skip
+        _, out, _ = await run_cli("status", "--admin", daemon.admin_url)
+        assert "containerd:      not checked: containerd.config is unset" in out
         assert daemon.metrics.registry.get_sample_value("cachesvc_containerd_wired") == 0
 
 

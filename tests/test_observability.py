@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import re
+import subprocess
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,6 +22,7 @@ from cachesvc.metrics import CHILDREN_LIMIT, Metrics
 from cachesvc.oci import Digest
 from tests.fakes.registry import FakeRegistry
 from tests.operator import TOKEN, add_index, admin_with_token, auth, submit, wait_job
+from tests.peers.require import require
 from tests.polling import eventually
 from tests.upstream_helpers import metrics, parse_metrics, sample
 
@@ -173,7 +176,81 @@ def _metric_names() -> set[str]:
 
 
 def _referenced(text: str) -> set[str]:
-    return set(re.findall(r"\bcachesvc_[a-z0-9_]+", text))
+    return set(re.findall(r"\b(?:cachesvc|process)_[a-z0-9_]+", text))
+
+
+def _dashboard_panels() -> list[dict[str, Any]]:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    return list(dashboard["panels"])
+
+
+# What a panel's unit may be for each kind of value an expression yields (Grafana unit ids).
+UNITS = {
+    "ratio": {"percentunit"},
+    "bytes": {"bytes"},
+    "bytes/s": {"Bps"},
+    "seconds": {"s"},
+    "per second": {"reqps", "ops"},
+    "count": {"short", "none"},
+}
+
+
+def _kind_of(expr: str) -> str:
+    """The kind of value ``expr`` yields, from metric naming conventions: a ratio of two
+    values, a quantile of a histogram, a rate of a counter, or a gauge (bytes, count)."""
+    names = _referenced(expr)
+    quantile = re.search(r"histogram_quantile\(.*?\b([a-z0-9_]+)_bucket\b", expr)
+    if quantile:
+        return "seconds" if quantile.group(1).endswith("_seconds") else "count"
+    if re.search(r"\)\s*/|\}\s*/", expr) or any(n.endswith("_seconds_total") for n in names):
+        return "ratio"  # a quotient, or seconds per second (CPU)
+    per_second = "rate(" in expr
+    if any(n.endswith("_bytes_total") for n in names):
+        return "bytes/s" if per_second else "bytes"
+    if per_second:
+        return "per second"
+    first = re.search(r"\b(?:cachesvc|process)_[a-z0-9_]+", expr)
+    assert first is not None, expr
+    return "bytes" if first.group(0).endswith("_bytes") and "increase(" not in expr else "count"
+
+
+def test_every_dashboard_panel_has_one_unit() -> None:
+    """One axis per panel: every expression yields the kind of value the panel's unit says
+    (no pinned bytes on a bytes/s axis, no job counts beside prewarm throughput)."""
+    mixed = {}
+    for panel in _dashboard_panels():
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        kinds = {t["expr"]: _kind_of(t["expr"]) for t in panel["targets"]}
+        wrong = {e: k for e, k in kinds.items() if unit not in UNITS[k]}
+        if wrong or panel["fieldConfig"].get("overrides"):
+            mixed[panel["title"]] = (unit, wrong)
+    assert mixed == {}
+    assert _kind_of("sum(cachesvc_pinned_bytes)") == "bytes"
+    assert _kind_of("sum(rate(cachesvc_prewarm_bytes_total[5m]))") == "bytes/s"
+    assert _kind_of("sum(cachesvc_prewarm_jobs_running)") == "count"
+
+
+def test_the_dashboard_shows_the_operators_questions() -> None:
+    exprs = " ".join(t["expr"] for p in _dashboard_panels() for t in p["targets"])
+    for name in ("process_resident_memory_bytes", "process_open_fds",
+                 "cachesvc_upstream_recent_errors", "cachesvc_containerd_wired",
+                 "cachesvc_storage_ready", "cachesvc_cluster_members",
+                 "cachesvc_peer_requests_total", "cachesvc_peer_received_bytes_total",
+                 "cachesvc_policy_decisions_total", "cachesvc_upstream_auth_failures_total",
+                 "cachesvc_pinned_bytes"):  # fmt: skip
+        assert name in exprs, name
+
+
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    """promtool parses PromQL offline: each panel expression as a recording rule."""
+    promtool = require("promtool", "prometheus")
+    rules = [{"record": f"panel_{p['id']}_{t['refId']}", "expr": t["expr"]}
+             for p in _dashboard_panels() for t in p["targets"]]  # fmt: skip
+    path = tmp_path / "panels.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_dashboard_and_alert_rules_reference_only_real_metrics() -> None:

@@ -13,7 +13,9 @@ from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.auth import TokenService, basic
 from tests.fakes.registry import FakeRegistry
-from tests.upstream_helpers import basic_entry, docker_config, editor_replace
+from tests.upstream_helpers import basic_entry, docker_config, editor_replace, metrics, sample
+
+AUTH_FAILURES = "cachesvc_upstream_auth_failures_total"
 
 
 async def get_blob(
@@ -130,6 +132,23 @@ async def test_a_token_service_that_keeps_refusing_is_a_clear_401(
         message = (await resp.json())["errors"][0]["message"]
     assert "token service of fake.test refused the mirror" in message
     assert "no credentials for fake.test" in message
+
+
+async def test_a_token_service_refusal_counts_as_an_auth_failure_from_zero(
+    fake: FakeRegistry, tokens: TokenService, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    """The rotated-secret alert (CachesvcUpstreamAuthFailures) reads one counter: a refusal
+    by the token service must count there, not only in the token-fetch errors, and the
+    series must exist at 0 before it so increase() sees the first one."""
+    before = await metrics(http, mirror)
+    for code in ("401", "403"):  # present (sample() reads an absent series as 0 too)
+        assert before[(AUTH_FAILURES, (("code", code), ("registry", "fake.test")))] == 0
+    tokens.anonymous = False
+    fake.gate = tokens
+    assert await get_blob(http, mirror, fake.add_blob(b"y")) == 401
+    after = await metrics(http, mirror)
+    assert sample(after, AUTH_FAILURES, registry="fake.test", code="401") == 1
+    assert sample(after, "cachesvc_token_fetches_total", registry="fake.test", result="error") == 1
 
 
 async def test_rotated_credentials_drop_cached_tokens(

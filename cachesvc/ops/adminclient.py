@@ -193,16 +193,40 @@ async def run_status(client: AdminClient, out: TextIO) -> int:
                 token_problem = exc
     samples = _samples(metrics_text)
     try:
-        state = json.loads(ready_body).get("status", "?")
-    except ValueError:
-        state = "?"
-    lines = [f"cachesvc at {client.url}: {state}", *_store_lines(samples), "upstream:"]
+        ready = json.loads(ready_body)
+        state = ready.get("status", "?")
+    except (ValueError, AttributeError):
+        ready, state = {}, "?"
+    lines = [f"cachesvc at {client.url}: {state}", *_readiness_lines(ready)]
+    lines += [*_store_lines(samples), "upstream:"]
     lines += _upstream_lines(samples, time.time())
     out.write("\n".join(lines) + "\n")
     if token_problem is not None:
         out.write(f"admin API:       {token_problem}\n")
         return token_problem.status
     return EXIT_OK if ready_status == 200 else EXIT_FAILED
+
+
+def _readiness_lines(ready: dict[str, object]) -> list[str]:
+    """What /readyz says is wrong, in its words: the storage problem, and whether
+    containerd on the node is wired (with each wiring problem on its own line), because
+    "not wired" alone does not say which file to fix."""
+    lines = []
+    if isinstance(ready.get("storage"), str):
+        lines.append(f"storage:         {ready['storage']}")
+    detail = ready.get("containerd")
+    if not isinstance(detail, dict):
+        return lines
+    problems = [str(p) for p in detail.get("problems") or [] if isinstance(p, str)]
+    if detail.get("checked") is not True:
+        lines.append(f"containerd:      {problems[0] if problems else 'not checked'}")
+    elif detail.get("wired") is True:
+        lines.append(f"containerd:      wired (hosts directory {detail.get('hosts_dir')})")
+    else:
+        where = f" (hosts directory {detail['hosts_dir']})" if detail.get("hosts_dir") else ""
+        lines.append(f"containerd:      NOT wired{where}: pulls on this node bypass the cache")
+        lines += [f"  {problem}" for problem in problems]
+    return lines
 
 
 def _store_lines(samples: Samples) -> list[str]:

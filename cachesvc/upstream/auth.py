@@ -188,6 +188,7 @@ class Authorizer:
         credential = self.credential(endpoint)
         if challenge is not None and challenge.scheme == "basic":
             if credential is None or not credential.password:
+                self._metrics.upstream_auth_failures.labels(self.registry, "401").inc()
                 raise UpstreamUnauthorized(
                     f"{self.registry} refused the mirror (401, Basic auth required): "
                     + refused_hint(self.registry, None)
@@ -195,6 +196,7 @@ class Authorizer:
             self._basic.add(endpoint)
             return credential.basic()
         if challenge is None or challenge.scheme != "bearer":
+            self._metrics.upstream_auth_failures.labels(self.registry, "401").inc()
             raise UpstreamUnauthorized(
                 f"{self.registry} refused the mirror (401) with no challenge cachesvc can "
                 f"answer: {refused_hint(self.registry, credential)}"
