@@ -4,7 +4,10 @@ For trying a change to a hit path: shorter than ``python -m benchmarks --before 
 distribution proxy, no cold fills), still interleaved in one run (A B A B ...), since two
 separate runs on this shared machine differ by more than most such changes. It measures the
 manifest by digest (``wrk -t1 -c32``: requests/s and p99) and the warm 256 MiB hit (one
-client; nginx with sendfile as the ceiling), and prints medians and B / A.
+client; nginx with sendfile as the ceiling), and prints medians and B / A. It also reports
+each daemon's CPU per request (from /proc): on a machine other work shares, the rates swing
+far more than a small change moves them (identical A and B have differed by 2x here), the
+CPU a request costs much less.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.content import MANIFEST_ACCEPT, Layout, push_image
+from benchmarks.cpu import cpu_seconds
 from benchmarks.load import download, download_executor, request_rate
 from benchmarks.measurement import MIB
 from benchmarks.revision import exported
@@ -64,14 +68,22 @@ async def _run(a_root: Path, reps: int, seconds: float, blob_size: int) -> dict[
         for rep in range(reps):
             order = ["A", "B"] if rep % 2 == 0 else ["B", "A"]
             for name in order:
+                pid = caches[name].child.pid
+                before = cpu_seconds(pid)
                 rate = await request_rate(manifest[name], CONNECTIONS, seconds, headers)
+                spent = cpu_seconds(pid) - before
                 if rate.non_2xx or rate.errors:
                     raise RuntimeError(f"{name}: {rate.non_2xx} non-2xx, {rate.errors} errors")
                 samples[f"{name} manifest req/s"].append(rate.requests_per_second)
                 samples[f"{name} manifest p99 ms"].append(rate.p99_ms)
+                requests = rate.requests_per_second * round(seconds)
+                samples[f"{name} manifest CPU us/req"].append(spent / requests * 1e6)
             for name in [*order, "nginx"]:
+                pid = caches[name].child.pid if name in caches else nginx.child.pid
+                before = cpu_seconds(pid)
                 transfer = await download(blobs[name], blob.size)
                 samples[f"{name} warm MiB/s"].append(transfer.mib_per_second)
+                samples[f"{name} warm CPU ms/hit"].append((cpu_seconds(pid) - before) * 1e3)
     finally:
         for service in reversed(services):
             service.stop()
@@ -81,11 +93,20 @@ async def _run(a_root: Path, reps: int, seconds: float, blob_size: int) -> dict[
 
 def _report(samples: dict[str, list[float]]) -> str:
     medians = {key: statistics.median(values) for key, values in samples.items()}
-    lines = [f"{key:24} median {value:10.2f}   {samples[key]}" for key, value in medians.items()]
-    for what in ("manifest req/s", "manifest p99 ms", "warm MiB/s"):
+    lines = [
+        f"{key:24} median {value:10.2f}   {[round(v, 1) for v in samples[key]]}"
+        for key, value in sorted(medians.items())
+    ]
+    for what in (
+        "manifest req/s",
+        "manifest p99 ms",
+        "manifest CPU us/req",
+        "warm MiB/s",
+        "warm CPU ms/hit",
+    ):
         a, b = medians.get(f"A {what}"), medians.get(f"B {what}")
         if a and b:
-            lines.append(f"B / A {what:18} {b / a:.3f}")
+            lines.append(f"B / A {what:20} {b / a:.3f}")
     nginx = medians.get("nginx warm MiB/s")
     for name in ("A", "B"):
         warm = medians.get(f"{name} warm MiB/s")
