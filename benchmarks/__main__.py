@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only) if args.only else None
     try:
         with contextlib.ExitStack() as stack:
-            before = None if args.before is None else stack.enter_context(
-                exported(REPO_ROOT, args.before)
+            before = (
+                None
+                if args.before is None
+                else stack.enter_context(exported(REPO_ROOT, args.before))
             )
             rows, problems = asyncio.run(_run(plan, reps, only, args.logs, before))
     except RevisionError as exc:

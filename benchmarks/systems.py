@@ -183,9 +183,7 @@ def write_cachesvc_config(
     return config, port, admin_port
 
 
-def spawn_cachesvc(
-    workdir: Path, name: str, config: Path, source_root: Path = REPO_ROOT
-) -> Child:
+def spawn_cachesvc(workdir: Path, name: str, config: Path, source_root: Path = REPO_ROOT) -> Child:
     """Start cachesvc without waiting for it (the start-up scenario times readiness itself).
 
     It runs the ``cachesvc`` package under ``source_root`` (this checkout unless told).
