@@ -1,14 +1,20 @@
-"""``python -m benchmarks [--smoke] [--reps N] [--out DIR]``: run every scenario, write the report.
+"""``python -m benchmarks [--smoke] [--reps N] [--out DIR] [--before REV]``: run, write the report.
+
+With ``--before REV`` that revision's cachesvc (exported from git, see ``revision``) runs as
+``cachesvc-before`` with the same configuration, interleaved with the others in cachesvc-uvloop's
+place, and the table gains a ``cachesvc vs cachesvc-before`` column.
 
 Exit status: 0 when every measurement could be taken (targets may still be missed: they are
-results, not errors); 1 when a scenario failed for some system, or cachesvc or cachesvc-uvloop
-could not be started (see the notes in the report); 2 when the lab itself could not be started.
+results, not errors); 1 when a scenario failed for some system, or cachesvc, cachesvc-uvloop or
+cachesvc-before could not be started (see the notes in the report); 2 when the lab itself could
+not be started or ``--before``'s revision could not be exported.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
 import sys
 import tempfile
@@ -21,9 +27,11 @@ from benchmarks.content import PushError
 from benchmarks.lab import Lab, Plan
 from benchmarks.load import download_executor
 from benchmarks.machine import this_machine
-from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP, Row
+from benchmarks.measurement import CACHESVC, CACHESVC_BEFORE, CACHESVC_UVLOOP, Row
 from benchmarks.processes import ChildError
 from benchmarks.report import chart, markdown
+from benchmarks.revision import Revision, RevisionError, exported
+from benchmarks.systems import REPO_ROOT
 
 DEFAULT_REPS = 9  # several ratios sit near their target lines: 9 medians flip less than 5
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -59,20 +67,28 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="run only the named scenario (repeatable): "
         "warm, cold, herd, manifests, containerd, memory, store",
     )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        default=None,
+        help="also run this git revision's cachesvc (same configuration) as cachesvc-before, "
+        "interleaved, instead of cachesvc-uvloop; adds a 'cachesvc vs cachesvc-before' column",
+    )
     return parser.parse_args(argv)
 
 
 async def _run(
-    plan: Plan, reps: int, only: set[str] | None, logs: Path | None
+    plan: Plan, reps: int, only: set[str] | None, logs: Path | None, before: Revision | None
 ) -> tuple[list[Row], list[str]]:
     """The rows, and the problems that are not a row's (a system that did not start)."""
     asyncio.get_running_loop().set_default_executor(download_executor())
-    async with Lab.open(plan, logs) as lab:
+    async with Lab.open(plan, logs, before) as lab:
         problems = [
             f"**failed:** {system} could not be started: {' '.join(reason.split())[:500]}"
             for system, reason in (
                 (CACHESVC, lab.cachesvc_reason),
                 (CACHESVC_UVLOOP, lab.cachesvc_uvloop_reason),
+                (CACHESVC_BEFORE, lab.cachesvc_before_reason),
             )
             if reason is not None
         ]
@@ -109,10 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine = this_machine()
     started = time.perf_counter()
+    only = set(args.only) if args.only else None
     try:
-        rows, problems = asyncio.run(
-            _run(plan, reps, set(args.only) if args.only else None, args.logs)
-        )
+        with contextlib.ExitStack() as stack:
+            before = (
+                None
+                if args.before is None
+                else stack.enter_context(exported(REPO_ROOT, args.before))
+            )
+            rows, problems = asyncio.run(_run(plan, reps, only, args.logs, before))
+    except RevisionError as exc:
+        print(f"--before {args.before}: {exc}", file=sys.stderr)
+        return 2
     except (ChildError, PushError) as exc:
         print(f"benchmark lab could not start: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     notes = [*problems, f"total run time {elapsed:.0f} s"]
     if not plan.containerd:
         notes.append("containerd scenario skipped in --smoke")
-    text = markdown(rows, machine, command.strip(), notes, reps, judged=not args.smoke)
+    text = markdown(
+        rows,
+        machine,
+        command.strip(),
+        notes,
+        reps,
+        judged=not args.smoke,
+        before=None if before is None else f"{before.subject} ({before.commit})",
+    )
     out: Path = args.out or (SMOKE_OUT if args.smoke else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(text)

@@ -27,7 +27,8 @@ import aiohttp
 from benchmarks.content import MANIFEST_ACCEPT, Image, Layout, push_image
 from benchmarks.netns import Namespace
 from benchmarks.processes import Child
-from benchmarks.systems import REGISTRY_BINARY, REPO_ROOT, _python_env
+from benchmarks.revision import python_env
+from benchmarks.systems import REGISTRY_BINARY, REPO_ROOT
 from cachesvc.cluster.ranking import BlobKey, ranking
 from cachesvc.config.peeraddress import PeerAddress
 
@@ -110,7 +111,7 @@ def start_nodes(system: str, n: int, root: Path, fanout: int) -> list[Child]:
                 config.write_text(json.dumps(_config(k, n, root, system, fanout)))
                 argv = [sys.executable, "-m", "cachesvc", "serve", "--config", str(config)]
                 children.append(Child(f"node{k}", argv, root / f"node{k}.log",
-                                      env=_python_env(), cwd=REPO_ROOT))  # fmt: skip
+                                      env=python_env(REPO_ROOT), cwd=REPO_ROOT))  # fmt: skip
         for k, child in enumerate(children):
             port = MIRROR_PORT if system == "distribution" else ADMIN_PORT
             path = "/v2/" if system == "distribution" else "/readyz"

@@ -2,7 +2,8 @@
 
 One ``Lab`` per run. ``Lab.open`` builds the images, starts the upstream registry, the
 distribution proxy, cachesvc (when it runs: once on the default asyncio loop, once with
-``event_loop: uvloop``) and nginx; closing the lab stops every child
+``event_loop: uvloop``, or instead of the uvloop one an older revision's cachesvc with the
+same configuration when ``--before`` names one) and nginx; closing the lab stops every child
 and removes the work directory, whatever happened in between.
 """
 
@@ -21,8 +22,9 @@ import aiohttp
 from benchmarks.access_log import count_requests
 from benchmarks.content import Descriptor, Image, Layout, push_image, upload_blob
 from benchmarks.machine import sha256_mib_per_second
-from benchmarks.measurement import CACHESVC, CACHESVC_UVLOOP, MIB
+from benchmarks.measurement import CACHESVC, CACHESVC_BEFORE, CACHESVC_UVLOOP, MIB
 from benchmarks.processes import ChildError
+from benchmarks.revision import Revision
 from benchmarks.systems import (
     Service,
     cachesvc_unavailable_reason,
@@ -87,6 +89,11 @@ class Lab:
     """The same cachesvc configuration plus ``event_loop: uvloop`` (None when it did not start)."""
     cachesvc_uvloop_reason: str | None
     """Why ``cachesvc_uvloop`` is not running although cachesvc is (None otherwise)."""
+    before: Revision | None
+    """The older revision ``cachesvc-before`` runs (``--before``); no cachesvc-uvloop then."""
+    cachesvc_before: Service | None
+    cachesvc_before_reason: str | None
+    """Why ``cachesvc_before`` is not running although it was asked for (None otherwise)."""
     big: Image
     small: Image
     index: Image
@@ -97,9 +104,10 @@ class Lab:
     def caches(self) -> list[Service]:
         """Every cache under comparison, cachesvc first when it runs: A B C A B C order.
 
-        For the scenarios where the event loop matters: includes cachesvc-uvloop.
+        For the scenarios where the event loop matters: includes cachesvc-uvloop (or, with
+        ``--before``, cachesvc-before in its place).
         """
-        candidates = (self.cachesvc, self.cachesvc_uvloop, self.distribution)
+        candidates = (self.cachesvc, self.cachesvc_before, self.cachesvc_uvloop, self.distribution)
         return [s for s in candidates if s is not None]
 
     @property
@@ -145,8 +153,13 @@ class Lab:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, plan: Plan, log_dir: Path | None = None) -> AsyncIterator[Lab]:
-        """Start everything; on exit stop every child and remove the work directory."""
+    async def open(
+        cls, plan: Plan, log_dir: Path | None = None, before: Revision | None = None
+    ) -> AsyncIterator[Lab]:
+        """Start everything; on exit stop every child and remove the work directory.
+
+        With ``before``, that revision's cachesvc runs in cachesvc-uvloop's place (run time).
+        """
         # The ceiling is the machine's, so it is taken while nothing else of ours runs.
         sha256_samples = tuple(sha256_mib_per_second(plan.blob_size) for _ in range(SHA256_RUNS))
         workdir = Path(tempfile.mkdtemp(prefix="cachesvc-bench-"))
@@ -161,18 +174,13 @@ class Lab:
                 nginx = start_nginx(workdir, layout.root / "blobs")
                 services.append(nginx)
                 reason = cachesvc_unavailable_reason()
-                cachesvc = cachesvc_uvloop = uvloop_reason = None
+                cachesvc = second = second_reason = None
                 if reason is None:
                     cachesvc = start_cachesvc(workdir, upstream, CACHESVC)
                     services.append(cachesvc)
-                    try:
-                        cachesvc_uvloop = start_cachesvc(
-                            workdir, upstream, CACHESVC_UVLOOP, event_loop="uvloop"
-                        )
-                    except ChildError as exc:  # reported (exit status 1), the rest still runs
-                        uvloop_reason = str(exc)
-                    else:
-                        services.append(cachesvc_uvloop)
+                    second, second_reason = _start_second_cachesvc(workdir, upstream, before)
+                    if second is not None:
+                        services.append(second)
                 big = layout.image(BIG_REPOSITORY, IMAGE_TAG, [plan.blob_size, plan.blob_size])
                 small = layout.image(SMALL_REPOSITORY, IMAGE_TAG, [4096, 8192, 16384])
                 index = layout.index(INDEX_REPOSITORY, IMAGE_TAG, ["amd64", "arm64"], 4096)
@@ -188,8 +196,11 @@ class Lab:
                     nginx=nginx,
                     cachesvc=cachesvc,
                     cachesvc_reason=reason,
-                    cachesvc_uvloop=cachesvc_uvloop,
-                    cachesvc_uvloop_reason=uvloop_reason,
+                    cachesvc_uvloop=second if before is None else None,
+                    cachesvc_uvloop_reason=second_reason if before is None else None,
+                    before=before,
+                    cachesvc_before=second if before is not None else None,
+                    cachesvc_before_reason=second_reason if before is not None else None,
                     big=big,
                     small=small,
                     index=index,
@@ -201,6 +212,24 @@ class Lab:
             if log_dir is not None:
                 _keep_logs(workdir, log_dir)
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_second_cachesvc(
+    workdir: Path, upstream: Service, before: Revision | None
+) -> tuple[Service | None, str | None]:
+    """cachesvc-uvloop, or with ``before`` that revision's cachesvc; (None, why) if it fails.
+
+    A failure is reported (exit status 1) and the rest of the run goes on.
+    """
+    try:
+        if before is None:
+            return start_cachesvc(workdir, upstream, CACHESVC_UVLOOP, event_loop="uvloop"), None
+        reason = cachesvc_unavailable_reason(before.root)
+        if reason is not None:
+            return None, reason
+        return start_cachesvc(workdir, upstream, CACHESVC_BEFORE, source_root=before.root), None
+    except ChildError as exc:
+        return None, str(exc)
 
 
 def _keep_logs(workdir: Path, log_dir: Path) -> None:

@@ -15,8 +15,10 @@ CACHESVC = "cachesvc"
 """cachesvc with its default configuration (asyncio event loop): the targets are judged on it."""
 CACHESVC_UVLOOP = "cachesvc-uvloop"
 """The same cachesvc configuration plus ``event_loop: uvloop``, measured for comparison only."""
-CACHESVC_SYSTEMS = (CACHESVC, CACHESVC_UVLOOP)
-SYSTEMS = (CACHESVC, CACHESVC_UVLOOP, BASELINE, "nginx", "sha256")
+CACHESVC_BEFORE = "cachesvc-before"
+"""The same configuration as ``cachesvc``, run from an older revision (``--before REV``)."""
+CACHESVC_SYSTEMS = (CACHESVC, CACHESVC_UVLOOP, CACHESVC_BEFORE)
+SYSTEMS = (CACHESVC, CACHESVC_BEFORE, CACHESVC_UVLOOP, BASELINE, "nginx", "sha256")
 
 Comparison = Literal[">=", "<=", "==", "<"]
 

@@ -8,6 +8,7 @@ from benchmarks.machine import Machine
 from benchmarks.measurement import (
     BASELINE,
     CACHESVC,
+    CACHESVC_BEFORE,
     CACHESVC_SYSTEMS,
     CACHESVC_UVLOOP,
     SYSTEMS,
@@ -53,17 +54,21 @@ def markdown(
     reps: int,
     *,
     judged: bool = True,
+    before: str | None = None,
 ) -> str:
     """The results as a markdown document.
 
     ``judged=False`` (a smoke run: tiny sizes, one repetition) reports the values without a
     met/missed verdict: the targets are set for full sizes, and a "missed" there only alarms.
+    ``before`` names the revision ``cachesvc-before`` ran (``--before``): the header says which,
+    and a ``cachesvc vs cachesvc-before`` column follows the ratios to the baseline.
     """
     systems = [s for s in SYSTEMS if any(r.values.get(s) is not None for r in rows)]
     if CACHESVC not in systems:
         systems.insert(0, CACHESVC)
     # One ratio column per cachesvc variant that was measured.
     ratios = [s for s in CACHESVC_SYSTEMS if s in systems]
+    compare_before = before is not None or CACHESVC_BEFORE in systems
     lines = [
         "# cachesvc benchmark results",
         "",
@@ -72,22 +77,22 @@ def markdown(
         f"- repetitions: {reps} per scenario and system, interleaved; values are medians",
         f"- baseline: the distribution registry in proxy mode ({BASELINE}); "
         "ratio = system / baseline",
-        f"- {CACHESVC}: the default configuration (event loop asyncio); "
-        f"{CACHESVC_UVLOOP}: the same plus `event_loop: uvloop`; both send hits with "
-        "cachesvc.zerocopy, "
-        "not run in the containerd and store scenarios",
+        *_system_lines(before),
         f"- targets are judged on `{CACHESVC}` (the default) only; "
-        f"`{CACHESVC_UVLOOP}` is shown for comparison",
+        f"`{CACHESVC_BEFORE if compare_before else CACHESVC_UVLOOP}` is shown for comparison",
         "",
         "| scenario | metric | "
         + " | ".join(systems)
         + "".join(f" | {s} vs baseline" for s in ratios)
+        + (f" | {CACHESVC} vs {CACHESVC_BEFORE}" if compare_before else "")
         + " | targets (value: met?) |",
-        "|---|---|" + "---:|" * (len(systems) + len(ratios)) + "---|",
+        "|---|---|" + "---:|" * (len(systems) + len(ratios) + int(compare_before)) + "---|",
     ]
     for row in rows:
         cells = [_number(row.values.get(s)) for s in systems]
         cells += [_number(row.ratio(s)) for s in ratios]
+        if compare_before:
+            cells.append(_number(row.ratio(CACHESVC, CACHESVC_BEFORE)))
         verdicts = "<br>".join(_verdict(t, judged) for t in row.targets) or "-"
         if row.note:
             verdicts += f"<br>_{_cell(row.note)}_"
@@ -113,6 +118,25 @@ def markdown(
     if notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _system_lines(before: str | None) -> list[str]:
+    """The header lines that say what each cachesvc column ran."""
+    if before is None:
+        return [
+            f"- {CACHESVC}: the default configuration (event loop asyncio); "
+            f"{CACHESVC_UVLOOP}: the same plus `event_loop: uvloop`; both send hits with "
+            "cachesvc.zerocopy, not run in the containerd and store scenarios",
+        ]
+    return [
+        f"- {CACHESVC}: this checkout, the default configuration (event loop asyncio)",
+        f"- {CACHESVC_BEFORE}: revision {before}, the same configuration, interleaved with "
+        f"the others in warm, cold, herd, manifests and memory (not run in containerd and "
+        f"store); `{CACHESVC} vs {CACHESVC_BEFORE}` = this checkout / that revision "
+        "(> 1 is better for rates, < 1 for times, CPU and memory)",
+        f"- {CACHESVC_UVLOOP} is not run with --before (it would add a fourth system to "
+        "every interleaved scenario on this machine's cores)",
+    ]
 
 
 def chart(rows: list[Row], machine: Machine, path: Path) -> None:

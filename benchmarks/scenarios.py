@@ -40,6 +40,10 @@ from benchmarks.memory import peak_rss_mib, reset_peak_rss
 from benchmarks.systems import Service
 
 RATE_MULTIPLE = 10
+# Issue 10 raised the bars of the two hit paths it rewrote (issue 5's were 0.8 x nginx, 10 x).
+WARM_NGINX_FACTOR = 0.9
+DIGEST_RATE_MULTIPLE = 15
+DIGEST_P99_LIMIT_MS = 5.0
 RSS_LIMIT_MIB = 150.0
 RSS_FLAT_FACTOR = 1.25
 
@@ -129,7 +133,7 @@ async def warm_blob(lab: Lab, reps: int) -> list[Row]:
         _throughput_row(
             scenario,
             values,
-            _target(values, ">=", 0.8, "nginx"),
+            _target(values, ">=", WARM_NGINX_FACTOR, "nginx"),
             _note(lab, *samples.remarks),
             samples,
         ),
@@ -295,19 +299,25 @@ async def manifest_rates(lab: Lab, reps: int) -> list[Row]:
                 p99s.values[name].append(rate.p99_ms)
         scenario = f"manifest {label}, {plan.connections} connections"
         values = rates.medians()
+        by_digest = label.startswith("by digest")
+        multiple = DIGEST_RATE_MULTIPLE if by_digest else RATE_MULTIPLE
         rows.append(
             Row(
                 scenario,
                 "requests/s",
                 "req/s",
                 values,
-                [_target(values, ">=", RATE_MULTIPLE, BASELINE)],
+                [_target(values, ">=", multiple, BASELINE)],
                 _note(lab, *rates.remarks),
                 failures=_failures(rates),
             )
         )
-        if label.startswith("by digest"):
-            rows.append(Row(scenario, "p99 latency", "ms", p99s.medians()))
+        if by_digest:
+            p99 = p99s.medians()
+            limit = Target(
+                f"< {DIGEST_P99_LIMIT_MS:g} ms", p99.get(CACHESVC), "<", DIGEST_P99_LIMIT_MS
+            )
+            rows.append(Row(scenario, "p99 latency", "ms", p99, [limit]))
     return rows
 
 

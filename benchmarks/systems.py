@@ -5,6 +5,7 @@
 - distribution: the distribution registry in proxy mode (the baseline);
 - cachesvc: the daemon under test, when it can be run, with the default event loop (asyncio);
 - cachesvc-uvloop: the same configuration plus ``event_loop: uvloop`` (for comparison);
+- cachesvc-before: the same configuration, run from an older revision's tree (``--before``);
 - nginx: static files with ``sendfile on`` (the ceiling for a hit).
 """
 
@@ -19,6 +20,7 @@ from typing import Literal
 
 from benchmarks.ports import LOOPBACK, free_port
 from benchmarks.processes import Child
+from benchmarks.revision import python_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BINARY = "docker-registry"
@@ -125,15 +127,18 @@ http {{
     return service
 
 
-def cachesvc_unavailable_reason() -> str | None:
-    """None when ``python -m cachesvc serve --help`` works, otherwise why not."""
+def cachesvc_unavailable_reason(source_root: Path = REPO_ROOT) -> str | None:
+    """None when ``python -m cachesvc serve --help`` works, otherwise why not.
+
+    ``source_root`` is the tree whose ``cachesvc`` runs (an older revision's, for ``--before``).
+    """
     try:
         result = subprocess.run(
             [sys.executable, "-m", "cachesvc", "serve", "--help"],
             capture_output=True,
             timeout=30,
-            cwd=REPO_ROOT,
-            env=_python_env(),
+            cwd=source_root,
+            env=python_env(source_root),
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -178,28 +183,36 @@ def write_cachesvc_config(
     return config, port, admin_port
 
 
-def spawn_cachesvc(workdir: Path, name: str, config: Path) -> Child:
-    """Start cachesvc without waiting for it (the start-up scenario times readiness itself)."""
+def spawn_cachesvc(workdir: Path, name: str, config: Path, source_root: Path = REPO_ROOT) -> Child:
+    """Start cachesvc without waiting for it (the start-up scenario times readiness itself).
+
+    It runs the ``cachesvc`` package under ``source_root`` (this checkout unless told).
+    """
     return Child(
         name,
         [sys.executable, "-m", "cachesvc", "serve", "--config", str(config)],
         workdir / f"{name}.log",
-        env=_python_env(),
-        cwd=REPO_ROOT,
+        env=python_env(source_root),
+        cwd=source_root,
     )
 
 
 def start_cachesvc(
-    workdir: Path, upstream: Service, name: str = "cachesvc", event_loop: EventLoop | None = None
+    workdir: Path,
+    upstream: Service,
+    name: str = "cachesvc",
+    event_loop: EventLoop | None = None,
+    source_root: Path = REPO_ROOT,
 ) -> Service:
     """cachesvc with a fresh storage root, pulling from ``upstream``.
 
     ``event_loop`` sets the config key of that name; None keeps cachesvc's default (asyncio).
+    ``source_root`` is the tree it runs from (an older revision's export for ``--before``).
     """
     storage = workdir / f"{name}-storage"
     storage.mkdir()
     config, port, admin_port = write_cachesvc_config(workdir, name, storage, upstream, event_loop)
-    child = spawn_cachesvc(workdir, name, config)
+    child = spawn_cachesvc(workdir, name, config, source_root)
     service = Service(name, f"{LOOPBACK}:{port}", child)
     _ready(service, cachesvc_ready_url(admin_port))
     return service
@@ -216,9 +229,3 @@ def _ready(service: Service, url: str, ok_status: int = 200) -> None:
     except BaseException:
         service.stop()
         raise
-
-
-def _python_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env

@@ -71,8 +71,9 @@ async def sendfile(
         while count > 0:
             if transport.is_closing():
                 raise ConnectionResetError("client went away")
+            want = min(count, SEND_CHUNK)
             try:
-                sent = os.sendfile(out, fd, offset, min(count, SEND_CHUNK))
+                sent = os.sendfile(out, fd, offset, want)
             except BlockingIOError:
                 await _writable(loop, out)
                 continue
@@ -89,5 +90,9 @@ async def sendfile(
             count -= sent
             if on_sent is not None:
                 on_sent(sent)
+            if count > 0 and sent < want:
+                # A short send means the socket buffer is full: trying again at once only
+                # earns an EAGAIN (half the sendfile calls of a warm hit were those).
+                await _writable(loop, out)
     finally:
         os.close(out)
