@@ -145,6 +145,7 @@ async def test_signed_images_served_and_refusals_say_why_and_store_nothing(
         assert answer["digest"] == image.digest
         assert stored(daemon, image.digest)
     assert decisions(daemon, registry, "verified") == 2
+    assert decisions(daemon, registry, "cached") == 0  # one decision per request, not two
     refusals = {
         "unsigned": (signed.unsigned, "no signature"),
         "tampered": (signed.tampered, "signature by an unknown key"),
