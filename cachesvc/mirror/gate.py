@@ -32,17 +32,11 @@ from cachesvc.errors import ManifestInvalid, PolicyDenied, UpstreamError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.routing import Target
 from cachesvc.mirror.singleflight import SingleFlight
-from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Digest
+from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, Digest
 from cachesvc.policy import Evidence, Reason, Verdict, VerdictCache, blobs_to_fetch, verify_image
-from cachesvc.policy.artifact import (
-    MAX_ARTIFACT_BYTES,
-    MAX_BLOB_BYTES,
-    MAX_DESCRIPTORS,
-    ArtifactError,
-    digest_of,
-)
 from cachesvc.policy.coverage import covered_manifests
 from cachesvc.policy.keyring import Keyring
+from cachesvc.policy.payload import MAX_BLOB_BYTES, MAX_SIGNATURES, ArtifactError
 from cachesvc.policy.referrers import bundle_referrers, referrers_tag
 from cachesvc.policy.simplesigning import signature_tag
 from cachesvc.upstream.client import Upstream
@@ -218,12 +212,12 @@ class Gate:
                 listed = bundle_referrers(index)
             except ArtifactError as exc:
                 log.warning("referrers of %s unreadable, ignored: %s", text, exc)
-        for descriptor in listed[:MAX_DESCRIPTORS]:
-            manifest = await self._artifact(upstream, target, "manifests", descriptor.digest)
-            if manifest is not None and digest_of(manifest) == descriptor.digest:
+        for descriptor in listed[:MAX_SIGNATURES]:
+            manifest = await self._artifact(upstream, target, "manifests", str(descriptor.digest))
+            if manifest is not None and descriptor.mismatch(manifest) is None:
                 bundles.append(manifest)
         blobs: dict[str, bytes] = {}
-        for blob in blobs_to_fetch(signature, bundles)[:MAX_DESCRIPTORS]:
+        for blob in blobs_to_fetch(signature, bundles)[:MAX_SIGNATURES]:
             data = await self._artifact(upstream, target, "blobs", blob)
             if data is not None:
                 blobs[blob] = data
@@ -236,7 +230,7 @@ class Gate:
             f"/v2/{target.repository}/referrers/{digest}",
             scope=f"repository:{target.repository}:pull",
             headers={"Accept": _INDEX_ACCEPT},
-            limit=MAX_ARTIFACT_BYTES,
+            limit=MAX_MANIFEST_BYTES,
         )
         if answer.status == 200:
             return answer.body
@@ -254,7 +248,7 @@ class Gate:
         accept: str = _ACCEPT,
     ) -> bytes | None:
         """One manifest or blob; None when absent (404) or too large to be a signature."""
-        limit = MAX_BLOB_BYTES if kind == "blobs" else MAX_ARTIFACT_BYTES
+        limit = MAX_BLOB_BYTES if kind == "blobs" else MAX_MANIFEST_BYTES
         try:
             answer = await upstream.fetch(
                 "GET",
