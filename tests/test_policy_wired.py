@@ -211,7 +211,7 @@ async def test_after_a_restart_a_child_of_a_verified_index_is_served_by_digest_a
         assert answer["digest"] == arm
         status, error = await get(http, second, registry, f"dev-team/other/manifests/{arm}")
         assert status == 403, "coverage is per repository"
-    key_file.write_bytes(signed.other_pem)  # the index's key is no longer configured
+    await asyncio.to_thread(key_file.write_bytes, signed.other_pem)  # key no longer configured
     async with start_daemon(upstreams, **policy(registry, key_file)) as third:
         status, error = await get(http, third, registry, f"dev-team/multi/manifests/{arm}")
         assert status == 403, "only the relation persists, never a verdict"
