@@ -158,7 +158,7 @@ class Daemon:
         cluster = self._cluster(session)
         peers = PeerManifests(cluster) if cluster is not None else None
         self._tokens = self._admin_tokens()
-        gate = Gate(config.registries, upstreams, self.metrics, self.clock)  # policy
+        gate = Gate(config.registries, upstreams, self.metrics, self.clock, store)  # policy
         manifests = Manifests(store, upstreams, self.metrics, self.clock, peers, vet=gate.vet)
         mirror = Mirror(
             config,

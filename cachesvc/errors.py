@@ -10,7 +10,7 @@
     ├── CredentialsFileError           the credentials file is no usable config.json
     ├── AdminUnavailable               the CLI cannot use the admin API (exit ``status``)
     ├── StoreError                     the storage root cannot be used
-    ├── ArtifactError                  a signature artifact cannot be read (policy/artifact.py)
+    ├── ArtifactError                  a signature artifact cannot be read (policy/payload.py)
     ├── LookupFailed                   cluster members cannot be resolved (cluster/membership.py)
     ├── AdminError                     an /admin/v1 request cannot be done (400)
     │   ├── NotFound                   no such job, pin or cached image (404)

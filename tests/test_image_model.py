@@ -17,6 +17,7 @@ from cachesvc.oci import (
     MEDIA_DOCKER_LIST,
     MEDIA_OCI_INDEX,
     MEDIA_OCI_MANIFEST,
+    Descriptor,
     Digest,
     Index,
     Manifest,
@@ -134,6 +135,11 @@ def mutated(path: tuple[str | int, ...], value: object) -> bytes:
          "manifests[0].platform.architecture: expected"),
         (("index", "manifests", 0, "platform", "variant"), "v" * 65,
          "manifests[0].platform.variant: expected"),
+        (("image", "layers", 0, "annotations"), {"k": 1}, "layers[0].annotations: expected a map"),
+        (("image", "layers", 0, "annotations"), ["k"], "layers[0].annotations: expected a map"),
+        (("index", "manifests", 0, "artifactType"), 7, "manifests[0].artifactType: expected"),
+        (("image", "artifactType"), {}, "artifactType: expected a media type string"),
+        (("image", "manifests"), [], "has both layers and manifests"),
     ],
 )  # fmt: skip
 def test_a_wrong_field_is_named_in_the_error(
@@ -162,6 +168,33 @@ def test_a_body_that_is_no_manifest_is_refused(data: bytes, message: str) -> Non
     with pytest.raises(ManifestInvalid) as caught:
         parse_manifest(MEDIA_OCI_MANIFEST, data)
     assert caught.value.message == message
+
+
+def test_annotations_and_artifact_types_are_read_as_the_policy_needs_them() -> None:
+    """cosign's signature sits in a layer annotation, a bundle referrer says what it is with
+    ``artifactType``: the one model reads both (cachesvc.policy has no parser of its own)."""
+    doc = image_manifest(1)
+    doc["artifactType"] = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    doc["layers"][0]["annotations"] = {"dev.cosignproject.cosign/signature": "MEUC"}
+    parsed = parse_manifest("", body(doc))
+    assert isinstance(parsed, Manifest)
+    assert parsed.artifact_type == "application/vnd.dev.sigstore.bundle.v0.3+json"
+    assert parsed.layers[0].annotations == {"dev.cosignproject.cosign/signature": "MEUC"}
+    assert parsed.config.annotations == {}
+    referrers = index(None)
+    referrers["manifests"][0]["artifactType"] = "text/spdx"
+    listed = parse_manifest("", body(referrers))
+    assert isinstance(listed, Index)
+    assert listed.manifests[0].artifact_type == "text/spdx"
+
+
+def test_a_descriptor_names_what_is_wrong_with_bytes_fetched_by_it() -> None:
+    data = b"a signature payload"
+    right = Descriptor(Digest.of(data), len(data))
+    assert right.mismatch(data) is None
+    assert right.mismatch(data + b" ") == f"{right.digest}: 20 bytes, the descriptor says 19"
+    other = Descriptor(Digest.of(b"another payload!!!!"), len(data))
+    assert other.mismatch(data) == f"{other.digest}: the bytes have another digest"
 
 
 def test_huge_lists_are_refused_before_they_are_walked() -> None:

@@ -32,7 +32,9 @@ async def test_by_tag_serves_exact_bytes_and_media_type(
     body = b'{ "schemaVersion" : 2,\n  "mediaType": "%s", "layers": [] }' % DOCKER.encode()
     digest = fake.add_manifest("team/app", "v1", body, DOCKER)
     for method in ("GET", "HEAD"):
-        async with http.request(method, url(mirror, "v1"), headers={"Accept": CONTAINERD_ACCEPT}) as resp:
+        async with http.request(
+            method, url(mirror, "v1"), headers={"Accept": CONTAINERD_ACCEPT}
+        ) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == DOCKER
             assert resp.headers["Docker-Content-Digest"] == digest
@@ -267,3 +269,21 @@ async def test_a_manifest_hit_from_memory_counts_as_a_use_for_eviction(
     async with http.get(url(mirror, digest)) as resp:  # held in memory: no disk read
         assert resp.status == 200
     assert store.last_access(Digest.parse(digest)) > first
+
+
+async def test_a_reference_that_is_no_valid_tag_is_404_with_no_upstream_request(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
+) -> None:
+    """The distribution spec (and its conformance suite): neither a digest nor a valid tag
+    names no manifest, so 404 MANIFEST_UNKNOWN, and the registry is never asked."""
+    fake.add_image("team/app", "v1", [b"one"])
+    before = sum(fake.requests.values())
+    for reference in (".INVALID", "-leading-dash", "x" * 129, "plus+sign"):
+        for method in ("GET", "HEAD"):
+            async with http.request(method, url(mirror, reference)) as resp:
+                assert resp.status == 404, (reference, method)
+                if method == "GET":
+                    error = (await resp.json())["errors"][0]
+                    assert error["code"] == "MANIFEST_UNKNOWN", reference
+                    assert "neither a digest nor a valid tag" in error["message"]
+    assert sum(fake.requests.values()) == before, fake.requests

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from cachesvc.errors import ConfigError
+from cachesvc.oci import Digest
 from cachesvc.policy import (
     Evidence,
     PublicKey,
@@ -25,12 +26,17 @@ from cachesvc.policy import (
     read_key_file,
     verify_image,
 )
-from cachesvc.policy.artifact import ArtifactError, digest_of
 from cachesvc.policy.bundle import verify_bundle
+from cachesvc.policy.payload import ArtifactError
 from cachesvc.policy.referrers import bundle_referrers, referrers_tag
 from cachesvc.policy.simplesigning import signature_tag, verify_simple_signing
 from tests.peers import cosign
 from tests.peers.cosign import Artifact, PrivateKey
+
+
+def digest_of(data: bytes) -> str:
+    return str(Digest.of(data))
+
 
 IMAGE = digest_of(b"the image manifest")
 OTHER_IMAGE = digest_of(b"another image manifest")
@@ -307,7 +313,7 @@ def test_referrers_index_lists_bundle_candidates_only(p256: ec.EllipticCurvePriv
     index = json.loads(cosign.referrers_index([bundle]).manifest)
     index["manifests"] += [sbom, bare]
     found = bundle_referrers(json.dumps(index).encode())
-    assert [d.digest for d in found] == [bundle.digest, IMAGE]
+    assert [str(d.digest) for d in found] == [bundle.digest, IMAGE]
     assert referrers_tag(IMAGE) == "sha256-" + IMAGE.removeprefix("sha256:")
     with pytest.raises(ArtifactError):
         bundle_referrers(b'{"manifests": 3}')

@@ -145,6 +145,7 @@ async def test_signed_images_served_and_refusals_say_why_and_store_nothing(
         assert answer["digest"] == image.digest
         assert stored(daemon, image.digest)
     assert decisions(daemon, registry, "verified") == 2
+    assert decisions(daemon, registry, "cached") == 0  # one decision per request, not two
     refusals = {
         "unsigned": (signed.unsigned, "no signature"),
         "tampered": (signed.tampered, "signature by an unknown key"),
@@ -188,6 +189,33 @@ async def test_a_signed_index_covers_its_platform_manifests(
     status, error = await get(http, daemon, registry, f"dev-team/other/manifests/{arm}")
     assert status == 403, error
     assert "no signature" in error["message"]
+
+
+async def test_after_a_restart_a_child_of_a_verified_index_is_served_by_digest_alone(
+    start_daemon: StartDaemon,
+    registry: DistributionRegistry,
+    signed: Signed,
+    key_file: Path,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Verdicts are in memory; which verified index pins a child is in the store's index, so
+    a new process re-verifies that index (current keys) instead of refusing the child."""
+    upstreams = {registry.host_port: [registry.url]}
+    async with start_daemon(upstreams, **policy(registry, key_file)) as first:
+        status, answer = await get(http, first, registry, "dev-team/multi/manifests/v1")
+        assert status == 200, answer  # the index only: no child asked before the restart
+    arm = signed.multi.for_platform("linux/arm64").manifest_digest
+    async with start_daemon(upstreams, **policy(registry, key_file)) as second:
+        status, answer = await get(http, second, registry, f"dev-team/multi/manifests/{arm}")
+        assert status == 200, answer
+        assert answer["digest"] == arm
+        status, error = await get(http, second, registry, f"dev-team/other/manifests/{arm}")
+        assert status == 403, "coverage is per repository"
+    await asyncio.to_thread(key_file.write_bytes, signed.other_pem)  # key no longer configured
+    async with start_daemon(upstreams, **policy(registry, key_file)) as third:
+        status, error = await get(http, third, registry, f"dev-team/multi/manifests/{arm}")
+        assert status == 403, "only the relation persists, never a verdict"
+        assert "no signature" in error["message"]
 
 
 async def test_allow_refuses_other_repositories_with_no_upstream_request(

@@ -8,7 +8,10 @@ only to another member, at most ``MAX_HOPS`` times, so the token never leaves th
 Timeouts: connecting is tight (``CONNECT_TIMEOUT``, well under a second: a dead peer must not
 push containerd into its own fallback), but once connected a peer gets the same first-byte
 and stall time as an upstream, since a peer that is slow because its own upstream is slow is
-not worse than asking that upstream ourselves. Failures are ``UpstreamUnreachable`` /
+not worse than asking that upstream ourselves. A manifest (a small body, read whole and
+bounded by ``MAX_MANIFEST_BYTES``) has the upstream's total deadline too: the connect time
+plus ``timeouts.first_byte`` from the request, so a peer trickling it cannot hold a pull
+for longer than asking upstream would. Failures are ``UpstreamUnreachable`` /
 ``UpstreamTimeout`` (so a fill treats them as it treats an upstream's), carrying the peer.
 """
 
@@ -130,12 +133,15 @@ class PeerClient:
     ) -> Answer:
         """GET a manifest (tag or digest) from ``peer``: 200 or ``PeerFailed``."""
         path = f"/v2/{repository}/manifests/{reference}"
+        deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT + self._timeouts.first_byte
         resp, served_by = await self._request(peer, "GET", path, registry, {"Accept": accept})
         try:
             if resp.status != 200:
                 raise PeerFailed(served_by, f"answered {resp.status} for manifest {reference}")
             try:
-                body = await read_whole(resp, MAX_MANIFEST_BYTES, f"peer {served_by}", path)
+                body = await read_whole(
+                    resp, MAX_MANIFEST_BYTES, f"peer {served_by}", path, deadline=deadline
+                )
             except RegistryError as exc:
                 raise PeerFailed(served_by, exc.message) from None
             return Answer(resp.status, resp.headers, body, f"peer {served_by}")

@@ -60,7 +60,7 @@ class Mirror:
         """A manifest by tag or digest (the policy's decisions first and last)."""
         self.gate.admit(target)
         answer = await self._manifest(target, reference, accept, head=head)
-        if self.gate.verifies(target.registry):
+        if self.gate.verifies(target.registry) and not answer.vetted:  # one decision a request
             body = answer.body
             if body is None:  # HEAD: an index's coverage needs its bytes
                 cached = self.manifests.cached(answer.record.digest)

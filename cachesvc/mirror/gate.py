@@ -16,10 +16,18 @@ manifest, the referrers (the API, else the ``sha256-<hex>`` tag fallback) and th
 manifests they list, then the signature blobs; ``cachesvc.policy.signature`` decides, with
 no network. Verdicts are cached per (registry, repository, digest) under the key set they
 were decided with; a verified index records verdicts for the platform manifests it pins.
+
+Verdicts live in memory, so after a restart a platform manifest asked for by digest without
+its index first (a prewarm resumed, a client that kept the digest) would have no signature
+of its own. Which verified index pinned it is therefore also written to the store's index
+(``covered:`` keys, a few bytes per child): on a verdict miss, that stored index (its bytes
+re-hashed by the store) is verified again with the current keys, and its verdict covers the
+child. Only the relation persists, never a verdict: a key removed since is still enforced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -32,19 +40,14 @@ from cachesvc.errors import ManifestInvalid, PolicyDenied, UpstreamError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.routing import Target
 from cachesvc.mirror.singleflight import SingleFlight
-from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Digest
+from cachesvc.oci import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, Digest
 from cachesvc.policy import Evidence, Reason, Verdict, VerdictCache, blobs_to_fetch, verify_image
-from cachesvc.policy.artifact import (
-    MAX_ARTIFACT_BYTES,
-    MAX_BLOB_BYTES,
-    MAX_DESCRIPTORS,
-    ArtifactError,
-    digest_of,
-)
 from cachesvc.policy.coverage import covered_manifests
 from cachesvc.policy.keyring import Keyring
+from cachesvc.policy.payload import MAX_BLOB_BYTES, MAX_SIGNATURES, ArtifactError
 from cachesvc.policy.referrers import bundle_referrers, referrers_tag
 from cachesvc.policy.simplesigning import signature_tag
+from cachesvc.store.store import Store
 from cachesvc.upstream.client import Upstream
 
 __all__ = ["ADMISSIONS_REMEMBERED", "DECISION_RESULTS", "VERDICTS_REMEMBERED", "Gate"]
@@ -87,7 +90,9 @@ class Gate:
         upstreams: Mapping[str, Upstream],
         metrics: Metrics,
         clock: Clock = SYSTEM_CLOCK,
+        store: Store | None = None,  # where index coverage survives a restart
     ) -> None:
+        self._store = store
         self._upstreams = upstreams
         self._metrics = metrics
         self._allow = {n: r.allow for n, r in registries.items() if r.allow is not None}
@@ -147,6 +152,8 @@ class Gate:
         key = (target.registry, target.repository, str(digest), ring)
         verdict = policy.verdicts.get(*key)
         if verdict is None:
+            verdict = await self._via_stored_index(policy, target, digest, ring)
+        if verdict is None:
             verdict, _ = await self._flights.do(
                 key, lambda: self._decide(policy, target, digest, body)
             )
@@ -179,8 +186,36 @@ class Gate:
     def _count(self, registry: str, result: str) -> None:
         self._metrics.policy_decisions_by(registry, result).inc()
 
+    async def _via_stored_index(
+        self, policy: _Verify, target: Target, digest: Digest, ring: str
+    ) -> Verdict | None:
+        """The child's verdict re-derived from the stored index that pinned it, if the store
+        recorded one for this repository and that index verifies again (the caller counts
+        the request's one decision; the index's own is not counted)."""
+        if self._store is None:
+            return None
+        index = self._store.index.covering_index(target.registry, target.repository, digest)
+        item = self._store.get_manifest(index) if index is not None else None
+        if index is None or item is None:
+            return None
+        key = (target.registry, target.repository, str(index), ring)
+        verdict = policy.verdicts.get(*key)
+        if verdict is None:
+            verdict, _ = await self._flights.do(
+                key, lambda: self._decide(policy, target, index, item[1], counted=False)
+            )
+        if not verdict.ok:
+            return None  # decide the child on its own evidence
+        return policy.verdicts.get(target.registry, target.repository, str(digest), ring)
+
     async def _decide(
-        self, policy: _Verify, target: Target, digest: Digest, body: bytes | None
+        self,
+        policy: _Verify,
+        target: Target,
+        digest: Digest,
+        body: bytes | None,
+        *,
+        counted: bool = True,
     ) -> Verdict:
         """Fetch the evidence, verify, remember the verdict (and an index's coverage)."""
         keys, ring = policy.keyring.current()
@@ -188,7 +223,9 @@ class Gate:
         evidence = await self._evidence(target, digest)
         verdict = verify_image(str(digest), evidence, keys)
         self._metrics.verify_seconds.labels(target.registry).observe(time.perf_counter() - started)
-        self._count(target.registry, "verified" if verdict.ok else self._refusal(policy, verdict))
+        if counted:
+            result = "verified" if verdict.ok else self._refusal(policy, verdict)
+            self._count(target.registry, result)
         if body is None:
             return verdict  # decided, not remembered: the next answer with a body covers
         policy.verdicts.put(target.registry, target.repository, verdict, ring)
@@ -200,10 +237,26 @@ class Gate:
             for child in children:
                 covering = verdict.covering(child)
                 policy.verdicts.put(target.registry, target.repository, covering, ring)
+            await self._persist_coverage(target, digest, children)
         log.info(
             "verify %s/%s@%s: %s", target.registry, target.repository, digest, verdict.message()
         )
         return verdict
+
+    async def _persist_coverage(
+        self, target: Target, index: Digest, children: tuple[str, ...]
+    ) -> None:
+        """Write which index pins ``children`` (see the module); a failing disk only costs
+        a re-verification of the child after a restart."""
+        if self._store is None or not children:
+            return
+        try:
+            await asyncio.to_thread(
+                self._store.index.note_coverage, target.registry, target.repository, index, children
+            )
+        except OSError as exc:
+            self._store.health.failed("write", exc)
+            log.warning("coverage of index %s not stored: %s", index, exc.strerror or exc)
 
     async def _evidence(self, target: Target, digest: Digest) -> Evidence:
         """The cosign artifacts of ``digest`` in its own repository (absent ones omitted)."""
@@ -218,12 +271,12 @@ class Gate:
                 listed = bundle_referrers(index)
             except ArtifactError as exc:
                 log.warning("referrers of %s unreadable, ignored: %s", text, exc)
-        for descriptor in listed[:MAX_DESCRIPTORS]:
-            manifest = await self._artifact(upstream, target, "manifests", descriptor.digest)
-            if manifest is not None and digest_of(manifest) == descriptor.digest:
+        for descriptor in listed[:MAX_SIGNATURES]:
+            manifest = await self._artifact(upstream, target, "manifests", str(descriptor.digest))
+            if manifest is not None and descriptor.mismatch(manifest) is None:
                 bundles.append(manifest)
         blobs: dict[str, bytes] = {}
-        for blob in blobs_to_fetch(signature, bundles)[:MAX_DESCRIPTORS]:
+        for blob in blobs_to_fetch(signature, bundles)[:MAX_SIGNATURES]:
             data = await self._artifact(upstream, target, "blobs", blob)
             if data is not None:
                 blobs[blob] = data
@@ -236,7 +289,7 @@ class Gate:
             f"/v2/{target.repository}/referrers/{digest}",
             scope=f"repository:{target.repository}:pull",
             headers={"Accept": _INDEX_ACCEPT},
-            limit=MAX_ARTIFACT_BYTES,
+            limit=MAX_MANIFEST_BYTES,
         )
         if answer.status == 200:
             return answer.body
@@ -254,7 +307,7 @@ class Gate:
         accept: str = _ACCEPT,
     ) -> bytes | None:
         """One manifest or blob; None when absent (404) or too large to be a signature."""
-        limit = MAX_BLOB_BYTES if kind == "blobs" else MAX_ARTIFACT_BYTES
+        limit = MAX_BLOB_BYTES if kind == "blobs" else MAX_MANIFEST_BYTES
         try:
             answer = await upstream.fetch(
                 "GET",

@@ -73,6 +73,9 @@ class ManifestAnswer:
     result: Result
     stale_age: float | None = None  # seconds since upstream last confirmed a stale tag
     upstream: str | None = None  # the upstream endpoint asked for this answer, if any
+    # The policy already decided this manifest in this request: the fill vetted it before
+    # storing it (``_put``), so the facade does not decide (and count) it a second time.
+    vetted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +246,10 @@ class Manifests:
         if item is None:  # removed in between; extremely unlikely
             raise ManifestUnknown(f"manifest {digest} vanished from the cache")
         result: Result = "coalesced" if joined else "miss"
-        return ManifestAnswer(record, None if head else item[1], result, upstream=endpoint)
+        vetted = not joined and self._vet is not None
+        return ManifestAnswer(
+            record, None if head else item[1], result, upstream=endpoint, vetted=vetted
+        )
 
     def forget(self, digest: Digest) -> None:
         """Drop a purged manifest from memory: its body and every tag pointing at it."""
@@ -339,6 +345,8 @@ class Manifests:
             raise ManifestUnknown(f"manifest for {tag} is not available")
         if answer.upstream is None and endpoint is not None:
             answer = replace(answer, upstream=endpoint)
+        if result == "miss" and self._vet is not None:  # _resolve stored it: vetted
+            answer = replace(answer, vetted=True)
         return answer
 
     async def _answer(

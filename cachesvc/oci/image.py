@@ -3,8 +3,11 @@
 ``parse_manifest(media_type, body)`` is the one place cachesvc reads a manifest's JSON (prewarm
 walks an image with it, the inventory lists and purges with it). It validates what
 cachesvc relies on and nothing more: every descriptor has a valid ``digest`` and a
-non-negative whole ``size``; ``mediaType``, ``platform`` and ``annotations``, when
-present, have the right types. Anything else is ``ManifestInvalid`` with a message
+non-negative whole ``size``; ``mediaType``, ``artifactType``, ``platform`` and
+``annotations`` (a string map), when present, have the right types; a document with both
+``layers`` and ``manifests`` is neither kind. The policy reads cosign's signature
+manifests and referrers indexes with it too (``cachesvc.policy.payload``), so there is
+one descriptor parser, not one per reader. Anything else is ``ManifestInvalid`` with a message
 naming the field (``layers[3].size: expected a whole number >= 0``), never a
 ``KeyError`` or a ``TypeError``. Bodies are bounded (``MAX_MANIFEST_BYTES``), and so
 are the lists in them (``MAX_DESCRIPTORS``), so hostile input costs bounded memory.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachesvc.errors import DigestInvalid, ManifestInvalid
 from cachesvc.oci.digest import Digest
@@ -61,6 +64,20 @@ class Descriptor:
     size: int
     media_type: str = ""  # "" when the descriptor names none
     platform: Platform | None = None  # index entries only
+    # Not part of the identity (the digest is): excluded from == and hash.
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
+    artifact_type: str = ""  # referrers index entries: what the referrer is
+
+    def mismatch(self, data: bytes) -> str | None:
+        """Why ``data`` is not the content this descriptor names (None: it is).
+
+        Size first (cheap), then the digest: bytes fetched by a descriptor are believed
+        only after both match."""
+        if len(data) != self.size:
+            return f"{self.digest}: {len(data)} bytes, the descriptor says {self.size}"
+        if Digest.of(data, self.digest.algorithm) != self.digest:
+            return f"{self.digest}: the bytes have another digest"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,7 @@ class Manifest:
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
+    artifact_type: str = ""  # an artifact manifest's kind (a sigstore bundle, an SBOM)
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
@@ -94,6 +112,8 @@ def parse_manifest(media_type: str, body: bytes) -> Manifest | Index:
     document = _document(body)
     declared = _optional_text(document, "mediaType", "")
     kind = media_type if media_type in _KNOWN else declared
+    if "layers" in document and "manifests" in document:
+        raise ManifestInvalid("has both layers and manifests: neither a manifest nor an index")
     if kind in INDEX_MEDIA_TYPES or (kind not in _MANIFESTS and "manifests" in document):
         entries = _list(document, "manifests", required=True)
         return Index(
@@ -105,6 +125,7 @@ def parse_manifest(media_type: str, body: bytes) -> Manifest | Index:
         media_type or declared,
         _descriptor(document.get("config"), "config", platform=False),
         tuple(_descriptor(d, f"layers[{i}]", platform=False) for i, d in enumerate(layers)),
+        _optional_text(document, "artifactType", ""),
     )
 
 
@@ -161,7 +182,20 @@ def _descriptor(value: object, where: str, *, platform: bool) -> Descriptor:
         size,
         _optional_text(value, "mediaType", where),
         _platform(value.get("platform"), f"{where}.platform") if platform else None,
+        _annotations(value.get("annotations"), f"{where}.annotations"),
+        _optional_text(value, "artifactType", where),
     )
+
+
+def _annotations(value: object, where: str) -> Mapping[str, str]:
+    """A descriptor's ``annotations``: the image spec's string-to-string map."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ManifestInvalid(f"{where}: expected a map of strings to strings")
+    return value
 
 
 def _optional_text(value: Mapping[str, object], key: str, where: str) -> str:

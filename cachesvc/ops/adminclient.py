@@ -39,6 +39,10 @@ from cachesvc.ops.progress import Progress, human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ADMIN = 0, 1, 2, 3
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+# The largest answer read: an inventory of 100,000 images or a /metrics page of a node with
+# hundreds of registries is a few MiB. Anything longer is not a cachesvc listener (a wrong
+# --admin-url pointing at a download), and reading it whole would exhaust the CLI's memory.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class AdminClient:
     url: str
     token: str | None
     token_file: str | None = None
+    max_answer: int = MAX_ANSWER_BYTES
 
     def _headers(self) -> dict[str, str]:
         if self.token is None:
@@ -80,7 +85,7 @@ class AdminClient:
             async with session.request(
                 method, self.url + path, json=body, headers=self._headers(), timeout=TIMEOUT
             ) as resp:
-                text = await resp.text()
+                text = await self._read(resp, path)
                 data = json.loads(text) if text else {}
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AdminUnavailable(f"cannot reach the admin API at {self.url}: {exc}") from None
@@ -97,9 +102,30 @@ class AdminClient:
         """GET an open endpoint (``/metrics``, ``/readyz``)."""
         try:
             async with session.get(self.url + path, timeout=TIMEOUT) as resp:
-                return resp.status, await resp.text()
+                return resp.status, await self._read(resp, path)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminUnavailable(f"cannot reach cachesvc at {self.url}: {exc}") from None
+
+    async def _read(self, resp: aiohttp.ClientResponse, path: str) -> str:
+        """The answer's text, refused (``AdminUnavailable``) past ``max_answer`` bytes:
+        counted as it arrives, so an endless answer costs at most that much memory (the
+        whole request is bounded in time by ``TIMEOUT``)."""
+        too_big = AdminUnavailable(
+            f"the answer of {self.url}{path} is over {self.max_answer} bytes: that is not "
+            "a cachesvc admin listener (check --admin-url)"
+        )
+        if resp.content_length is not None and resp.content_length > self.max_answer:
+            resp.close()
+            raise too_big
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in resp.content.iter_any():
+            total += len(chunk)
+            if total > self.max_answer:
+                resp.close()
+                raise too_big
+            parts.append(chunk)
+        return b"".join(parts).decode("utf-8", errors="replace")  # cachesvc answers UTF-8
 
 
 async def run_prewarm(

@@ -7,7 +7,8 @@ Plain values in and out, no HTTP: the mirror's policy step fetches, these module
 - :mod:`.keys`: cosign public keys from PEM (``registries.<name>.verify.keys``).
 - :mod:`.signature`: verify one digest from its fetched artifacts, built on
   :mod:`.simplesigning` (``sha256-<hex>.sig``), :mod:`.referrers` and :mod:`.bundle`
-  (sigstore bundle v0.3), reading manifests through :mod:`.artifact`.
+  (sigstore bundle v0.3), reading artifacts through :mod:`.payload` (the OCI parts with
+  the project's one model, :mod:`cachesvc.oci.image`).
 - :mod:`.verdict`: the outcome and its reasons; :mod:`.verdictcache` remembers it per
   (registry, repository, digest); :mod:`.coverage`: the platform manifests a signed index
   covers.

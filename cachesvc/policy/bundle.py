@@ -27,16 +27,17 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .artifact import (
+from cachesvc.oci.image import Descriptor
+
+from .keys import PublicKey
+from .payload import (
     MAX_BLOB_BYTES,
-    MAX_DESCRIPTORS,
-    ArtifactDescriptor,
+    MAX_SIGNATURES,
     ArtifactError,
     check_blob,
-    parse_descriptors,
     parse_json_object,
+    read_manifest,
 )
-from .keys import PublicKey
 from .referrers import BUNDLE_ARTIFACT_TYPE
 from .verdict import Reason, Verdict
 
@@ -66,12 +67,12 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
 
 
-def bundle_layer(manifest: bytes) -> ArtifactDescriptor:
+def bundle_layer(manifest: bytes) -> Descriptor:
     """The one bundle layer of a bundle referrer manifest, to fetch before verifying."""
-    document = parse_json_object(manifest, "bundle manifest")
-    if document.get("artifactType") != BUNDLE_ARTIFACT_TYPE:
-        raise ArtifactError(f"bundle manifest: artifactType {document.get('artifactType')!r}")
-    layers = parse_descriptors(document, "layers", "bundle manifest")
+    parsed = read_manifest(manifest, "bundle manifest")
+    if parsed.artifact_type != BUNDLE_ARTIFACT_TYPE:
+        raise ArtifactError(f"bundle manifest: artifactType {parsed.artifact_type!r}")
+    layers = parsed.layers
     if len(layers) != 1 or layers[0].media_type not in BUNDLE_MEDIA_TYPES:
         raise ArtifactError("bundle manifest: not exactly one bundle layer")
     if layers[0].size > MAX_BLOB_BYTES:
@@ -86,7 +87,7 @@ def verify_bundle(
     statement names ``digest``; ``blobs`` maps the bundle layer's digest to its bytes."""
     try:
         layer = bundle_layer(manifest)
-        data = blobs.get(layer.digest)
+        data = blobs.get(str(layer.digest))
         if data is None:
             raise ArtifactError(f"bundle {layer.digest}: not available")
         check_blob(layer, data)
@@ -135,7 +136,7 @@ def _payload_and_signatures(envelope: Mapping[str, Any]) -> tuple[bytes, list[by
         raise ArtifactError(f"bundle: payloadType {envelope.get('payloadType')!r}")
     payload = _b64(envelope.get("payload"), "payload")
     raw = envelope.get("signatures")
-    if not isinstance(raw, list) or not raw or len(raw) > MAX_DESCRIPTORS:
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_SIGNATURES:
         raise ArtifactError("bundle: no signatures")
     signatures = [_b64(s.get("sig") if isinstance(s, dict) else None, "sig") for s in raw]
     return payload, signatures

@@ -8,16 +8,11 @@ verdicts (:meth:`Verdict.covering`) once the index itself is verified.
 
 from __future__ import annotations
 
-from .artifact import ArtifactError, parse_descriptors, parse_json_object
+from cachesvc.oci.media import INDEX_MEDIA_TYPES
+
+from .payload import read_index
 
 __all__ = ["INDEX_MEDIA_TYPES", "covered_manifests"]
-
-INDEX_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
 
 
 def covered_manifests(index: bytes) -> tuple[str, ...]:
@@ -27,11 +22,5 @@ def covered_manifests(index: bytes) -> tuple[str, ...]:
     ``mediaType`` is accepted when it lists ``manifests`` (the OCI spec makes the field
     optional); a manifest (``layers``) is not an index and covers nothing.
     """
-    document = parse_json_object(index, "image index")
-    media_type = document.get("mediaType")
-    if media_type is not None and media_type not in INDEX_MEDIA_TYPES:
-        raise ArtifactError(f"image index: mediaType {media_type!r} is not an index")
-    if "layers" in document:
-        raise ArtifactError("image index: has layers, so it is a manifest")
-    children = parse_descriptors(document, "manifests", "image index")
-    return tuple(dict.fromkeys(d.digest for d in children))
+    children = read_index(index, "image index").manifests
+    return tuple(dict.fromkeys(str(d.digest) for d in children))

@@ -15,7 +15,9 @@ checks). Entries of another ``artifactType`` (SBOMs, attestations) are never fet
 
 from __future__ import annotations
 
-from .artifact import ArtifactDescriptor, parse_descriptors, parse_json_object
+from cachesvc.oci.image import Descriptor
+
+from .payload import read_index
 
 __all__ = ["BUNDLE_ARTIFACT_TYPE", "bundle_referrers", "referrers_tag"]
 
@@ -28,12 +30,11 @@ def referrers_tag(digest: str) -> str:
     return f"{algorithm}-{hexdigest}"
 
 
-def bundle_referrers(index: bytes) -> list[ArtifactDescriptor]:
+def bundle_referrers(index: bytes) -> list[Descriptor]:
     """The manifests of a referrers index that may be bundles: ``artifactType`` bundle v0.3 or
     none; ``ArtifactError`` when the index cannot be read."""
-    document = parse_json_object(index, "referrers index")
     return [
         d
-        for d in parse_descriptors(document, "manifests", "referrers index")
+        for d in read_index(index, "referrers index").manifests
         if d.artifact_type in (BUNDLE_ARTIFACT_TYPE, "")
     ]

@@ -18,9 +18,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .artifact import MAX_BLOB_BYTES, ArtifactError
 from .bundle import bundle_layer, verify_bundle
 from .keys import PublicKey
+from .payload import MAX_BLOB_BYTES, ArtifactError
 from .referrers import bundle_referrers, referrers_tag
 from .simplesigning import signature_layers, signature_tag, verify_simple_signing
 from .verdict import Verdict, combine
@@ -56,10 +56,10 @@ def blobs_to_fetch(
     wanted: list[str] = []
     if signature_manifest is not None:
         with contextlib.suppress(ArtifactError):
-            wanted += [layer.digest for layer in signature_layers(signature_manifest)]
+            wanted += [str(layer.digest) for layer in signature_layers(signature_manifest)]
     for manifest in bundle_manifests:
         with contextlib.suppress(ArtifactError):
-            wanted.append(bundle_layer(manifest).digest)
+            wanted.append(str(bundle_layer(manifest).digest))
     return list(dict.fromkeys(wanted))
 
 

@@ -26,15 +26,10 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 
-from .artifact import (
-    MAX_BLOB_BYTES,
-    ArtifactDescriptor,
-    ArtifactError,
-    check_blob,
-    parse_descriptors,
-    parse_json_object,
-)
+from cachesvc.oci.image import Descriptor
+
 from .keys import PublicKey
+from .payload import MAX_BLOB_BYTES, ArtifactError, check_blob, parse_json_object, read_manifest
 from .verdict import Reason, Verdict, combine
 
 __all__ = [
@@ -58,16 +53,15 @@ def signature_tag(digest: str) -> str:
     return f"{algorithm}-{hexdigest}.sig"
 
 
-def signature_layers(manifest: bytes) -> list[ArtifactDescriptor]:
+def signature_layers(manifest: bytes) -> list[Descriptor]:
     """The simple-signing layers of a ``.sig`` manifest, to fetch before verifying.
 
     Layers of other media types are not signatures and are left out; ``ArtifactError`` for a
     manifest that cannot be read or lists a layer larger than ``MAX_BLOB_BYTES``.
     """
-    document = parse_json_object(manifest, "signature manifest")
     layers = [
         d
-        for d in parse_descriptors(document, "layers", "signature manifest")
+        for d in read_manifest(manifest, "signature manifest").layers
         if d.media_type == SIMPLE_SIGNING_MEDIA_TYPE
     ]
     for layer in layers:
@@ -95,12 +89,12 @@ def verify_simple_signing(
 
 
 def _verify_layer(
-    digest: str, layer: ArtifactDescriptor, blobs: Mapping[str, bytes], keys: Sequence[PublicKey]
+    digest: str, layer: Descriptor, blobs: Mapping[str, bytes], keys: Sequence[PublicKey]
 ) -> Verdict:
     def refuse(reason: Reason, detail: str) -> Verdict:
         return Verdict.refused(digest, reason, f"layer {layer.digest}: {detail}", via=VIA)
 
-    payload = blobs.get(layer.digest)
+    payload = blobs.get(str(layer.digest))
     if payload is None:
         return refuse(Reason.BAD_SIGNATURE, "payload not available")
     try:

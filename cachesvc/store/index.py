@@ -7,6 +7,9 @@ across versions)::
     tag:<key>           (digest, media type, size, checked_at) of a tag; <key> is
                         registry NUL repository NUL tag NUL accept
     origin:<digest>     ((registry, repository), ...) a manifest was fetched for
+    covered:<key>       the digest of a signature-verified index that pins a child manifest;
+                        <key> is registry NUL repository NUL child digest (the policy
+                        re-verifies that index after a restart instead of refusing the child)
     atime:<digest>      coarse last access (batched: see ``touch``/``flush``)
     pins                the pin list of stores from before ``<root>/pins.json`` (read once
                         by ``cachesvc.store.pins``, which keeps pins outside the index)
@@ -143,6 +146,22 @@ class Index:
         """Drop what ``note_origin`` remembered for a purged manifest."""
         self._cache.delete(f"origin:{digest}")
         self._origins = {o for o in self._origins if o[0] != str(digest)}
+
+    def note_coverage(
+        self, registry: str, repository: str, index: Digest, children: tuple[str, ...]
+    ) -> None:
+        """Remember that the verified ``index`` (of ``registry/repository``) pins ``children``."""
+        with _written():
+            for child in children:
+                self._cache.set(f"covered:{registry}\0{repository}\0{child}", str(index))
+
+    def covering_index(self, registry: str, repository: str, child: Digest) -> Digest | None:
+        """The verified index ``note_coverage`` recorded for ``child`` there, if any."""
+        value = self._cache.get(f"covered:{registry}\0{repository}\0{child}")
+        try:
+            return Digest.parse(value) if isinstance(value, str) else None
+        except CachesvcError:
+            return None
 
     def forget(self, digest: Digest) -> None:
         """Drop a removed blob's media type and access time."""

@@ -85,8 +85,17 @@ class AddressRefused(OSError):
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp's default, then applies the rule to hosts not ``trusted``."""
 
-    def __init__(self, trusted: frozenset[str], *, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
+    def __init__(
+        self,
+        trusted: frozenset[str],
+        *,
+        allow_private: bool,
+        inner: AbstractResolver | None = None,
+    ) -> None:
+        # ``inner``: the daemon always uses aiohttp's default (the system resolver, so
+        # /etc/resolv.conf and nsswitch decide); tests put a resolver aimed at their own
+        # dnsmasq underneath, since getaddrinfo cannot be pointed at a test server.
+        self._inner = inner if inner is not None else DefaultResolver()
         self._trusted = trusted
         self._allow_private = allow_private
         self.last_refusal: str | None = None
