@@ -46,7 +46,7 @@ from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
 from cachesvc.server.admin_cluster import add_cluster_route
-from cachesvc.server.connections import GuardedSite
+from cachesvc.server.connections import Listener
 from cachesvc.server.peer_prewarm import PeerPrewarm, add_prewarm_routes
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
@@ -101,6 +101,7 @@ class Daemon:
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self._parts: _Parts | None = None
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[Listener] = []  # sockets serving the runners (connections)
         self._ready: dict[str, bool] = {"ready": False}
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -384,25 +385,23 @@ class Daemon:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = GuardedSite(
-            runner,
-            address.host,
-            address.port,
-            name={"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
+        assert runner.server is not None  # set up above
+        listener = Listener(
+            runner.server,
+            {"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
             max_connections=self.config.max_connections,
             header_timeout=self.config.timeouts.client_header,
-            ssl_context=ssl_context,
         )
         try:
-            await site.start()
+            bound = await listener.start(address.host, address.port, ssl_context)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ListenError(
                 f"cannot listen on {address} ({key}): {reason}; is another cachesvc (or "
                 f"another service) using that port? Change {key} in the configuration"
             ) from None
-        bound = runner.addresses[-1]
-        return str(bound[0]), int(bound[1])
+        self._listeners.append(listener)
+        return bound
 
     async def stop(self) -> None:
         """Graceful stop within ONE deadline of ``shutdown_grace`` seconds.
@@ -419,9 +418,9 @@ class Daemon:
             self._housekeeping.cancel()
             self._housekeeping = None
         parts = self._parts
-        for runner in self._runners:
-            for site in list(runner.sites):
-                await site.stop()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         await self.wiring.stop()
         if parts is not None:
             if parts.cluster is not None:
