@@ -61,7 +61,7 @@ from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
-from cachesvc.upstream.session import registry_session, trusted_for
+from cachesvc.upstream.session import RegistrySessions, registry_sessions, trusted_for
 from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
@@ -81,9 +81,9 @@ class _Parts:
     checks: StoreChecks  # verify jobs and the background scrub (issue 11)
     scrubber: Scrubber
     cluster: Cluster | None = None
-    # Upstream registries' sessions, one per registry (upstream.session); ``session`` is
+    # Upstream registries' sessions, two per registry (upstream.session); ``session`` is
     # the cluster's (peer requests).
-    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+    sessions: dict[str, RegistrySessions] = field(default_factory=dict)
     cluster_prewarm: ClusterPrewarm | None = None  # "scope": "cluster" prewarm jobs
 
 
@@ -148,7 +148,7 @@ class Daemon:
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
             read_bufsize=4 * 1024 * 1024,
         )
-        sessions = {n: registry_session(r, egress[n]) for n, r in config.registries.items()}
+        sessions = {n: registry_sessions(r, egress[n]) for n, r in config.registries.items()}
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
             name: self._upstream(registry, sessions[name], credentials, tls[name], egress[name])
@@ -223,7 +223,7 @@ class Daemon:
     def _upstream(
         self,
         registry: RegistryConfig,
-        session: aiohttp.ClientSession,
+        sessions: RegistrySessions,
         credentials: Credentials,
         tls: ssl.SSLContext | bool,
         egress: Egress,
@@ -231,7 +231,7 @@ class Daemon:
         """One registry's client: its TLS, credentials, endpoint health and limits."""
         authorizer = Authorizer(
             registry.name,
-            session,
+            sessions.single,  # token answers are read whole: a fresh connection each
             credentials,
             self.metrics,
             timeout=self.config.timeouts.first_byte,
@@ -263,7 +263,7 @@ class Daemon:
         )
         return Upstream(
             registry,
-            session,
+            sessions,
             authorizer,
             self.config.timeouts,
             self.metrics,
@@ -447,8 +447,8 @@ class Daemon:
         if parts is not None:
             await parts.fills.close()
             await parts.session.close()
-            for upstream_session in parts.sessions.values():
-                await upstream_session.close()
+            for pair in parts.sessions.values():
+                await pair.close()
             parts.store.close()
         self._parts = None
 
