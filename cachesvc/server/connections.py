@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+from typing import cast
 
 from aiohttp import web
 
@@ -58,11 +59,10 @@ class Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start aiohttp's protocol, and the clock for the first request's headers."""
-        assert isinstance(transport, asyncio.Transport)
         if self._unstarted is not None:
             self._unstarted.cancel()
             self._unstarted = None
-        self._transport = transport
+        self._transport = _stream(transport)
         self._inner = self._listener.server()
         self._inner.connection_made(transport)
         self._arm()
@@ -134,13 +134,18 @@ class Guarded(asyncio.Protocol):
         transport.close()
 
 
+def _stream(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A stream server's transport is a ``Transport``; not ``isinstance``-checked, because
+    uvloop's transports are not registered with asyncio's ABCs (test_event_loops)."""
+    return cast(asyncio.Transport, transport)
+
+
 class _Refused(asyncio.Protocol):
     """A connection over ``max_connections``: 503, closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Answer and close before reading anything."""
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_BUSY_ANSWER)
+        _stream(transport).write(_BUSY_ANSWER)
         transport.close()
 
 
