@@ -46,7 +46,7 @@ from cachesvc.server import health as admin
 from cachesvc.server import mirror_api as handlers
 from cachesvc.server import peer_api
 from cachesvc.server.admin_cluster import add_cluster_route
-from cachesvc.server.connections import GuardedSite
+from cachesvc.server.connections import Listener
 from cachesvc.server.peer_prewarm import PeerPrewarm, add_prewarm_routes
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.lease import Leases
@@ -61,7 +61,7 @@ from cachesvc.upstream.credentials import Credentials
 from cachesvc.upstream.egress import Egress
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.ratelimit import Limiter
-from cachesvc.upstream.session import registry_session, trusted_for
+from cachesvc.upstream.session import RegistrySessions, registry_sessions, trusted_for
 from cachesvc.upstream.tls import tls_context
 
 log = logging.getLogger("cachesvc")
@@ -81,9 +81,9 @@ class _Parts:
     checks: StoreChecks  # verify jobs and the background scrub (issue 11)
     scrubber: Scrubber
     cluster: Cluster | None = None
-    # Upstream registries' sessions, one per registry (upstream.session); ``session`` is
+    # Upstream registries' sessions, two per registry (upstream.session); ``session`` is
     # the cluster's (peer requests).
-    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+    sessions: dict[str, RegistrySessions] = field(default_factory=dict)
     cluster_prewarm: ClusterPrewarm | None = None  # "scope": "cluster" prewarm jobs
 
 
@@ -101,6 +101,7 @@ class Daemon:
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self._parts: _Parts | None = None
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[Listener] = []  # sockets serving the runners (connections)
         self._ready: dict[str, bool] = {"ready": False}
         self.mirror_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -147,7 +148,7 @@ class Daemon:
             # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
             read_bufsize=4 * 1024 * 1024,
         )
-        sessions = {n: registry_session(r, egress[n]) for n, r in config.registries.items()}
+        sessions = {n: registry_sessions(r, egress[n]) for n, r in config.registries.items()}
         credentials = Credentials(config.credentials_file, self.metrics)
         upstreams = {
             name: self._upstream(registry, sessions[name], credentials, tls[name], egress[name])
@@ -222,7 +223,7 @@ class Daemon:
     def _upstream(
         self,
         registry: RegistryConfig,
-        session: aiohttp.ClientSession,
+        sessions: RegistrySessions,
         credentials: Credentials,
         tls: ssl.SSLContext | bool,
         egress: Egress,
@@ -230,7 +231,7 @@ class Daemon:
         """One registry's client: its TLS, credentials, endpoint health and limits."""
         authorizer = Authorizer(
             registry.name,
-            session,
+            sessions.single,  # token answers are read whole: a fresh connection each
             credentials,
             self.metrics,
             timeout=self.config.timeouts.first_byte,
@@ -262,7 +263,7 @@ class Daemon:
         )
         return Upstream(
             registry,
-            session,
+            sessions,
             authorizer,
             self.config.timeouts,
             self.metrics,
@@ -384,25 +385,23 @@ class Daemon:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = GuardedSite(
-            runner,
-            address.host,
-            address.port,
-            name={"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
+        assert runner.server is not None  # set up above
+        listener = Listener(
+            runner.server,
+            {"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
             max_connections=self.config.max_connections,
             header_timeout=self.config.timeouts.client_header,
-            ssl_context=ssl_context,
         )
         try:
-            await site.start()
+            bound = await listener.start(address.host, address.port, ssl_context)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ListenError(
                 f"cannot listen on {address} ({key}): {reason}; is another cachesvc (or "
                 f"another service) using that port? Change {key} in the configuration"
             ) from None
-        bound = runner.addresses[-1]
-        return str(bound[0]), int(bound[1])
+        self._listeners.append(listener)
+        return bound
 
     async def stop(self) -> None:
         """Graceful stop within ONE deadline of ``shutdown_grace`` seconds.
@@ -419,9 +418,9 @@ class Daemon:
             self._housekeeping.cancel()
             self._housekeeping = None
         parts = self._parts
-        for runner in self._runners:
-            for site in list(runner.sites):
-                await site.stop()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         await self.wiring.stop()
         if parts is not None:
             if parts.cluster is not None:
@@ -448,8 +447,8 @@ class Daemon:
         if parts is not None:
             await parts.fills.close()
             await parts.session.close()
-            for upstream_session in parts.sessions.values():
-                await upstream_session.close()
+            for pair in parts.sessions.values():
+                await pair.close()
             parts.store.close()
         self._parts = None
 

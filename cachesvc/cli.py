@@ -34,6 +34,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from cachesvc import __version__, logs
@@ -87,6 +88,17 @@ def _writable(path: Path) -> bool:
     return os.access(probe, os.W_OK)
 
 
+class Subcommands(Protocol):
+    """What ``add_subparsers`` returns, as far as this module uses it (argparse documents
+    the object's ``add_parser`` method but not its class, which is private)."""
+
+    def add_parser(
+        self, name: str, *, help: str | None = ..., description: str | None = ...
+    ) -> argparse.ArgumentParser:
+        """A parser for subcommand ``name``."""
+        ...
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cachesvc", description="Node-local pull-through cache for container images."
@@ -110,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _verify_command(sub: Subcommands) -> None:
     verify = sub.add_parser(
         "verify",
         help="check every stored file against its digest",
@@ -132,7 +144,7 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     return run_verify(config.storage.root, sys.stdout, sys.stderr, remove=args.remove, rate=rate)
 
 
-def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _admin_commands(sub: Subcommands) -> None:
     prewarm = sub.add_parser(
         "prewarm",
         help="fetch images into the cache before a rollout",

@@ -143,3 +143,83 @@ async def test_the_access_log_counts_the_bytes_of_an_error_body(
     (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == "cachesvc.access"]
     assert body
     assert line["bytes"] == len(body), line
+
+
+# The header deadline is cachesvc's own, not aiohttp's keep-alive clock: with client_idle
+# long, only client_header can cut these (and a body is not a header block).
+HEADER_ONLY = {**FAST, "client_idle": "60s"}
+
+
+async def _dribble_bytes(writer: asyncio.StreamWriter, data: bytes, every: float = 0.1) -> None:
+    for i in range(len(data)):
+        writer.write(data[i : i + 1])
+        await writer.drain()
+        await asyncio.sleep(every)
+
+
+@pytest.mark.parametrize("listener", ["mirror", "admin"])
+async def test_a_slow_first_head_gets_408_from_the_header_deadline(
+    listener: str, fake: FakeRegistry, start_daemon: StartDaemon
+) -> None:
+    async with (
+        start_daemon({"fake.test": [fake.url]}, timeouts=HEADER_ONLY) as d,
+        connection(_address(d, listener)) as (reader, writer),
+    ):
+        slow = asyncio.create_task(_dribble(writer))
+        try:
+            answer = await _closed_by_server(reader)
+        finally:
+            slow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slow
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+@pytest.mark.parametrize("listener", ["mirror", "admin"])
+async def test_a_slow_head_of_a_later_request_is_cut_too(
+    listener: str, fake: FakeRegistry, start_daemon: StartDaemon
+) -> None:
+    """Kept alive after one complete request, the next head has its own deadline."""
+    path = b"/v2/" if listener == "mirror" else b"/healthz"
+    async with (
+        start_daemon({"fake.test": [fake.url]}, timeouts=HEADER_ONLY) as d,
+        connection(_address(d, listener)) as (reader, writer),
+    ):
+        writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        slow = asyncio.create_task(_dribble(writer))
+        try:
+            answer = await _closed_by_server(reader)
+        finally:
+            slow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slow
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        (b"Content-Length: 24\r\n", b'{"images": [], "pin": 1}'),
+        (b"Transfer-Encoding: chunked\r\n", b'5;x=y\r\n{"ima\r\n3\r\nges\r\n0\r\nX-T: 1\r\n\r\n'),
+    ],
+)
+async def test_a_body_sent_slowly_is_not_a_slow_head(
+    framing: bytes, body: bytes, fake: FakeRegistry, start_daemon: StartDaemon
+) -> None:
+    """A request body trickled past client_header is a body, not headers: the request is
+    answered and the next request on the connection too (request framing is tracked)."""
+    async with (
+        start_daemon({"fake.test": [fake.url]}, timeouts=HEADER_ONLY) as d,
+        connection(_address(d, "admin")) as (reader, writer),
+    ):
+        writer.write(b"POST /admin/v1/prewarm HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
+        await _dribble_bytes(writer, body, every=1.5 / len(body))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = await _closed_by_server(reader)
+    assert b"408" not in answers.split(b"\r\n", 1)[0], answers[:200]
+    assert answers.count(b"HTTP/1.1 ") == 2, answers[-300:]
+    assert b"HTTP/1.1 200" in answers, answers[-300:]

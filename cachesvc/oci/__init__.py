@@ -8,7 +8,7 @@ cachesvc's but ``cachesvc.errors``: it is the bottom layer.
 """
 
 from cachesvc.oci.apipath import ApiPath, Kind, parse_api_path
-from cachesvc.oci.digest import Digest, is_digest
+from cachesvc.oci.digest import Digest, Hasher, is_digest
 from cachesvc.oci.image import (
     Descriptor,
     Index,
@@ -46,6 +46,7 @@ __all__ = [
     "ApiPath",
     "Descriptor",
     "Digest",
+    "Hasher",
     "Index",
     "Kind",
     "Manifest",

@@ -5,11 +5,24 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachesvc.errors import DigestInvalid
 
 _HEX = {"sha256": 64, "sha512": 128}
 _LOWER_HEX_RE = re.compile(r"[0-9a-f]+")
+
+
+class Hasher(Protocol):
+    """A running hash (what ``hashlib.new`` returns; hashlib documents its methods, not a
+    public class for it)."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        """Add ``data`` to what is hashed."""
+
+    def hexdigest(self) -> str:
+        """The digest of what was added so far, lower-case hex."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +53,7 @@ class Digest:
         """The digest of ``data``."""
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
-    def hasher(self) -> hashlib._Hash:
+    def hasher(self) -> Hasher:
         """A fresh hash object of this digest's algorithm."""
         return hashlib.new(self.algorithm)
 

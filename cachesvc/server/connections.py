@@ -3,13 +3,17 @@
 aiohttp's server has no deadline for a request's headers and keeps idle keep-alive
 connections for an hour, so 200 clients that send a header byte now and then (slowloris)
 hold 200 connections for ever, and nothing bounds how many are open. Each listener
-(mirror and admin) is served through ``GuardedSite``:
+(mirror, admin, peer) is a ``Listener``: an asyncio server of our own whose protocol,
+``Guarded``, wraps the protocol aiohttp's ``web.Server`` makes (a ``web.Server`` is a
+protocol factory by its documented contract) and passes every event through to it, so
+only public asyncio and aiohttp API is used (issue 10):
 
-- ``client_header``: the request line and headers must be complete within this from the
-  connection's start or from the first byte of the next request on a kept-alive one; else
-  ``408`` (when some of it arrived) and the connection is closed.
-- ``client_idle``: an idle keep-alive connection is closed after this (aiohttp's
-  ``keepalive_timeout``).
+- ``client_header``: the header block (``RequestFrames`` finds where it ends) must be
+  complete within this from the connection's start and from the first byte of each later
+  request; else ``408`` (when some of it arrived) and the connection is closed. A TLS
+  handshake has the same deadline (asyncio's ``ssl_handshake_timeout``).
+- ``client_idle``: an idle keep-alive connection is closed after this (aiohttp's public
+  ``keepalive_timeout``, set on the runner by ``app``).
 - ``max_connections``: connections open at once; one more is answered ``503`` and closed at
   once, with a warning naming ``max_connections`` (at most one per ``_WARN_EVERY`` seconds).
 """
@@ -20,10 +24,11 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Any
+from typing import cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+
+from cachesvc.server.requestframe import RequestFrames
 
 log = logging.getLogger("cachesvc.server")
 
@@ -35,143 +40,168 @@ _BUSY_ANSWER = (
 )
 
 
-class _HeaderDeadline(RequestHandler):
-    """aiohttp's handler with a deadline for each request's headers."""
+class Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind a header deadline and a slot."""
 
-    def __init__(
-        self, manager: web.Server, *, header_timeout: float, lost: _Factory, **kwargs: Any
-    ) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._lost: _Factory | None = lost
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._header_timeout = listener.header_timeout
+        self._counted = True  # holds one of the listener's max_connections slots
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._frames = RequestFrames()
+        self._timer: asyncio.TimerHandle | None = None
+        # A TLS connection whose handshake fails never starts: its slot is given back at
+        # the handshake deadline instead of at connection_lost (which never comes).
+        self._unstarted: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self._header_timeout + 1.0, self._give_back
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the clock for the first request's headers."""
-        super().connection_made(transport)
+        """Start aiohttp's protocol, and the clock for the first request's headers."""
+        if self._unstarted is not None:
+            self._unstarted.cancel()
+            self._unstarted = None
+        self._transport = _stream(transport)
+        self._inner = self._listener.server()
+        self._inner.connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        """Parse; a complete head stops the clock, the first byte of an idle one starts it."""
-        idle = not self._request_in_progress and not self._messages
-        if data and idle and self._header_timer is None:
+        """Track the header blocks; a complete one stops the clock, a started one starts it."""
+        heads = self._frames.heads
+        self._frames.feed(data)
+        if self._frames.heads != heads:
+            self._disarm()  # that head is in; a later one (if begun) gets its own clock
+        if self._frames.broken or (self._frames.in_head and self._frames.head_bytes):
             self._arm()
-        if idle:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._messages or self._request_in_progress:
-            self._disarm()
+        elif self._frames.heads:
+            self._disarm()  # in a body, or between requests (aiohttp's keep-alive clock)
+        assert self._inner is not None
+        self._inner.data_received(data)
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """Stop the clock with the connection, and count it closed (at once)."""
+    def eof_received(self) -> bool | None:
+        """aiohttp decides whether a half-closed connection stays open."""
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the clock, give the slot back (at once), then tell aiohttp."""
         self._disarm()
-        if self._lost is not None:
-            self._lost.open -= 1
-            self._lost = None
-        super().connection_lost(exc)
+        self._give_back()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """aiohttp's flow control sees the transport's buffer as it would unwrapped."""
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        """See ``pause_writing``."""
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def _give_back(self) -> None:
+        if self._unstarted is not None:
+            self._unstarted.cancel()
+            self._unstarted = None
+        if self._counted:
+            self._counted = False
+            self._listener.open -= 1
 
     def _arm(self) -> None:
-        self._head_bytes = 0
-        self._header_timer = self._loop.call_later(self._header_timeout, self._expired)
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._header_timeout, self._expired)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expired(self) -> None:
-        self._header_timer = None
-        if self._request_in_progress or self._messages:
+        """Headers not complete in time: 408 if the client had begun them, then close.
+
+        A client that pipelined a request behind one still being answered may get the
+        408 inside that answer: only a client that trickles a pipelined head does that.
+        """
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
-        if self._head_bytes and self.transport is not None:
-            self.transport.write(_TIMEOUT_ANSWER)
-        self.force_close()
+        if self._frames.head_bytes or self._frames.broken:
+            transport.write(_TIMEOUT_ANSWER)
+        transport.close()
+
+
+def _stream(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A stream server's transport is a ``Transport``; not ``isinstance``-checked, because
+    uvloop's transports are not registered with asyncio's ABCs (test_event_loops)."""
+    return cast(asyncio.Transport, transport)
 
 
 class _Refused(asyncio.Protocol):
     """A connection over ``max_connections``: 503, closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_BUSY_ANSWER)
+        """Answer and close before reading anything."""
+        _stream(transport).write(_BUSY_ANSWER)
         transport.close()
 
 
-class _Factory:
-    """The protocol factory of one listener (see the module docstring)."""
+class Listener:
+    """One listening socket serving ``server``'s protocol through ``Guarded``.
+
+    Not an aiohttp site: a site's only way to choose the protocol is its private state, so
+    the socket is ours (``loop.create_server``) and the runner only provides ``server``
+    (its public ``server`` property); closing the listener stops accepting, and the
+    runner's ``shutdown``/``cleanup`` end the connections as they would a site's.
+    """
 
     def __init__(
         self, server: web.Server, name: str, *, max_connections: int, header_timeout: float
     ) -> None:
-        self._server = server
-        self._name = name
+        self.server = server
+        self.name = name
+        self.header_timeout = header_timeout
+        self.open = 0  # connections holding a slot (accepted, not yet lost)
         self._max = max_connections
-        self._header_timeout = header_timeout
         self._warned_at = -_WARN_EVERY
-        self.open = 0  # handlers made and not yet lost (aiohttp's own list lags behind)
+        self._socket_server: asyncio.Server | None = None
 
-    def __call__(self) -> asyncio.Protocol:
-        if self.open >= self._max:
-            now = time.monotonic()
-            if now - self._warned_at >= _WARN_EVERY:
-                self._warned_at = now
-                log.warning(
-                    "%s listener: max_connections (%d) reached; refusing new connections "
-                    "with 503 until some close (raise max_connections if this is load, "
-                    "not an attack)",
-                    self._name, self._max,
-                )  # fmt: skip
-            return _Refused()
-        kwargs: dict[str, Any] = getattr(self._server, "_kwargs", {})
-        self.open += 1
-        return _HeaderDeadline(
-            self._server,
-            loop=asyncio.get_running_loop(),
-            header_timeout=self._header_timeout,
-            lost=self,
-            **kwargs,
-        )
-
-
-class GuardedSite(web.TCPSite):
-    """A ``TCPSite`` whose connections go through ``_Factory``."""
-
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        host: str,
-        port: int,
-        *,
-        name: str,
-        max_connections: int,
-        header_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        super().__init__(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-        self._guard_name = name
-        self._max_connections = max_connections
-        self._header_timeout = header_timeout
-
-    async def start(self) -> None:
-        """Bind, as ``TCPSite.start`` does, with the guarded protocol factory."""
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert isinstance(server, web.Server)
-        factory = _Factory(
-            server,
-            self._guard_name,
-            max_connections=self._max_connections,
-            header_timeout=self._header_timeout,
-        )
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Bind and accept; returns the bound (host, port). ``OSError`` if it cannot bind."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            factory,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
+        self._socket_server = await loop.create_server(
+            self._accept,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.header_timeout if ssl_context is not None else None,
             reuse_address=True,
         )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        bound = self._socket_server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    def close(self) -> None:
+        """Stop accepting (open connections are the runner's to end)."""
+        if self._socket_server is not None:
+            self._socket_server.close()
+            self._socket_server = None
+
+    def _accept(self) -> asyncio.Protocol:
+        if self.open < self._max:
+            self.open += 1
+            return Guarded(self)
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "%s listener: max_connections (%d) reached; refusing new connections "
+                "with 503 until some close (raise max_connections if this is load, "
+                "not an attack)",
+                self.name, self._max,
+            )  # fmt: skip
+        return _Refused()

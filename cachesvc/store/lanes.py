@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import hashlib
 import mmap
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from cachesvc.oci import Hasher
 
 ALIGN = 4096  # O_DIRECT offsets and lengths are multiples of the logical block size
 STAGE_BYTES = 2 * 1024 * 1024  # one staging buffer: a multiple of ALIGN
@@ -171,7 +172,7 @@ class Absorber:
     def __init__(
         self,
         path: Path,
-        hasher: hashlib._Hash,
+        hasher: Hasher,
         on_written: Callable[[int], None],
         *,
         direct: bool = True,

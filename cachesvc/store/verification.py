@@ -21,7 +21,6 @@ drops it (``Store.drop_damaged``) so the next request refetches it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 import time
@@ -29,7 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachesvc.oci import Digest
+from cachesvc.oci import Digest, Hasher
 
 CHECK_CHUNK = 1024 * 1024  # bytes hashed per read
 
@@ -156,7 +155,7 @@ async def checked_spans(fd: int, digest: Digest, size: int) -> AsyncIterator[tup
         yield size - 1, 1
 
 
-def _read_and_hash(fd: int, count: int, offset: int, hasher: hashlib._Hash) -> int:
+def _read_and_hash(fd: int, count: int, offset: int, hasher: Hasher) -> int:
     data = os.pread(fd, count, offset)
     hasher.update(data)
     return len(data)

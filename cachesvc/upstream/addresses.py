@@ -23,8 +23,8 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
+from aiohttp import DefaultResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -62,7 +62,7 @@ from cachesvc.upstream.egress import (
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.missing import Missing
 from cachesvc.upstream.ratelimit import Limiter, Ticket
-from cachesvc.upstream.session import trusted_for
+from cachesvc.upstream.session import RegistrySessions, trusted_for
 
 log = logging.getLogger("cachesvc.upstream")
 
@@ -112,7 +112,7 @@ class Upstream:
     def __init__(
         self,
         config: RegistryConfig,
-        session: aiohttp.ClientSession,
+        sessions: RegistrySessions,
         authorizer: Authorizer,
         timeouts: Timeouts,
         metrics: Metrics,
@@ -125,7 +125,7 @@ class Upstream:
     ) -> None:
         self.config = config
         self.name = config.name
-        self._session = session
+        self._sessions = sessions
         self._auth = authorizer
         self._timeouts = timeouts
         self._metrics = metrics
@@ -151,11 +151,15 @@ class Upstream:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request, trying endpoints in order; yields a 2xx or 404 response.
 
+        On a pooled connection (``session``): only for blob GETs, whose bytes are
+        digest-checked; answers read whole and kept by name go through ``fetch``.
+
         Connect errors, timeouts, 5xx, 429, 401 and 403 move on to the next endpoint; when all
         fail, the last error is raised. 401 runs the auth challenge once. The limiter
         slot is held until the block ends (a blob body is read inside it).
         """
-        async with self._open(method, path, scope, headers, params) as (response, _sent):
+        pooled = self._sessions.pooled
+        async with self._open(method, path, scope, headers, params, pooled) as (response, _):
             yield response
 
     @asynccontextmanager
@@ -166,6 +170,7 @@ class Upstream:
         scope: str,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
+        session: aiohttp.ClientSession,
     ) -> AsyncIterator[tuple[aiohttp.ClientResponse, float]]:
         """``open``, also yielding when (loop time) the answering request was sent."""
         loop = asyncio.get_running_loop()
@@ -179,7 +184,7 @@ class Upstream:
                 sent = loop.time()
                 try:
                     response = await self._send(
-                        ticket, endpoint, method, ep_path, ep_scope, headers, params
+                        ticket, endpoint, method, ep_path, ep_scope, headers, params, session
                     )
                 except (UpstreamUnreachable, UpstreamTimeout) as exc:
                     last = exc
@@ -211,6 +216,7 @@ class Upstream:
         scope: str,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
+        session: aiohttp.ClientSession,
     ) -> aiohttp.ClientResponse:
         url = endpoint + path
         request_headers = dict(headers or {})
@@ -220,7 +226,7 @@ class Upstream:
                 request_headers["Authorization"] = authorization
             await self.limiter.pace(ticket)
             response, redirected = await self._request(
-                endpoint, method, url, request_headers, params
+                endpoint, method, url, request_headers, params, session
             )
             if response.status != 401 or attempt == 2 or redirected:
                 break
@@ -319,13 +325,14 @@ class Upstream:
         url: str,
         headers: Mapping[str, str],
         params: Mapping[str, str] | None,
+        session: aiohttp.ClientSession,
     ) -> tuple[aiohttp.ClientResponse, bool]:
         """One request, redirects followed; returns (response, whether it was redirected)."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeouts.first_byte):
                 response, hops = await self._follow(
-                    endpoint, method, URL(url), dict(headers), params
+                    endpoint, method, URL(url), dict(headers), params, session
                 )
         except TimeoutError:
             self._count(endpoint, "error")
@@ -356,6 +363,7 @@ class Upstream:
         url: URL,
         headers: dict[str, str],
         params: Mapping[str, str] | None,
+        session: aiohttp.ClientSession,
     ) -> tuple[aiohttp.ClientResponse, int]:
         seen = {str(url)}
         hops = 0
@@ -367,7 +375,7 @@ class Upstream:
                 self.endpoints.failed(endpoint, "redirect")
                 raise UpstreamUnreachable(f"{self.name}: a redirect at {endpoint}: {problem}")
             proxy, proxy_headers, sent = self._egress.route(url, headers)
-            response = await self._session.request(
+            response = await session.request(
                 method,
                 url,
                 headers=sent,
@@ -421,7 +429,9 @@ class Upstream:
         if remembered:
             self._metrics.negative_hits.labels(self.name).inc()
             return Answer(404, CIMultiDictProxy(CIMultiDict()), b"", "")
-        async with self._open(method, path, scope, headers, params) as (resp, sent):
+        # A fresh connection: no stray bytes on a pooled one can become this answer.
+        single = self._sessions.single
+        async with self._open(method, path, scope, headers, params, single) as (resp, sent):
             body = b""
             if method != "HEAD":
                 deadline = sent + self._timeouts.first_byte
