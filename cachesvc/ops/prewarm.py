@@ -27,8 +27,9 @@ import platform as host_platform
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
+from cachesvc.background import cancel_all
 from cachesvc.config import PrewarmConfig
 from cachesvc.errors import AdminError, CachesvcError, ManifestInvalid, NotFound, RegistryError
 from cachesvc.metrics import Metrics
@@ -54,6 +55,8 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
          "armv7l": "arm/v7", "armv6l": "arm/v6", "ppc64le": "ppc64le", "s390x": "s390x",
          "riscv64": "riscv64", "i686": "386", "i386": "386"}  # fmt: skip
 
+
+_KeptJob = TypeVar("_KeptJob", bound="_Kept")
 
 # The platform manifests of one image: (digest, manifest, platform text or None).
 _Chosen = list[tuple[Digest, Manifest, str | None]]
@@ -139,6 +142,27 @@ class Job:
         }  # fmt: skip
 
 
+class _Kept(Protocol):
+    """What the job registries (node and cluster) keep: a task and when it finished."""
+
+    finished: float | None
+    task: asyncio.Task[None] | None
+
+
+def forget_finished(jobs: dict[str, _KeptJob], retention: float) -> None:
+    """Drop the jobs that finished more than ``retention`` seconds ago (both registries
+    keep ended jobs that long so a client can still read how they ended)."""
+    horizon = time.time() - retention
+    for job_id in [k for k, j in jobs.items() if j.finished and j.finished < horizon]:
+        del jobs[job_id]
+
+
+def cancel_running(job: _Kept) -> None:
+    """Cancel a job's task unless it has ended (an ended job stays as it ended)."""
+    if job.task is not None and not job.task.done():
+        job.task.cancel()
+
+
 def _event(event: str, job: Job, **fields: object) -> None:
     log.info("prewarm %s", event, extra={"fields": {"event": event, "job": job.id, **fields}})
 
@@ -212,22 +236,15 @@ class Prewarmer:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job's images that are not finished; a finished job is unchanged."""
         job = self.get(job_id)
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
+        cancel_running(job)
         return job
 
     async def close(self) -> None:
         """Cancel every running job (shutdown)."""
-        tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(j.task for j in self._jobs.values())
 
     def _prune(self) -> None:
-        horizon = time.time() - self._config.retention
-        for job_id in [j.id for j in self._jobs.values() if j.finished and j.finished < horizon]:
-            del self._jobs[job_id]
+        forget_finished(self._jobs, self._config.retention)
 
     # -- running -----------------------------------------------------------------------
 
