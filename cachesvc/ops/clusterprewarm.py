@@ -31,7 +31,8 @@ from cachesvc.cluster.node import Cluster
 from cachesvc.cluster.peerclient import PREWARM_PATH, PeerFailed
 from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import AdminError, NotFound, RegistryError
-from cachesvc.ops.prewarm import Job, JobState, Prewarmer, cancel_running, forget_finished
+from cachesvc.ops.jobs import Job, JobState, cancel_running, forget_finished
+from cachesvc.ops.prewarm import Prewarmer
 
 __all__ = ["ClusterJob", "ClusterPrewarm", "MemberPart"]
 
