@@ -300,9 +300,9 @@ class Manifests:
         except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
             raise
         except UpstreamError as exc:
-            if previous is None or not self._may_serve_stale(target, tag, previous, exc):
+            age = None if previous is None else self._stale_age(target, tag, previous, exc)
+            if previous is None or age is None:
                 raise
-            age = self._clock.time() - previous.checked_at
             return previous, "stale", age, None
         if answer.status == 404:
             raise self._missing_tag(target, tag, key, answer)
@@ -312,11 +312,12 @@ class Manifests:
         await self._remember(key, record)
         return record, "miss", None, answer.endpoint
 
-    def _may_serve_stale(
+    def _stale_age(
         self, target: Target, tag: str, previous: TagRecord, exc: UpstreamError
-    ) -> bool:
-        """Whether the last known mapping may stand in for a failed upstream (held, and
-        confirmed within ``max_stale``); a mapping too old says how old on ``exc``."""
+    ) -> float | None:
+        """How old the last known mapping is if it may stand in for a failed upstream (held,
+        and confirmed within ``max_stale``); else None, and a mapping too old says how old
+        on ``exc``."""
         age = self._clock.time() - previous.checked_at
         max_stale = self._upstreams[target.registry].config.max_stale
         if age <= max_stale and self.cached(previous.digest) is not None:
@@ -326,10 +327,10 @@ class Manifests:
             )  # fmt: skip
             if self._metrics is not None:
                 self._metrics.stale_served.labels(target.registry).inc()
-            return True
+            return age
         if age > max_stale:
             exc.detail = {"stale_for_seconds": int(age), "max_stale_seconds": int(max_stale)}
-        return False
+        return None
 
     def _missing_tag(self, target: Target, tag: str, key: str, answer: Answer) -> ManifestUnknown:
         """Remember an upstream 404 (per tag-cache key, so per Accept set) for
