@@ -4,11 +4,9 @@ Used for ``admin.token_file`` (and ``cluster.token_file``): during a rotation th
 the new token and the old one; any line is accepted, the first is the one to send. Blank lines
 and surrounding whitespace are ignored.
 
-Re-reading: at most once per ``check_interval`` (an injected monotonic clock), the file is
-``stat``-ed through its symlinks; a change of device, inode, size or mtime triggers a read.
-That covers an in-place rewrite, an atomic rename, and kubelet's Secret update, which swaps
-the ``..data`` symlink to a new timestamped directory (the path itself never changes). A read
-that fails or finds no token keeps the last good tokens and is retried at the next check: a
+Re-reading is ``filewatch``'s rule (a changed device, inode, size or mtime, checked at most
+once per ``check_interval``; kubelet's ``..data`` symlink swap included). A read that fails
+or finds no token keeps the last good tokens and is retried at the next check: a
 half-written or briefly missing file must not lock everyone out. Only regular files of bounded
 size are read (``read_small_file``). Tokens are never logged.
 """
@@ -18,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cachesvc.errors import ConfigError
+from cachesvc.filewatch import FileWatch
 from cachesvc.smallfile import read_small_file
 
 __all__ = ["MAX_TOKEN_FILE_BYTES", "TokenFile"]
@@ -32,13 +30,6 @@ MAX_TOKEN_FILE_BYTES = 64 * 1024
 
 log = logging.getLogger("cachesvc.tokenfile")
 
-_Stamp = tuple[int, int, int, int]
-
-
-def _stamp(path: Path) -> _Stamp:
-    info = os.stat(path)  # follows symlinks: the ..data swap changes the inode seen here
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
 
 def _parse(data: bytes) -> tuple[bytes, ...]:
     return tuple(line.strip() for line in data.splitlines() if line.strip())
@@ -47,21 +38,10 @@ def _parse(data: bytes) -> tuple[bytes, ...]:
 class TokenFile:
     """The tokens in ``path``; construct with :meth:`load`, which fails on an unusable file."""
 
-    def __init__(
-        self,
-        path: Path,
-        tokens: tuple[bytes, ...],
-        stamp: _Stamp,
-        *,
-        clock: Callable[[], float],
-        check_interval: float,
-    ) -> None:
+    def __init__(self, path: Path, tokens: tuple[bytes, ...], watch: FileWatch) -> None:
         self.path = path
         self._tokens = tokens
-        self._stamp = stamp
-        self._clock = clock
-        self._interval = check_interval
-        self._checked_at = clock()
+        self._watch = watch
 
     @classmethod
     def load(
@@ -74,14 +54,14 @@ class TokenFile:
     ) -> TokenFile:
         """Read ``path`` now; ``ConfigError`` (naming ``config_key``) if it is unreadable or
         holds no token, since there is no earlier value to fall back on at startup."""
+        watch = FileWatch([path], clock=clock, check_interval=check_interval)
         try:
-            stamp = _stamp(path)
             tokens = _parse(read_small_file(path, MAX_TOKEN_FILE_BYTES))
         except OSError as exc:
             raise ConfigError(config_key, f"{path}: cannot read ({exc.strerror})") from exc
         if not tokens:
             raise ConfigError(config_key, f"{path}: holds no token")
-        return cls(path, tokens, stamp, clock=clock, check_interval=check_interval)
+        return cls(path, tokens, watch)
 
     def first(self) -> str:
         """The token to send (the file's first one)."""
@@ -104,14 +84,10 @@ class TokenFile:
         return found
 
     def _refresh(self) -> None:
-        now = self._clock()
-        if now - self._checked_at < self._interval:
+        stamps = self._watch.changed()
+        if stamps is None:
             return
-        self._checked_at = now
         try:
-            stamp = _stamp(self.path)
-            if stamp == self._stamp:
-                return
             tokens = _parse(read_small_file(self.path, MAX_TOKEN_FILE_BYTES))
         except OSError as exc:
             log.warning("token file %s unreadable, keeping the last tokens: %s", self.path, exc)
@@ -119,5 +95,6 @@ class TokenFile:
         if not tokens:
             log.warning("token file %s holds no token, keeping the last tokens", self.path)
             return
-        self._tokens, self._stamp = tokens, stamp
+        self._tokens = tokens
+        self._watch.accept(stamps)
         log.info("token file %s re-read: %d tokens", self.path, len(tokens))

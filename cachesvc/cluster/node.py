@@ -9,11 +9,11 @@ its peer streams). Counters are plain attributes; the metrics read them at scrap
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 
 import aiohttp
 
+from cachesvc.background import cancel_and_wait
 from cachesvc.clock import Clock
 from cachesvc.cluster.fanout import Fanout
 from cachesvc.cluster.membership import Membership, source_for
@@ -79,11 +79,8 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop refreshing the members."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def is_member(self, peer: PeerAddress) -> bool:
         """Whether ``peer`` is in the current member set."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -193,3 +194,17 @@ def proxy_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]
         if value:
             pairs.append((scheme, value if scheme == "no" else proxy_url(value, f"${upper}")))
     return tuple(pairs)
+
+
+def optional_path(value: object, key: str) -> Path | None:
+    """A path, or None when unset."""
+    return Path(string(value, key)) if value is not None else None
+
+
+def count(value: object, key: str) -> int | None:
+    """A whole number of at least 1; None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
+    return value

@@ -14,7 +14,8 @@ from cachesvc.config import Config
 from cachesvc.errors import NameUnknown, TagInvalid, UpstreamError
 from cachesvc.mirror.blobs import BlobAnswer, Blobs
 from cachesvc.mirror.gate import Gate
-from cachesvc.mirror.manifests import ManifestAnswer, Manifests
+from cachesvc.mirror.manifestcache import ManifestAnswer
+from cachesvc.mirror.manifests import Manifests
 from cachesvc.mirror.routing import Router, Target
 from cachesvc.oci import MEDIA_OCI_INDEX, Digest, is_digest, validate_tag
 from cachesvc.upstream.client import Upstream

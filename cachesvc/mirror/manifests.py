@@ -19,19 +19,15 @@ redirect led to it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 from cachesvc.clock import SYSTEM_CLOCK, Clock
 from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import (
-    DigestInvalid,
     DigestMismatch,
-    ManifestInvalid,
     ManifestUnknown,
     TagInvalid,
     UpstreamDenied,
@@ -39,14 +35,19 @@ from cachesvc.errors import (
     UpstreamUnauthorized,
 )
 from cachesvc.metrics import Metrics
+from cachesvc.mirror.manifestcache import MEMORY_BUDGET, BodyCache, ManifestAnswer, Result
 from cachesvc.mirror.peermanifests import PeerManifests
 from cachesvc.mirror.routing import Target
 from cachesvc.mirror.singleflight import SingleFlight
+from cachesvc.mirror.upstreammanifest import (
+    header_digest,
+    manifest_media_type,
+    upstream_reason,
+    verified_manifest,
+)
 from cachesvc.oci import (
     ACCEPT_ANY_MANIFEST,
-    MEDIA_OCI_MANIFEST,
     Digest,
-    not_a_manifest,
     validate_tag,
 )
 from cachesvc.store.store import ManifestRecord, Store, TagRecord
@@ -54,121 +55,11 @@ from cachesvc.upstream.client import Answer, Upstream
 
 log = logging.getLogger("cachesvc.manifests")
 
-Result = Literal["hit", "miss", "coalesced", "stale"]
 # The policy's check of a fetched manifest before it is stored (cachesvc.mirror.gate.Gate.vet):
 # raises to refuse, and then nothing is kept.
 Vet = Callable[[Target, Digest, bytes], Awaitable[None]]
-# Bodies kept in memory for fast hits; manifests are small (a few KiB) and hot.
-MEMORY_BUDGET = 64 * 1024 * 1024
 # Tags remembered as missing; the oldest are forgotten first beyond this many.
 NEGATIVE_ENTRIES = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestAnswer:
-    """What the handler sends: the record, the body (None for HEAD) and how we got it."""
-
-    record: ManifestRecord
-    body: bytes | None
-    result: Result
-    stale_age: float | None = None  # seconds since upstream last confirmed a stale tag
-    upstream: str | None = None  # the upstream endpoint asked for this answer, if any
-    # The policy already decided this manifest in this request: the fill vetted it before
-    # storing it (``_put``), so the facade does not decide (and count) it a second time.
-    vetted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A verified manifest held in memory, with its hit answers built once."""
-
-    record: ManifestRecord
-    body: bytes
-    get: ManifestAnswer
-    head: ManifestAnswer
-
-
-class _BodyCache:
-    """A small LRU of manifest bodies bounded by total bytes, keyed by digest text."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._used = 0
-        self._items: OrderedDict[str, _Held] = OrderedDict()
-
-    def get(self, key: str) -> _Held | None:
-        """The manifest whose digest is ``key`` (``str(digest)``), or None."""
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, record: ManifestRecord, body: bytes) -> None:
-        key = str(record.digest)
-        if key in self._items or len(body) > self._budget // 4:
-            return
-        hit = ManifestAnswer(record, body, "hit")
-        self._items[key] = _Held(record, body, hit, replace(hit, body=None))
-        self._used += len(body)
-        while self._used > self._budget:
-            _, old = self._items.popitem(last=False)
-            self._used -= len(old.body)
-
-    def drop(self, digest: Digest) -> None:
-        item = self._items.pop(str(digest), None)
-        if item is not None:
-            self._used -= len(item.body)
-
-
-def _media_type(answer: Answer) -> str:
-    """The manifest's media type: upstream's Content-Type, else the body's mediaType."""
-    content_type = answer.headers.get("Content-Type", "").split(";", 1)[0].strip()
-    if content_type and content_type not in (
-        "application/json",
-        "text/plain",
-        "application/octet-stream",
-    ):
-        return content_type[:200]
-    try:
-        declared = json.loads(answer.body).get("mediaType")
-    except (ValueError, AttributeError):
-        declared = None
-    if isinstance(declared, str) and declared:
-        return declared[:200]
-    return content_type or MEDIA_OCI_MANIFEST
-
-
-def _manifest_media_type(registry: str, reference: str, answer: Answer) -> str:
-    """The answer's media type, or ``ManifestInvalid`` if the answer is not a manifest."""
-    media_type = _media_type(answer)
-    problem = not_a_manifest(media_type, answer.body)
-    if problem is not None:
-        raise ManifestInvalid(
-            f"{registry} answered the manifest request for {reference} with something that is "
-            f"not a manifest ({problem}); nothing was kept"
-        )
-    return media_type
-
-
-def _upstream_reason(answer: Answer) -> str:
-    """The message of an OCI error body (``errors[0].message``), printable, short; or ""."""
-    try:
-        message = json.loads(answer.body)["errors"][0]["message"]
-    except (ValueError, LookupError, TypeError):
-        return ""
-    if not isinstance(message, str):
-        return ""
-    return "".join(c for c in message if c.isprintable())[:200]
-
-
-def _header_digest(answer: Answer) -> Digest | None:
-    value = answer.headers.get("Docker-Content-Digest")
-    if not value:
-        return None
-    try:
-        return Digest.parse(value.strip())
-    except DigestInvalid:
-        return None
 
 
 class Manifests:
@@ -191,7 +82,7 @@ class Manifests:
         self._metrics = metrics
         # tag-cache key -> (expiry (monotonic), the 404's message)
         self._missing: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._bodies = _BodyCache(MEMORY_BUDGET)
+        self._bodies = BodyCache(MEMORY_BUDGET)
         self._tags: dict[str, TagRecord] = {}
         self._by_digest: SingleFlight[str, tuple[ManifestRecord, str]] = SingleFlight()
         self._by_tag: SingleFlight[str, tuple[TagRecord, Result, float | None, str | None]] = (
@@ -283,7 +174,7 @@ class Manifests:
                 f"{target.registry} sent a manifest for {digest} whose digest is {actual}; "
                 "nothing was kept"
             )
-        media_type = _manifest_media_type(target.registry, str(digest), answer)
+        media_type = manifest_media_type(target.registry, str(digest), answer)
         record = await self._put(target, digest, media_type, answer.body)
         return record, answer.endpoint
 
@@ -396,7 +287,7 @@ class Manifests:
                 head = await upstream.fetch("HEAD", path, scope=scope, headers=headers)
                 if head.status == 404:
                     raise self._missing_tag(target, tag, key, head)
-                digest = _header_digest(head)
+                digest = header_digest(head)
                 if head.status == 200 and digest == previous.digest:
                     record = TagRecord(
                         previous.digest, previous.media_type, previous.size, self._clock.time()
@@ -409,47 +300,42 @@ class Manifests:
         except (ManifestUnknown, UpstreamUnauthorized, UpstreamDenied):
             raise
         except UpstreamError as exc:
-            age = self._clock.time() - previous.checked_at if previous is not None else 0.0
-            max_stale = upstream.config.max_stale
-            if (
-                previous is not None
-                and age <= max_stale
-                and self.cached(previous.digest) is not None
-            ):
-                log.warning(
-                    "serving stale %s/%s:%s (%.0fs old): %s",
-                    target.registry, target.repository, tag, age, exc,
-                )  # fmt: skip
-                if self._metrics is not None:
-                    self._metrics.stale_served.labels(target.registry).inc()
-                return previous, "stale", age, None
-            if previous is not None and age > max_stale:
-                exc.detail = {"stale_for_seconds": int(age), "max_stale_seconds": int(max_stale)}
-            raise
+            age = None if previous is None else self._stale_age(target, tag, previous, exc)
+            if previous is None or age is None:
+                raise
+            return previous, "stale", age, None
         if answer.status == 404:
             raise self._missing_tag(target, tag, key, answer)
-        if answer.status != 200:
-            raise UpstreamError(f"{target.registry} answered {answer.status} for a manifest")
-        declared = _header_digest(answer)
-        algorithm = declared.algorithm if declared is not None else "sha256"
-        digest = Digest.of(answer.body, algorithm)
-        if declared is not None and declared != digest:
-            raise DigestMismatch(
-                f"{target.registry} sent {target.repository}:{tag} with Docker-Content-Digest "
-                f"{declared} but the bytes hash to {digest}; nothing was kept"
-            )
-        if not answer.body:
-            raise ManifestInvalid(f"{target.registry} sent an empty manifest for {tag}")
-        media_type = _manifest_media_type(target.registry, tag, answer)
+        digest, media_type = verified_manifest(target, tag, answer)
         manifest = await self._put(target, digest, media_type, answer.body)
         record = TagRecord(digest, manifest.media_type, manifest.size, self._clock.time())
         await self._remember(key, record)
         return record, "miss", None, answer.endpoint
 
+    def _stale_age(
+        self, target: Target, tag: str, previous: TagRecord, exc: UpstreamError
+    ) -> float | None:
+        """How old the last known mapping is if it may stand in for a failed upstream (held,
+        and confirmed within ``max_stale``); else None, and a mapping too old says how old
+        on ``exc``."""
+        age = self._clock.time() - previous.checked_at
+        max_stale = self._upstreams[target.registry].config.max_stale
+        if age <= max_stale and self.cached(previous.digest) is not None:
+            log.warning(
+                "serving stale %s/%s:%s (%.0fs old): %s",
+                target.registry, target.repository, tag, age, exc,
+            )  # fmt: skip
+            if self._metrics is not None:
+                self._metrics.stale_served.labels(target.registry).inc()
+            return age
+        if age > max_stale:
+            exc.detail = {"stale_for_seconds": int(age), "max_stale_seconds": int(max_stale)}
+        return None
+
     def _missing_tag(self, target: Target, tag: str, key: str, answer: Answer) -> ManifestUnknown:
         """Remember an upstream 404 (per tag-cache key, so per Accept set) for
         ``negative_ttl``, with upstream's reason; returns the error to raise."""
-        reason = _upstream_reason(answer)
+        reason = upstream_reason(answer)
         message = f"{target.registry}/{target.repository}:{tag} not found"
         if reason:
             message += f" (upstream: {reason})"

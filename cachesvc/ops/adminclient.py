@@ -25,17 +25,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc.errors import AdminUnavailable
-from cachesvc.metrics import RECENT_WINDOW
 from cachesvc.ops.progress import Progress, human_bytes, human_seconds
+from cachesvc.ops.statusreport import status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ADMIN = 0, 1, 2, 3
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
@@ -173,35 +172,6 @@ async def run_prewarm(
     return EXIT_OK if job["state"] == "done" else EXIT_FAILED
 
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def _samples(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def _sum(samples: Samples, name: str, **match: str) -> float:
-    return sum(
-        v for labels, v in samples.get(name, [])
-        if all(labels.get(k) == want or (want == "*" and k in labels) for k, want in match.items())
-    )  # fmt: skip
-
-
-def hit_ratio(samples: Samples) -> tuple[float, float]:
-    """(answered from the cache, all) over manifest and blob requests."""
-    cached = total = 0.0
-    for labels, value in samples.get("cachesvc_requests_total", []):
-        if labels.get("kind") in ("manifest", "blob"):
-            total += value
-            if labels.get("result") in ("hit", "stale"):
-                cached += value
-    return cached, total
-
-
 async def run_status(client: AdminClient, out: TextIO) -> int:
     """A short health summary from /readyz and /metrics.
 
@@ -217,85 +187,12 @@ async def run_status(client: AdminClient, out: TextIO) -> int:
                 await client.call(session, "GET", "/admin/v1/pins")
             except AdminUnavailable as exc:
                 token_problem = exc
-    samples = _samples(metrics_text)
-    try:
-        ready = json.loads(ready_body)
-        state = ready.get("status", "?")
-    except (ValueError, AttributeError):
-        ready, state = {}, "?"
-    lines = [f"cachesvc at {client.url}: {state}", *_readiness_lines(ready)]
-    lines += [*_store_lines(samples), "upstream:"]
-    lines += _upstream_lines(samples, time.time())
+    lines = status_lines(client.url, ready_body, metrics_text, time.time())
     out.write("\n".join(lines) + "\n")
     if token_problem is not None:
         out.write(f"admin API:       {token_problem}\n")
         return token_problem.status
     return EXIT_OK if ready_status == 200 else EXIT_FAILED
-
-
-def _readiness_lines(ready: dict[str, object]) -> list[str]:
-    """What /readyz says is wrong, in its words: the storage problem, and whether
-    containerd on the node is wired (with each wiring problem on its own line), because
-    "not wired" alone does not say which file to fix."""
-    lines = []
-    if isinstance(ready.get("storage"), str):
-        lines.append(f"storage:         {ready['storage']}")
-    detail = ready.get("containerd")
-    if not isinstance(detail, dict):
-        return lines
-    problems = [str(p) for p in detail.get("problems") or [] if isinstance(p, str)]
-    if detail.get("checked") is not True:
-        lines.append(f"containerd:      {problems[0] if problems else 'not checked'}")
-    elif detail.get("wired") is True:
-        lines.append(f"containerd:      wired (hosts directory {detail.get('hosts_dir')})")
-    else:
-        where = f" (hosts directory {detail['hosts_dir']})" if detail.get("hosts_dir") else ""
-        lines.append(f"containerd:      NOT wired{where}: pulls on this node bypass the cache")
-        lines += [f"  {problem}" for problem in problems]
-    return lines
-
-
-def _store_lines(samples: Samples) -> list[str]:
-    cached, total = hit_ratio(samples)
-    size = _sum(samples, "cachesvc_cache_size_bytes")
-    capacity = _sum(samples, "cachesvc_cache_capacity_bytes")
-    entries = _sum(samples, "cachesvc_cache_entries")
-    free = _sum(samples, "cachesvc_storage_free_bytes")
-    ratio = f"{cached / total:.1%}" if total else "n/a"
-    cap = f"of {human_bytes(capacity)} ({size / capacity:.0%})" if capacity else "(no size limit)"
-    fills = _sum(samples, "cachesvc_fills_in_flight")
-    waiters = _sum(samples, "cachesvc_fill_waiters")
-    jobs = _sum(samples, "cachesvc_prewarm_jobs_running")
-    pinned = _sum(samples, "cachesvc_pinned_images")
-    return [
-        f"hit ratio:       {ratio} ({cached:.0f} of {total:.0f} manifest and blob "
-        "requests answered from the cache)",
-        f"cache:           {human_bytes(size)} {cap}, {entries:.0f} entries; "
-        f"{human_bytes(free)} free on the filesystem",
-        f"fills in flight: {fills:.0f} ({waiters:.0f} client responses following)",
-        f"prewarm:         {jobs:.0f} jobs running, {pinned:.0f} images pinned",
-    ]
-
-
-def _upstream_lines(samples: Samples, now: float) -> list[str]:
-    """One line per endpoint: health, last success and last error apart, recent errors."""
-    endpoints: dict[tuple[str, str], dict[str, float]] = {}
-    for name, key in (("cachesvc_upstream_last_success_timestamp_seconds", "ok"),
-                      ("cachesvc_upstream_last_error_timestamp_seconds", "error"),
-                      ("cachesvc_upstream_recent_errors", "recent")):  # fmt: skip
-        for labels, value in samples.get(name, []):
-            endpoints.setdefault((labels["registry"], labels["endpoint"]), {})[key] = value
-    lines = []
-    for (registry, endpoint), seen in sorted(endpoints.items()):
-        ok, err = seen.get("ok", 0.0), seen.get("error", 0.0)
-        health = "healthy" if ok >= err else "FAILING"
-        success = f"{human_seconds(now - ok)} ago" if ok else "never"
-        error = f"{human_seconds(now - err)} ago" if err else "never"
-        recent = int(seen.get("recent", 0.0))
-        lines.append(f"  {registry:<20} {endpoint:<40} {health:<8} last success {success}, "
-                     f"last error {error}; {recent} error{'' if recent == 1 else 's'} in the "
-                     f"last {RECENT_WINDOW / 60:.0f} minutes")  # fmt: skip
-    return lines or ["  (no upstream requests yet)"]
 
 
 async def run_images(
@@ -348,43 +245,54 @@ async def run_pins(client: AdminClient, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def run_unpin(client: AdminClient, refs: list[str], out: TextIO) -> int:
-    """``DELETE /admin/v1/pins/<ref>`` for each reference; 2 if one was not pinned."""
+async def _delete_each(
+    client: AdminClient,
+    collection: str,
+    refs: list[str],
+    out: TextIO,
+    report: Callable[[str, Any], None],
+) -> int:
+    """``DELETE <collection><ref>`` for each reference, ``report`` on each success.
+
+    A reference the daemon refuses (not pinned, not cached) is named and the rest still
+    run; the exit status is the worst refusal's. An unreachable daemon ends the verb.
+    """
     status = EXIT_OK
     async with aiohttp.ClientSession() as session:
         for ref in refs:
             try:
-                data = await client.call(session, "DELETE", "/admin/v1/pins/" + path_of(ref))
+                data = await client.call(session, "DELETE", collection + path_of(ref))
             except AdminUnavailable as exc:
                 if exc.status == EXIT_ADMIN:
                     raise
                 out.write(f"{ref}: {exc}\n")
                 status = max(status, exc.status)
                 continue
-            for pin in data["unpinned"]:
-                out.write(f"unpinned {pin['ref']} ({pin['digest']})\n")
+            report(ref, data)
     return status
+
+
+async def run_unpin(client: AdminClient, refs: list[str], out: TextIO) -> int:
+    """``DELETE /admin/v1/pins/<ref>`` for each reference; 2 if one was not pinned."""
+
+    def report(ref: str, data: Any) -> None:
+        for pin in data["unpinned"]:
+            out.write(f"unpinned {pin['ref']} ({pin['digest']})\n")
+
+    return await _delete_each(client, "/admin/v1/pins/", refs, out, report)
 
 
 async def run_purge(client: AdminClient, refs: list[str], out: TextIO) -> int:
     """``DELETE /admin/v1/images/<ref>`` for each reference; 2 if one could not be purged."""
-    status = EXIT_OK
-    async with aiohttp.ClientSession() as session:
-        for ref in refs:
-            try:
-                data = await client.call(session, "DELETE", "/admin/v1/images/" + path_of(ref))
-            except AdminUnavailable as exc:
-                if exc.status == EXIT_ADMIN:
-                    raise
-                out.write(f"{ref}: {exc}\n")
-                status = max(status, exc.status)
-                continue
-            kept = len(data["kept_in_use"])
-            out.write(f"purged {ref} ({data['digest']}): {data['blobs_removed']} blobs, "
-                      f"{human_bytes(data['bytes_freed'])} freed, {data['blobs_shared']} "
-                      f"shared with other images kept"
-                      f"{f', {kept} in use now (evicted later)' if kept else ''}\n")  # fmt: skip
-    return status
+
+    def report(ref: str, data: Any) -> None:
+        kept = len(data["kept_in_use"])
+        out.write(f"purged {ref} ({data['digest']}): {data['blobs_removed']} blobs, "
+                  f"{human_bytes(data['bytes_freed'])} freed, {data['blobs_shared']} "
+                  f"shared with other images kept"
+                  f"{f', {kept} in use now (evicted later)' if kept else ''}\n")  # fmt: skip
+
+    return await _delete_each(client, "/admin/v1/images/", refs, out, report)
 
 
 async def run_jobs(client: AdminClient, job_id: str | None, out: TextIO) -> int:

@@ -26,11 +26,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachesvc.background import cancel_all
 from cachesvc.cluster.node import Cluster
 from cachesvc.cluster.peerclient import PREWARM_PATH, PeerFailed
 from cachesvc.config.peeraddress import PeerAddress
 from cachesvc.errors import AdminError, NotFound, RegistryError
-from cachesvc.ops.prewarm import Job, JobState, Prewarmer
+from cachesvc.ops.jobs import Job, JobState, cancel_running, forget_finished
+from cachesvc.ops.prewarm import Prewarmer
 
 __all__ = ["ClusterJob", "ClusterPrewarm", "MemberPart"]
 
@@ -165,22 +167,15 @@ class ClusterPrewarm:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"no cluster prewarm job {job_id[:40]!r}")
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
+        cancel_running(job)
         return job
 
     async def close(self) -> None:
         """Stop following (shutdown); members' parts run on by themselves."""
-        tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(j.task for j in self._jobs.values())
 
     def _prune(self) -> None:
-        horizon = time.time() - self._retention
-        for job_id in [j.id for j in self._jobs.values() if j.finished and j.finished < horizon]:
-            del self._jobs[job_id]
+        forget_finished(self._jobs, self._retention)
 
     async def _run(self, job: ClusterJob, local: Job) -> None:
         follow = [self._follow_local(job.members[0], local)]

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from cachesvc.background import cancel_and_wait
 from cachesvc.config import ContainerdCheck, ListenAddress
 from cachesvc.metrics import Metrics
 from cachesvc.ops.wiring import Wiring, WiringError, effective_hosts_dir, with_config_path
@@ -257,8 +258,5 @@ class WiringMonitor:
 
     async def stop(self) -> None:
         """Stop the background checks."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

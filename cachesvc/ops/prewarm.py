@@ -26,9 +26,8 @@ import logging
 import platform as host_platform
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
+from cachesvc.background import cancel_all
 from cachesvc.config import PrewarmConfig
 from cachesvc.errors import AdminError, CachesvcError, ManifestInvalid, NotFound, RegistryError
 from cachesvc.metrics import Metrics
@@ -37,7 +36,8 @@ from cachesvc.mirror.facade import Mirror
 from cachesvc.mirror.routing import Router, Target
 from cachesvc.oci import ACCEPT_ANY_MANIFEST, Digest, normalize_accept
 from cachesvc.oci.image import Index, Manifest, Platform, parse_manifest
-from cachesvc.oci.reference import ImageReference, parse_reference
+from cachesvc.oci.reference import parse_reference
+from cachesvc.ops.jobs import ImageProgress, Job, cancel_running, forget_finished
 from cachesvc.store.pins import Pins
 
 log = logging.getLogger("cachesvc.prewarm")
@@ -46,9 +46,6 @@ MAX_PLATFORMS = 16
 # What containerd sends when it resolves a reference, so prewarm shares its tag cache.
 CONTAINERD_ACCEPT = normalize_accept([ACCEPT_ANY_MANIFEST])
 MAX_IMAGES_PER_JOB = 500
-
-ImageState = Literal["queued", "resolving", "fetching", "done", "failed"]
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm/v7", "armv6l": "arm/v6", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -80,63 +77,6 @@ def platform_matches(wanted: str, offered: str | None) -> bool:
         return False
     parts = wanted.split("/")
     return offered.split("/")[: len(parts)] == parts
-
-
-@dataclass(slots=True)
-class ImageProgress:
-    """One image of a job."""
-
-    ref: str
-    reference: ImageReference | None
-    state: ImageState = "queued"
-    reason: str | None = None
-    digest: str | None = None
-    platforms: list[str] = field(default_factory=list)
-    bytes_done: int = 0
-    bytes_total: int = 0
-    blobs_done: int = 0
-    blobs_total: int = 0
-    blobs_cached: int = 0  # of blobs_done: already in the cache, nothing fetched
-    started: float | None = None
-    finished: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """As /admin/v1/jobs/<id> shows it."""
-        return {
-            "ref": self.ref, "state": self.state, "reason": self.reason,
-            "digest": self.digest, "platforms": self.platforms,
-            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-            "blobs_done": self.blobs_done, "blobs_total": self.blobs_total,
-            "blobs_cached": self.blobs_cached,
-            "started": self.started, "finished": self.finished,
-        }  # fmt: skip
-
-
-@dataclass(slots=True)
-class Job:
-    """A prewarm job: images, requested platforms, whether to pin, and its state."""
-
-    id: str
-    images: list[ImageProgress]
-    platforms: list[str]
-    pin: bool
-    created: float = field(default_factory=time.time)
-    state: JobState = "queued"
-    started: float | None = None
-    finished: float | None = None
-    task: asyncio.Task[None] | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """As /admin/v1/jobs/<id> shows it, with totals over its images."""
-        return {
-            "id": self.id, "state": self.state, "platforms": self.platforms, "pin": self.pin,
-            "created": self.created, "started": self.started, "finished": self.finished,
-            "bytes_done": sum(i.bytes_done for i in self.images),
-            "bytes_total": sum(i.bytes_total for i in self.images),
-            "blobs_done": sum(i.blobs_done for i in self.images),
-            "blobs_total": sum(i.blobs_total for i in self.images),
-            "images": [i.to_json() for i in self.images],
-        }  # fmt: skip
 
 
 def _event(event: str, job: Job, **fields: object) -> None:
@@ -212,22 +152,15 @@ class Prewarmer:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job's images that are not finished; a finished job is unchanged."""
         job = self.get(job_id)
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
+        cancel_running(job)
         return job
 
     async def close(self) -> None:
         """Cancel every running job (shutdown)."""
-        tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(j.task for j in self._jobs.values())
 
     def _prune(self) -> None:
-        horizon = time.time() - self._config.retention
-        for job_id in [j.id for j in self._jobs.values() if j.finished and j.finished < horizon]:
-            del self._jobs[job_id]
+        forget_finished(self._jobs, self._config.retention)
 
     # -- running -----------------------------------------------------------------------
 
@@ -298,6 +231,39 @@ class Prewarmer:
         reference = image.reference
         assert reference is not None
         target = reference.target  # routed as containerd's ?ns=<registry> request would be
+        root, members, blobs = await self._resolve(job, image, target)
+        progress: dict[str, int] = {}
+        pinned_before = job.pin and any(p.matches(reference) for p in self._pins.list())
+        pin = None
+        if job.pin:
+            # Pin before fetching, so blobs committed early are not evicted while later
+            # ones still arrive; a failed image is unpinned again below (unless it was
+            # pinned before this job). Incomplete until every blob is stored, so a
+            # daemon killed meanwhile leaves a pin that says so.
+            pin = self._pins.add(
+                reference, str(root), members | set(blobs), image.platforms, complete=False
+            )
+        tasks = [
+            asyncio.ensure_future(self._fetch(image, target, b, s, progress))
+            for b, s in blobs.items()
+        ]
+        try:
+            await asyncio.gather(*tasks)
+            if pin is not None:
+                self._pins.completed(pin)
+        except BaseException:
+            if job.pin and not pinned_before:
+                self._pins.remove(reference)
+            raise
+        finally:
+            await cancel_all(tasks)
+
+    async def _resolve(
+        self, job: Job, image: ImageProgress, target: Target
+    ) -> tuple[Digest, set[str], dict[str, int]]:
+        """Resolve as containerd does; (root digest, manifest digests, blob sizes by digest)."""
+        reference = image.reference
+        assert reference is not None
         image.state = "resolving"
         mirror = self._mirror
         # containerd's resolve: HEAD by tag (or digest), then GET the manifest by digest.
@@ -320,57 +286,33 @@ class Prewarmer:
         _event("image resolved", job, image=image.ref, digest=image.digest,
                platforms=image.platforms, blobs=image.blobs_total,
                bytes=image.bytes_total)  # fmt: skip
-        progress: dict[str, int] = {}
+        return root, members, blobs
 
-        def update() -> None:
-            image.bytes_done = sum(progress.values())
-
-        async def fetch(blob: str, size: int) -> None:
-            async with self._slots:
-                digest = Digest.parse(blob)
-                got = await mirror.blob(target, digest)
-                source = got.source
-                if isinstance(source, CachedBlob):
-                    if source.lease is not None:
-                        source.lease.release()
-                    self._metrics.prewarm_bytes.labels("cached").inc(size)
-                    image.blobs_cached += 1
-                else:
-                    fill = source.fill
-                    async for received in fill.progress():  # woken by the fill, no polling
-                        progress[blob] = min(received, size)
-                        update()
-                    await fill.drain()
-                    if fill.error is not None:
-                        raise fill.error
-                    self._metrics.prewarm_bytes.labels("fetched").inc(size)
-            progress[blob] = size
-            image.blobs_done += 1
-            update()
-
-        pinned_before = job.pin and any(p.matches(reference) for p in self._pins.list())
-        pin = None
-        if job.pin:
-            # Pin before fetching, so blobs committed early are not evicted while later
-            # ones still arrive; a failed image is unpinned again below (unless it was
-            # pinned before this job). Incomplete until every blob is stored, so a
-            # daemon killed meanwhile leaves a pin that says so.
-            pin = self._pins.add(
-                reference, str(root), members | set(blobs), image.platforms, complete=False
-            )
-        tasks = [asyncio.ensure_future(fetch(b, s)) for b, s in blobs.items()]
-        try:
-            await asyncio.gather(*tasks)
-            if pin is not None:
-                self._pins.completed(pin)
-        except BaseException:
-            if job.pin and not pinned_before:
-                self._pins.remove(reference)
-            raise
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def _fetch(
+        self, image: ImageProgress, target: Target, blob: str, size: int, progress: dict[str, int]
+    ) -> None:
+        """One blob of an image through the mirror (a hit or a fill, as a pull would);
+        ``progress`` holds each blob's bytes so far, ``image.bytes_done`` their sum."""
+        async with self._slots:
+            got = await self._mirror.blob(target, Digest.parse(blob))
+            source = got.source
+            if isinstance(source, CachedBlob):
+                if source.lease is not None:
+                    source.lease.release()
+                self._metrics.prewarm_bytes.labels("cached").inc(size)
+                image.blobs_cached += 1
+            else:
+                fill = source.fill
+                async for received in fill.progress():  # woken by the fill, no polling
+                    progress[blob] = min(received, size)
+                    image.bytes_done = sum(progress.values())
+                await fill.drain()
+                if fill.error is not None:
+                    raise fill.error
+                self._metrics.prewarm_bytes.labels("fetched").inc(size)
+        progress[blob] = size
+        image.blobs_done += 1
+        image.bytes_done = sum(progress.values())
 
 
 def _parsed(digest: Digest, media_type: str, body: bytes | None) -> Manifest | Index:

@@ -35,7 +35,8 @@ from cachesvc.metrics import Metrics
 from cachesvc.oci.reference import parse_reference
 from cachesvc.ops.clusterprewarm import ClusterJob, ClusterPrewarm
 from cachesvc.ops.inventory import Inventory
-from cachesvc.ops.prewarm import Job, Prewarmer
+from cachesvc.ops.jobs import Job
+from cachesvc.ops.prewarm import Prewarmer
 from cachesvc.ops.storecheck import StoreChecks
 from cachesvc.store.pins import Pins
 from cachesvc.tokenfile import TokenFile

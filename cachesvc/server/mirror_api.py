@@ -20,7 +20,7 @@ from cachesvc.metrics import Metrics
 from cachesvc.mirror.blobs import CachedBlob
 from cachesvc.mirror.facade import Mirror, Passthrough
 from cachesvc.mirror.fill import Fill, FillFailed
-from cachesvc.mirror.manifests import ManifestAnswer
+from cachesvc.mirror.manifestcache import ManifestAnswer
 from cachesvc.mirror.routing import Target
 from cachesvc.oci import Digest, normalize_accept, parse_api_path
 from cachesvc.oci.byterange import parse_range

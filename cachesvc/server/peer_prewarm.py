@@ -40,7 +40,8 @@ from aiohttp import web
 from cachesvc.cluster.origin import PEER_REQUEST
 from cachesvc.cluster.peerclient import PREWARM_PATH
 from cachesvc.errors import AdminError, CachesvcError, NotFound
-from cachesvc.ops.prewarm import Job, Prewarmer
+from cachesvc.ops.jobs import Job
+from cachesvc.ops.prewarm import Prewarmer
 
 __all__ = ["MAX_RUNNING", "PeerPrewarm", "add_prewarm_routes"]
 

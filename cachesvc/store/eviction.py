@@ -17,12 +17,12 @@ is simply a miss next time: nothing refers to stored blobs but digests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
 from typing import NamedTuple
 
+from cachesvc.background import cancel_and_wait
 from cachesvc.config import StorageConfig
 from cachesvc.metrics import Metrics
 from cachesvc.store.retention import Retention
@@ -70,11 +70,8 @@ class Evictor:
 
     async def stop(self) -> None:
         """Stop the watch loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _watch(self) -> None:
         last_sweep = 0.0

@@ -15,10 +15,10 @@ checked again in later ones (a disk can rot a file after it was verified).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from cachesvc.background import cancel_and_wait
 from cachesvc.metrics import Metrics
 from cachesvc.oci import Digest
 from cachesvc.store.store import Store
@@ -105,11 +105,8 @@ class Scrubber:
 
     async def stop(self) -> None:
         """Cancel the scrub (a file half-hashed is simply checked next time)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         await asyncio.sleep(min(SCRUB_START_DELAY, self._interval))

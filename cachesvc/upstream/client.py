@@ -2,12 +2,12 @@
 
 It tries the registry's endpoints in order (skipping those ``endpoints.py`` says are
 cooling down or rate-limited), waits its turn in the registry's limiter
-(``ratelimit.py``), answers a 401 challenge once (``auth.py``), follows redirects
-itself (the rules are ``redirect.py``'s), applies the connect / first-byte / stall
-timeouts, and turns every transport failure and refusal into a ``RegistryError``
-*before* anything reaches a client. For ``fetch`` a 404 is returned to the caller,
-which knows whether it means MANIFEST_UNKNOWN; ``blob`` raises ``BlobUnknown`` itself.
-Bodies are read by ``body.py``.
+(``ratelimit.py``), answers a 401 challenge once (``auth.py``), sends each request
+through ``wire.py`` (redirects under ``redirect.py``'s rules, the connect / first-byte
+timeouts; the stall timeout is the body's), and turns every transport failure and
+refusal into a ``RegistryError`` *before* anything reaches a client. For ``fetch`` a 404
+is returned to the caller, which knows whether it means MANIFEST_UNKNOWN; ``blob`` raises
+``BlobUnknown`` itself. Bodies are read by ``body.py``.
 
 Small bodies (``fetch``) have a total deadline of ``timeouts.first_byte`` from the request;
 blob bodies are the fill's (``timeouts.stall`` between reads), so ``stall`` never caps
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from cachesvc.errors import (
 )
 from cachesvc.metrics import Metrics
 from cachesvc.oci import MAX_MANIFEST_BYTES, Digest
-from cachesvc.upstream import addresses, redirect
+from cachesvc.upstream import redirect
 from cachesvc.upstream.auth import Authorizer, parse_challenge, refused_hint
 from cachesvc.upstream.body import BlobBody, blob_chunks, read_whole
 from cachesvc.upstream.egress import (
@@ -57,12 +56,12 @@ from cachesvc.upstream.egress import (
     PROXY_AUTH_HINT,
     PROXY_AUTH_REQUIRED,
     Egress,
-    connection_failure,
 )
 from cachesvc.upstream.endpoints import Endpoints
 from cachesvc.upstream.missing import Missing
 from cachesvc.upstream.ratelimit import Limiter, Ticket
-from cachesvc.upstream.session import RegistrySessions, trusted_for
+from cachesvc.upstream.session import RegistrySessions
+from cachesvc.upstream.wire import Outgoing, Wire, refuse_codings
 
 log = logging.getLogger("cachesvc.upstream")
 
@@ -75,10 +74,6 @@ class Answer:
     headers: CIMultiDictProxy[str]
     body: bytes
     endpoint: str
-
-
-def _status_class(status: int) -> str:
-    return f"{status // 100}xx"
 
 
 def _ratelimit_value(header: str | None) -> float | None:
@@ -131,12 +126,9 @@ class Upstream:
         self._metrics = metrics
         self.endpoints = endpoints
         self.limiter = limiter
-        self._ssl = ssl_context
-        self._egress = egress
-        # No sock_read: headers are first_byte's (``_request``), small bodies have its total
-        # deadline (``fetch``), blob bodies the fill's stall timeout.
-        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-        self._trusted = trusted_for(config, egress)
+        self._wire = Wire(
+            config, timeouts, metrics, endpoints, ssl_context=ssl_context, egress=egress
+        )
         self._missing = Missing(config.negative_ttl, clock)
 
     @asynccontextmanager
@@ -225,44 +217,20 @@ class Upstream:
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             await self.limiter.pace(ticket)
-            response, redirected = await self._request(
-                endpoint, method, url, request_headers, params, session
-            )
+            outgoing = Outgoing(method, URL(url), dict(request_headers), params)
+            response, redirected = await self._wire.request(endpoint, outgoing, session)
             if response.status != 401 or attempt == 2 or redirected:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.release()
             authorization = await self._auth.answer(endpoint, challenge, scope)
         self._record_ratelimit(endpoint, response.headers)
-        self._refuse_codings(response, endpoint)
+        refuse_codings(self.name, response, endpoint)
         if response.status < 300 or response.status == 404:
             self.endpoints.succeeded(endpoint)
             return response
         response.release()
         raise self._refusal(response, endpoint, method, path, redirected=redirected)
-
-    def _refuse_codings(self, response: aiohttp.ClientResponse, endpoint: str) -> None:
-        """Raise for a body in a coding cachesvc would have to decode to get the exact bytes.
-
-        Digests are over the exact bytes: a compressed body would be hashed (and served) as
-        something it is not. We ask for identity; a content coding on a 2xx, or any
-        transfer coding but chunked, is refused (the connection is closed, not reused).
-        """
-        transfer = response.headers.get("Transfer-Encoding", "").strip().lower()
-        codings = [c.strip() for c in transfer.split(",") if c.strip()]
-        if any(c not in ("chunked", "identity") for c in codings):
-            response.close()
-            raise UpstreamUnreachable(
-                f"{self.name} answered with Transfer-Encoding {transfer[:40]!r} at {endpoint}; "
-                "cachesvc decodes no transfer coding but chunked and keeps exact bytes only"
-            )
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if response.status < 300 and encoding not in ("", "identity"):
-            response.close()
-            raise UpstreamUnreachable(
-                f"{self.name} answered with Content-Encoding {encoding[:20]!r} at {endpoint}; "
-                "cachesvc asks for the exact bytes (Accept-Encoding: identity)"
-            )
 
     def _refusal(
         self,
@@ -317,99 +285,6 @@ class Upstream:
         limit = _ratelimit_value(headers.get("ratelimit-limit"))
         if limit is not None:
             self._metrics.ratelimit_limit.labels(self.name, endpoint).set(limit)
-
-    async def _request(
-        self,
-        endpoint: str,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        params: Mapping[str, str] | None,
-        session: aiohttp.ClientSession,
-    ) -> tuple[aiohttp.ClientResponse, bool]:
-        """One request, redirects followed; returns (response, whether it was redirected)."""
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._timeouts.first_byte):
-                response, hops = await self._follow(
-                    endpoint, method, URL(url), dict(headers), params, session
-                )
-        except TimeoutError:
-            self._count(endpoint, "error")
-            self.endpoints.failed(endpoint, "timeout")
-            raise UpstreamTimeout(f"{self.name} did not answer in time at {endpoint}") from None
-        except aiohttp.ClientError as exc:
-            self._count(endpoint, "error")
-            self.endpoints.failed(endpoint, "connect")
-            raise UpstreamUnreachable(
-                f"{self.name} unreachable at {endpoint}: {connection_failure(exc)}"
-            ) from None
-        except ValueError:
-            # A request built from upstream-supplied data that aiohttp refuses (a token or
-            # a Location with control characters): upstream's fault, not a crash of ours.
-            self._count(endpoint, "error")
-            raise UpstreamError(
-                f"{self.name} sent data that cannot be used in a request (bad token or "
-                f"redirect) at {endpoint}"
-            ) from None
-        self._count(endpoint, _status_class(response.status))
-        self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)
-        return response, hops > 0
-
-    async def _follow(
-        self,
-        endpoint: str,
-        method: str,
-        url: URL,
-        headers: dict[str, str],
-        params: Mapping[str, str] | None,
-        session: aiohttp.ClientSession,
-    ) -> tuple[aiohttp.ClientResponse, int]:
-        seen = {str(url)}
-        hops = 0
-        while True:
-            problem = addresses.literal_refusal(
-                url.host, self._trusted, allow_private=self.config.redirect_private
-            )
-            if problem is not None:
-                self.endpoints.failed(endpoint, "redirect")
-                raise UpstreamUnreachable(f"{self.name}: a redirect at {endpoint}: {problem}")
-            proxy, proxy_headers, sent = self._egress.route(url, headers)
-            response = await session.request(
-                method,
-                url,
-                headers=sent,
-                params=params,
-                timeout=self._client_timeout,
-                allow_redirects=False,
-                auto_decompress=False,
-                ssl=self._ssl,
-                proxy=proxy,
-                proxy_headers=proxy_headers,
-            )
-            if response.status not in redirect.REDIRECTS:
-                return response, hops
-            here = response.url
-            target = redirect.target_of(here, response.headers.get("Location"))
-            response.release()
-            hops += 1
-            problem = redirect.refusal(
-                here, target, hops=hops, seen=seen, insecure=self.config.insecure
-            )
-            if problem is not None or target is None:
-                self.endpoints.failed(endpoint, "redirect")
-                raise UpstreamUnreachable(
-                    f"{self.name}: {problem} at {endpoint} (last hop {redirect.where(here)})"
-                )
-            seen.add(str(target))
-            if target.origin() != here.origin():
-                headers.pop("Authorization", None)  # never follows us to another host
-            if response.status == 303 and method != "HEAD":
-                method = "GET"
-            url, params = target, None
-
-    def _count(self, endpoint: str, status_class: str) -> None:
-        self._metrics.upstream_answered(self.name, endpoint, status_class)
 
     # -- typed operations ------------------------------------------------------------
 
