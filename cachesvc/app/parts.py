@@ -31,7 +31,7 @@ from cachesvc.store.retention import Retention
 from cachesvc.store.scrub import Scrubber
 from cachesvc.store.store import Store
 from cachesvc.tokenfile import TokenFile
-from cachesvc.upstream.session import RegistrySessions
+from cachesvc.upstream.session import RegistrySessions, exact_bytes_session
 
 
 @dataclass(slots=True)
@@ -115,16 +115,7 @@ def _cluster_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=256, limit_per_host=64, ssl=ssl.create_default_context(), ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        # Exact bytes only: aiohttp would otherwise offer gzip even without decompressing.
-        headers={"User-Agent": "cachesvc/0.1", "Accept-Encoding": "identity"},
-        trust_env=False,
-        # Large reads: fewer, bigger chunks through the fill pipeline (measured: the
-        # 64 KiB default caps a 256 MiB cold fill at about half the sha256 rate).
-        read_bufsize=4 * 1024 * 1024,
-    )
+    return exact_bytes_session(connector)
 
 
 def _cluster(
