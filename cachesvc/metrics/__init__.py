@@ -48,12 +48,14 @@ class Metrics(
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._register_mirror(registry)
-        self._register_upstream(registry)
-        self._register_store(registry)
-        self._register_ops(registry)
-        self._register_policy(registry)
-        self._register_cluster(registry)
+        # Each group declares its metrics in its own __init__; they are independent (no
+        # group reads another's), so they are called in turn rather than through super().
+        MirrorMetrics.__init__(self, registry)
+        UpstreamMetrics.__init__(self, registry)
+        StoreMetrics.__init__(self, registry)
+        OpsMetrics.__init__(self, registry)
+        PolicyMetrics.__init__(self, registry)
+        ClusterMetrics.__init__(self, registry)
         # What an SRE expects of any process (memory, CPU, open fds, GC), from the
         # library's standard collectors, on this registry: the global one stays untouched.
         ProcessCollector(registry=registry)

@@ -10,7 +10,7 @@ from cachesvc.metrics.children import bound_children
 class ClusterMetrics:
     """Part of ``Metrics``: members, the peer API, and upstream fetches peers saved."""
 
-    def _register_cluster(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Cluster mode (issue 13): members, peer requests and bytes, blocked peers."""
         self.cluster_members = Gauge(
             "cachesvc_cluster_members",

@@ -11,7 +11,7 @@ from cachesvc.metrics.children import bound_children
 class MirrorMetrics:
     """Part of ``Metrics``: what clients asked and how fills served them."""
 
-    def _register_mirror(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Requests by kind and result, served bytes, fills in flight and their waiters."""
         self.requests = Counter(
             "cachesvc_requests_total",

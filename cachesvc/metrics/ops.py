@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 class OpsMetrics:
     """Part of ``Metrics``: what operators asked for and what the node's wiring looks like."""
 
-    def _register_ops(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Prewarm jobs, images and bytes, admin requests, and whether containerd is wired."""
         self.prewarm_jobs = Counter(
             "cachesvc_prewarm_jobs_total",

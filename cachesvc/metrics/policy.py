@@ -11,7 +11,7 @@ from cachesvc.metrics.children import bound_children
 class PolicyMetrics:
     """Part of ``Metrics``: what policy allowed, refused and verified."""
 
-    def _register_policy(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Policy decisions, refused clients, verification time."""
         self.policy_decisions = Counter(
             "cachesvc_policy_decisions_total",

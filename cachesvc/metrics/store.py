@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 class StoreMetrics:
     """Part of ``Metrics``: what the disk holds, what left it, and trouble with it."""
 
-    def _register_store(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Usage against capacity and the disk floor, eviction, pinned images."""
         self.cache_bytes = Gauge(
             "cachesvc_cache_size_bytes",

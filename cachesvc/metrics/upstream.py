@@ -13,7 +13,7 @@ from cachesvc.metrics.recent import RecentErrors
 class UpstreamMetrics:
     """Part of ``Metrics``: what the registries were asked and how they answered."""
 
-    def _register_upstream(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         """Requests sent upstream, their latency and bytes, token fetches, last answers."""
         self.upstream_requests = Counter(
             "cachesvc_upstream_requests_total",
