@@ -4,7 +4,7 @@ Two readings, because the decisions need two kinds of time: ``monotonic()`` for
 intervals that live only in this process (endpoint cool-downs, the limiter's bucket
 and queue deadlines, token lifetimes, remembered 404s), ``time()`` for instants that
 are stored or compared with another host's clock (a tag's ``checked_at`` in the index,
-an HTTP-date ``Retry-After``). The composition root (``app.py``) hands one clock to
+an HTTP-date ``Retry-After``). The composition root (``app/``) hands one clock to
 every part; tests hand in one they can advance instead of sleeping.
 """
 

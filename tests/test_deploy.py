@@ -240,7 +240,7 @@ def test_every_cachesvc_command_line_parses_and_checks_the_wiring(
     """Each container's `cachesvc ...` words (after `exec` in a shell line) are what the CLI
     accepts, and the init container of either layout checks containerd's config.toml (a
     bare `--write DIR` would write hosts files nobody may read)."""
-    from cachesvc.cli import _parser
+    from cachesvc.cli import build_parser
 
     docs = render.render(DEPLOY if overlay == "deploy" else _cluster_overlay(tmp_path))
     pod = _by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]
@@ -248,7 +248,7 @@ def test_every_cachesvc_command_line_parses_and_checks_the_wiring(
     for container in pod["initContainers"] + pod["containers"]:
         words = " ".join(container.get("command", []) + container.get("args", [])).split()
         start = words.index("cachesvc") + 1 if "cachesvc" in words else 0
-        seen[container["name"]] = _parser().parse_args(words[start:])
+        seen[container["name"]] = build_parser().parse_args(words[start:])
     assert seen["cachesvc"].command == "serve"
     init = seen["containerd-hosts"]
     assert init.command == "containerd-config"

@@ -1,5 +1,5 @@
 """Metrics values after a known sequence, the access-log schema, prewarm job events,
-no secrets in logs, and the shipped dashboard and alert rules against metrics.py."""
+no secrets in logs, and the shipped dashboard and alert rules against cachesvc.metrics."""
 
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ def test_dashboard_and_alert_rules_reference_only_real_metrics() -> None:
     used = _referenced(" ".join(exprs)) | _referenced(" ".join(alerts.values()))
     assert used, "nothing referenced"
     unknown = sorted(used - known)
-    assert unknown == [], f"not in cachesvc/metrics.py: {unknown}"
+    assert unknown == [], f"not in cachesvc/metrics/: {unknown}"
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("hit ratio", "bytes saved", "upstream errors", "fill level", "fill latency"):
         assert topic in titles

@@ -81,6 +81,12 @@ def _session(
         use_dns_cache=False,
         force_close=force_close,
     )
+    return exact_bytes_session(connector)
+
+
+def exact_bytes_session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+    """A session over ``connector`` that hands bodies on exactly as sent (upstream
+    registries and cluster peers alike), in large reads, ignoring the environment."""
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
