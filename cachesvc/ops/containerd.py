@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachesvc.atomicfile import write_atomically
 from cachesvc.config import Config
 
 log = logging.getLogger("cachesvc.containerd")
@@ -101,12 +102,12 @@ def _place(target: Path, ours: str, mirror_url: str, *, whole: bool = False) -> 
     backup = target.with_name(target.name + BACKUP_SUFFIX)
     original = _original(target, backup)
     if original is None:
-        _atomic_write(target, ours)
+        _write_text(target, ours)
         return HostsFile(target, "written")
     if whole:
         if not backup.exists():
-            _atomic_write(backup, original)
-        _atomic_write(target, ours)
+            _write_text(backup, original)
+        _write_text(target, ours)
         return HostsFile(target, "written", f"under policy: replaced, original in {backup.name}")
     try:
         document = tomllib.loads(original)
@@ -115,8 +116,8 @@ def _place(target: Path, ours: str, mirror_url: str, *, whole: bool = False) -> 
     if mirror_url in (document.get("host") or {}):
         return HostsFile(target, "kept", f"it already lists {mirror_url}")
     if not backup.exists():
-        _atomic_write(backup, original)
-    _atomic_write(target, merged_hosts_toml(original, ours, backup.name))
+        _write_text(backup, original)
+    _write_text(target, merged_hosts_toml(original, ours, backup.name))
     return HostsFile(target, "merged", f"the original is in {backup.name}")
 
 
@@ -182,15 +183,6 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    """``text`` at ``target`` or nothing: temp file beside it, fsync, rename."""
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with temp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+def _write_text(target: Path, text: str) -> None:
+    """``text`` at ``target`` or nothing (``cachesvc.atomicfile``), readable by containerd."""
+    write_atomically(target, text.encode(), mode=0o644)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
+from cachesvc.atomicfile import write_atomically
 from cachesvc.errors import CachesvcError
 from cachesvc.metrics import Metrics
 from cachesvc.oci import Digest
@@ -136,7 +135,7 @@ class Pins:
     def _save(self) -> None:
         records = [asdict(pin) | {"blobs": list(pin.blobs), "platforms": list(pin.platforms)}
                    for pin in self._pins]  # fmt: skip
-        _write_atomically(self._file, json.dumps(records).encode())
+        write_atomically(self._file, json.dumps(records).encode())
         self._refresh()
 
     def add(
@@ -205,21 +204,3 @@ class Pins:
     def pinned_roots(self) -> set[str]:
         """Manifest digests of pinned images."""
         return {p.digest for p in self._pins}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, whole."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
