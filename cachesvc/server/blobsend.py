@@ -91,19 +91,10 @@ async def _send_range(
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client went away")
-    sent = 0
-
-    def counted(n: int) -> None:
-        nonlocal sent
-        sent += n
-        on_sent(n)
-
     try:
-        await zerocopy.sendfile(transport, fd, offset, count, counted)
-        return
-    except NotImplementedError:
-        pass  # nothing was sent: read and write the whole span instead
-    await _copy(response, fd, offset + sent, count - sent, on_sent)
+        await zerocopy.sendfile(transport, fd, offset, count, on_sent)
+    except NotImplementedError:  # raised before any byte was sent (zerocopy's contract)
+        await _copy(response, fd, offset, count, on_sent)
 
 
 async def _copy(
