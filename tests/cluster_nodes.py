@@ -7,10 +7,14 @@ member list (static, or a DNS name served by dnsmasq). Tests drive them with aio
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from tests.peers.ports import free_port
 from tests.peers_fixtures import CachesvcProcess
@@ -73,7 +77,10 @@ class ClusterNode(CachesvcProcess):
     def config(self) -> dict[str, Any]:
         data = super().config()
         data["listen"] = f"{self.host}:{self.mirror_port}"
-        data["admin"] = {"listen": f"{self.host}:{self.admin_port}", "token_file": str(self.admin_token)}
+        data["admin"] = {
+            "listen": f"{self.host}:{self.admin_port}",
+            "token_file": str(self.admin_token),
+        }
         data["cluster"] = {"listen": self.address, **self.cluster}
         return data
 
@@ -106,8 +113,38 @@ def cluster_of(
         cluster["peers"] = list(peers) if peers is not None else [f"{h}:{peer_port}" for h in hosts]
     return [
         ClusterNode(
-            root / f"node{i}", registries, host=h, peer_port=peer_port, cluster=cluster,
+            root / f"node{i}",
+            registries,
+            host=h,
+            peer_port=peer_port,
+            cluster=cluster,
             extra=extra,
         )
         for i, h in enumerate(hosts)
     ]
+
+
+@asynccontextmanager
+async def running(nodes: Sequence[ClusterNode]) -> AsyncIterator[Sequence[ClusterNode]]:
+    """Start every node (in threads: the fake upstream keeps answering meanwhile)."""
+    try:
+        await asyncio.gather(*(asyncio.to_thread(n.start) for n in nodes))
+        yield nodes
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(n.stop) for n in nodes))
+
+
+@asynccontextmanager
+async def serving_peer_blobs(
+    blob: Callable[[web.Request], Awaitable[web.StreamResponse]], host: str, port: int
+) -> AsyncIterator[None]:
+    """A fake peer on ``host:port`` answering the peer API's blob path with ``blob``."""
+    app = web.Application()
+    app.router.add_get("/v2/{name:.+}/blobs/{digest}", blob)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()

@@ -9,8 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,15 @@ from aiohttp import web
 
 from cachesvc.cluster.ranking import BlobKey, ranking
 from cachesvc.config.peeraddress import PeerAddress
-from tests.cluster_nodes import ADMIN_TOKEN, ClusterNode, cluster_of, free_port_on, write_tokens
+from tests.cluster_nodes import (
+    ADMIN_TOKEN,
+    ClusterNode,
+    cluster_of,
+    free_port_on,
+    running,
+    serving_peer_blobs,
+    write_tokens,
+)
 from tests.fakes.registry import OCI_MANIFEST, FakeRegistry
 from tests.peers.dns import Dnsmasq
 from tests.polling import eventually
@@ -28,30 +35,24 @@ NS = "fake.test"
 MiB = 1024 * 1024
 
 
-@asynccontextmanager
-async def running(nodes: Sequence[ClusterNode]) -> AsyncIterator[Sequence[ClusterNode]]:
-    """Start every node (in threads: the fake upstream keeps answering meanwhile)."""
-    try:
-        await asyncio.gather(*(asyncio.to_thread(n.start) for n in nodes))
-        yield nodes
-    finally:
-        await asyncio.gather(*(asyncio.to_thread(n.stop) for n in nodes))
-
-
 async def fetch(http: aiohttp.ClientSession, url: str, **headers: str) -> bytes:
     async with http.get(url, headers=headers) as resp:
         assert resp.status == 200, (url, resp.status, await resp.text())
         return await resp.read()
 
 
-async def pull(http: aiohttp.ClientSession, node: ClusterNode, repo: str, tag: str) -> dict[str, str]:
+async def pull(
+    http: aiohttp.ClientSession, node: ClusterNode, repo: str, tag: str
+) -> dict[str, str]:
     """A client pull: the tag, then every blob; digest -> sha256 of what arrived."""
     base = f"{node.mirror_url}/v2/{repo}"
     manifest = await fetch(http, f"{base}/manifests/{tag}?ns={NS}", Accept=OCI_MANIFEST)
     parsed = json.loads(manifest)
     digests = [parsed["config"]["digest"]] + [layer["digest"] for layer in parsed["layers"]]
     bodies = await asyncio.gather(*(fetch(http, f"{base}/blobs/{d}?ns={NS}") for d in digests))
-    return {d: "sha256:" + hashlib.sha256(b).hexdigest() for d, b in zip(digests, bodies, strict=True)}
+    return {
+        d: "sha256:" + hashlib.sha256(b).hexdigest() for d, b in zip(digests, bodies, strict=True)
+    }
 
 
 async def admin(http: aiohttp.ClientSession, node: ClusterNode, query: str = "") -> Any:
@@ -81,6 +82,7 @@ async def test_four_daemons_pull_one_image_with_one_upstream_get_per_blob(
             assert blob_gets(fake, digest) == 1, fake.requests
         tag_lookups = fake.count("GET", "/manifests/v1") + fake.count("HEAD", "/manifests/v1")
         assert tag_lookups == 1, fake.requests
+
         # Counted when each peer-sourced fill settles, just after its last bytes went out.
         def avoided() -> float:
             return sum(n.metric("cachesvc_upstream_fetches_avoided_total") for n in nodes)
@@ -139,17 +141,8 @@ class LyingPeer:
         data = self.fake.blobs[request.match_info["digest"]]
         return web.Response(body=data[:-1] + bytes([data[-1] ^ 0xFF]))
 
-    @asynccontextmanager
-    async def serving(self, host: str, port: int) -> AsyncIterator[None]:
-        app = web.Application()
-        app.router.add_get("/v2/{name:.+}/blobs/{digest}", self.blob)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        try:
-            yield
-        finally:
-            await runner.cleanup()
+    def serving(self, host: str, port: int) -> AbstractAsyncContextManager[None]:
+        return serving_peer_blobs(self.blob, host, port)
 
 
 async def test_a_peer_sending_wrong_bytes_is_blocked_and_nothing_wrong_is_kept(
@@ -214,6 +207,7 @@ async def test_peer_api_tokens_none_wrong_rotated_and_overlapping(
         assert await status(http, "old-secret") == (200, b"layer bytes")
         write_tokens(token, "new-secret", "old-secret")  # the overlap: either works
         assert await eventually(lambda: True)  # let the loop run
+
         async def accepted(t: str) -> bool:
             return (await status(http, t))[0] == 200
 
@@ -255,7 +249,8 @@ async def test_members_follow_dnsmasq_and_survive_its_outage(
         node.cluster["peers_dns"] = f"{name}:{node.peer_port}"
         two = [PeerAddress("127.0.0.2", node.peer_port), PeerAddress("127.0.0.3", node.peer_port)]
         digest = next(  # a digest 127.0.0.3 wins once it is a member
-            d for d in (f"sha256:{i:064x}" for i in range(1000))
+            d
+            for d in (f"sha256:{i:064x}" for i in range(1000))
             if ranking(BlobKey(d), two)[0] == two[1]
         )
         async with running([node]), aiohttp.ClientSession() as http:
@@ -301,5 +296,7 @@ async def test_fanout_two_with_six_daemons_never_streams_one_blob_to_more_than_t
         assert blob_gets(fake, digest) == 1
         peaks = [n.metric("cachesvc_peer_streams_peak") for n in nodes]
         assert max(peaks) <= 2, peaks
-        redirected = sum(n.metric("cachesvc_peer_requests_total", result="redirected") for n in nodes)
+        redirected = sum(
+            n.metric("cachesvc_peer_requests_total", result="redirected") for n in nodes
+        )
         assert redirected >= 1  # five askers, one owner with room for two: a tree formed

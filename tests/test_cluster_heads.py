@@ -14,9 +14,9 @@ import aiohttp
 
 from cachesvc.cluster.ranking import BlobKey, ranking
 from cachesvc.config.peeraddress import PeerAddress
-from tests.cluster_nodes import cluster_of, write_tokens
+from tests.cluster_nodes import cluster_of, running, write_tokens
 from tests.fakes.registry import FakeRegistry
-from tests.test_cluster_e2e import fetch, running
+from tests.test_cluster_e2e import fetch
 
 NS = "fake.test"
 

@@ -6,9 +6,6 @@ answer whatever the owner said (each member applies its own policy)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.cluster_nodes import ClusterNode, cluster_of, write_tokens
+from tests.cluster_nodes import cluster_of, running, write_tokens
 from tests.fakes.registry import OCI_MANIFEST, FakeRegistry
 from tests.peers import cosign
 
@@ -24,15 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 
 NS = "fake.test"
 TOKEN = "peer-secret"
-
-
-@asynccontextmanager
-async def running(nodes: Sequence[ClusterNode]) -> AsyncIterator[Sequence[ClusterNode]]:
-    try:
-        await asyncio.gather(*(asyncio.to_thread(n.start) for n in nodes))
-        yield nodes
-    finally:
-        await asyncio.gather(*(asyncio.to_thread(n.stop) for n in nodes))
 
 
 async def answer(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, Any]:

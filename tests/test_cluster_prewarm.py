@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.cluster_nodes import ADMIN_TOKEN, ClusterNode, cluster_of, write_tokens
+from tests.cluster_nodes import ADMIN_TOKEN, ClusterNode, cluster_of, running, write_tokens
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
-from tests.test_cluster_e2e import blob_gets, running
+from tests.test_cluster_e2e import blob_gets
 
 NS = "fake.test"
 MiB = 1024 * 1024

@@ -25,10 +25,17 @@ from aiohttp import web
 
 from cachesvc.cluster.ranking import BlobKey, ranking
 from cachesvc.config.peeraddress import PeerAddress
-from tests.cluster_nodes import ClusterNode, cluster_of, free_port_on, write_tokens
+from tests.cluster_nodes import (
+    ClusterNode,
+    cluster_of,
+    free_port_on,
+    running,
+    serving_peer_blobs,
+    write_tokens,
+)
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
-from tests.test_cluster_e2e import blob_gets, fetch, running
+from tests.test_cluster_e2e import blob_gets, fetch
 
 NS = "fake.test"
 MiB = 1024 * 1024
@@ -74,7 +81,9 @@ async def test_mtls_between_members_and_a_peer_without_a_client_cert_is_refused(
     peer_url = f"https://{nodes[0].address}/v2/team/app/blobs/{digest}?ns={NS}"
     auth = {"Authorization": "Bearer peer-secret"}
     async with running(nodes), aiohttp.ClientSession() as http:
-        assert await fetch(http, f"{nodes[1].mirror_url}/v2/team/app/blobs/{digest}?ns={NS}") == data
+        assert (
+            await fetch(http, f"{nodes[1].mirror_url}/v2/team/app/blobs/{digest}?ns={NS}") == data
+        )
         assert blob_gets(fake, digest) == 1  # node 0 fetched it; node 1 got it over mTLS
         assert nodes[1].metric("cachesvc_peer_received_bytes_total") == len(data)
         for refused in (None, _tls_files(other_ca, tmp_path / "other", "stranger", "127.0.0.9")):
@@ -108,16 +117,11 @@ class StallingPeer:
 
     @asynccontextmanager
     async def serving(self, host: str, port: int) -> AsyncIterator[None]:
-        app = web.Application()
-        app.router.add_get("/v2/{name:.+}/blobs/{digest}", self.blob)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        try:
-            yield
-        finally:
-            self.release.set()
-            await runner.cleanup()
+        async with serving_peer_blobs(self.blob, host, port):
+            try:
+                yield
+            finally:
+                self.release.set()  # before the runner's cleanup waits for this handler
 
 
 async def test_a_peer_that_stalls_is_resumed_from_upstream_and_the_client_sees_no_error(
