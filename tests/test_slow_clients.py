@@ -66,21 +66,24 @@ async def _dribble(writer: asyncio.StreamWriter) -> None:
             await writer.drain()
 
 
-@pytest.mark.parametrize("listener", ["mirror", "admin"])
-async def test_headers_sent_slowly_are_cut_at_the_header_timeout(
-    listener: str, fake: FakeRegistry, start_daemon: StartDaemon
-) -> None:
-    async with (
-        start_daemon({"fake.test": [fake.url]}, timeouts=FAST) as d,
-        connection(_address(d, listener)) as (reader, writer),
-    ):
+async def _answer_to_dribble(address: tuple[str, int]) -> bytes:
+    """What the server sends a client that dribbles one header line forever, until it closes."""
+    async with connection(address) as (reader, writer):
         slow = asyncio.create_task(_dribble(writer))
         try:
-            answer = await _closed_by_server(reader)
+            return await _closed_by_server(reader)
         finally:
             slow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await slow
+
+
+@pytest.mark.parametrize("listener", ["mirror", "admin"])
+async def test_headers_sent_slowly_are_cut_at_the_header_timeout(
+    listener: str, fake: FakeRegistry, start_daemon: StartDaemon
+) -> None:
+    async with start_daemon({"fake.test": [fake.url]}, timeouts=FAST) as d:
+        answer = await _answer_to_dribble(_address(d, listener))
     assert b"200 OK" not in answer
 
 
@@ -161,17 +164,8 @@ async def _dribble_bytes(writer: asyncio.StreamWriter, data: bytes, every: float
 async def test_a_slow_first_head_gets_408_from_the_header_deadline(
     listener: str, fake: FakeRegistry, start_daemon: StartDaemon
 ) -> None:
-    async with (
-        start_daemon({"fake.test": [fake.url]}, timeouts=HEADER_ONLY) as d,
-        connection(_address(d, listener)) as (reader, writer),
-    ):
-        slow = asyncio.create_task(_dribble(writer))
-        try:
-            answer = await _closed_by_server(reader)
-        finally:
-            slow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await slow
+    async with start_daemon({"fake.test": [fake.url]}, timeouts=HEADER_ONLY) as d:
+        answer = await _answer_to_dribble(_address(d, listener))
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
 
 
