@@ -443,8 +443,9 @@ async def test_a_committed_fill_is_read_ahead_into_the_page_cache(
     fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession
 ) -> None:
     # Written with O_DIRECT, the blob would otherwise be read from disk by its next hit.
-    # Bigger than what one WILLNEED reads (Linux caps it at the device's max_sectors_kb,
-    # 8 MiB here): the whole file must be read ahead, not its first megabytes.
+    # Bigger than one readahead window (and than what one WILLNEED reads: Linux caps it
+    # at the device's max_sectors_kb, 8 MiB here): the whole file must be read ahead,
+    # not its first megabytes.
     data = os.urandom(40 * MIB)
     digest = fake.add_blob(data)
     async with http.get(blob_url(mirror, digest)) as resp:

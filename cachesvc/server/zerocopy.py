@@ -11,14 +11,24 @@ once the transport has written everything before the body (the headers), it call
 when the socket is full (uvloop refuses ``add_writer`` on a descriptor a transport
 owns; the duplicate is a different number for the same socket). The transport writes
 nothing meanwhile: aiohttp waits for this send before it writes anything else.
+
+The socket is corked (``TCP_CORK``, as nginx's ``tcp_nopush``) while the file goes out,
+and uncorked after its last byte, which pushes the rest at once. aiohttp turns
+``TCP_NODELAY`` on, so each short ``sendfile`` would otherwise end in a part-filled
+segment. Warm 256 MiB hits of one file, 25 alternating runs (/tmp harness, the same
+loop, this machine): 2,210 MiB/s and 106 ms of CPU per hit uncorked, 2,708 MiB/s and
+87 ms corked; nginx 2,660 MiB/s and 88 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable
+from typing import Any
 
 SEND_CHUNK = 16 * 1024 * 1024  # at most this much per sendfile call
 _DRAIN_POLL = 0.0005  # seconds between checks that the headers left the transport
@@ -34,6 +44,13 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         await ready
     finally:
         loop.remove_writer(fd)
+
+
+def _cork(sock: Any, on: bool) -> None:
+    """Hold (or push) part-filled segments; a socket that refuses just is not corked."""
+    if hasattr(socket, "TCP_CORK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
 async def sendfile(
@@ -67,6 +84,7 @@ async def sendfile(
     loop = asyncio.get_running_loop()
     out = os.dup(sock.fileno())
     first = True  # nothing sent yet: an unsupported sendfile can still fall back
+    _cork(sock, True)
     try:
         while count > 0:
             if transport.is_closing():
@@ -95,4 +113,5 @@ async def sendfile(
                 # earns an EAGAIN (half the sendfile calls of a warm hit were those).
                 await _writable(loop, out)
     finally:
+        _cork(sock, False)
         os.close(out)
