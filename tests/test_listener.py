@@ -12,7 +12,7 @@ import aiohttp
 import trustme
 from aiohttp import web
 
-from cachesvc.server.connections import Listener
+from cachesvc.server.connections import Answers, Listener
 from tests.polling import eventually
 
 
@@ -26,7 +26,15 @@ async def test_unfinished_tls_handshakes_are_cut_and_give_their_slots_back() -> 
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    listener = Listener(web.Server(_hello), "peer", max_connections=2, header_timeout=0.5)
+    answers = Answers()
+    listener = Listener(
+        web.Server(lambda request: answers.middleware(request, _hello)),
+        "peer",
+        max_connections=2,
+        header_timeout=0.5,
+        idle_timeout=60.0,
+        answers=answers,
+    )
     host, port = await listener.start("127.0.0.1", 0, server_context)
     try:
         silent = [await asyncio.open_connection(host, port) for _ in range(2)]

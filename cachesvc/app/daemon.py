@@ -18,6 +18,7 @@ from cachesvc.config import Config, ListenAddress
 from cachesvc.errors import ListenError
 from cachesvc.metrics import Metrics
 from cachesvc.ops.nodewiring import WiringMonitor
+from cachesvc.server.fastpath import FastPath
 from cachesvc.store.store import ACCESS_FLUSH_SECONDS, Store
 
 log = logging.getLogger("cachesvc")
@@ -81,7 +82,10 @@ class Daemon:
                 "admin.listen",
             )
             self.mirror_address = await self._listeners.listen(
-                mirror_app(self.config, self._parts, self.metrics), self.config.listen, "listen"
+                mirror_app(self.config, self._parts, self.metrics),
+                self.config.listen,
+                "listen",
+                fast=FastPath(self._parts.mirror, self.metrics, self.config.clients.allow),
             )
             await self._start_cluster()
         except ListenError:

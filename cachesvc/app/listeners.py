@@ -10,7 +10,8 @@ from aiohttp import web
 
 from cachesvc.config import Config, ListenAddress
 from cachesvc.errors import ListenError
-from cachesvc.server.connections import Listener
+from cachesvc.server.connections import NEVER, Answers, Listener
+from cachesvc.server.fastpath import FastPath
 
 
 class Listeners:
@@ -28,15 +29,21 @@ class Listeners:
         address: ListenAddress,
         key: str,
         ssl_context: ssl.SSLContext | None = None,
+        fast: FastPath | None = None,
     ) -> tuple[str, int]:
-        """Serve ``app`` on ``address`` (configuration key ``key``); the bound address."""
+        """Serve ``app`` on ``address`` (configuration key ``key``); the bound address.
+
+        ``fast`` answers held manifests before aiohttp sees them (the mirror listener).
+        """
         config = self._config
+        answers = Answers()
+        app.middlewares.insert(0, answers.middleware)  # outermost: see Answers
         runner = web.AppRunner(
             app,
             access_log=None,
             shutdown_timeout=config.shutdown_grace,
             handle_signals=False,
-            keepalive_timeout=config.timeouts.client_idle,
+            keepalive_timeout=NEVER,  # the listener closes idle connections (client_idle)
         )
         await runner.setup()
         self._runners.append(runner)
@@ -46,6 +53,9 @@ class Listeners:
             {"listen": "mirror", "admin.listen": "admin"}.get(key, key.split(".")[0]),
             max_connections=config.max_connections,
             header_timeout=config.timeouts.client_header,
+            idle_timeout=config.timeouts.client_idle,
+            answers=answers,
+            fast=fast,
         )
         try:
             bound = await listener.start(address.host, address.port, ssl_context)

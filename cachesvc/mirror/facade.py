@@ -59,6 +59,9 @@ class Mirror:
         self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool
     ) -> ManifestAnswer:
         """A manifest by tag or digest (the policy's decisions first and last)."""
+        held = self.held_manifest(target, reference, head=head)
+        if held is not None:
+            return held
         self.gate.admit(target)
         answer = await self._manifest(target, reference, accept, head=head)
         if self.gate.verifies(target.registry) and not answer.vetted:  # one decision a request
@@ -68,6 +71,15 @@ class Mirror:
                 body = cached[1] if cached is not None else None
             await self.gate.vet(target, answer.record.digest, body)
         return answer
+
+    def held_manifest(self, target: Target, reference: str, *, head: bool) -> ManifestAnswer | None:
+        """A manifest by digest answered from memory with no await, policy included, or
+        None: then ``manifest`` decides (a miss, a tag, a verdict not yet remembered, a
+        refusal). The one place a held hit is decided, for aiohttp's handler and for
+        ``cachesvc.server.fastpath`` alike."""
+        return self.manifests.held(
+            reference, head=head, passes=lambda digest: self.gate.passes_held(target, digest)
+        )
 
     async def _manifest(
         self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool

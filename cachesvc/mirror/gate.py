@@ -135,6 +135,26 @@ class Gate:
         """The allow list's answer, remembered: every request of a pull asks it again."""
         return self._allow[registry].allows(repository)
 
+    def passes_held(self, target: Target, digest: Digest) -> bool:
+        """Whether a manifest held in memory may be answered at once, without an await:
+        ``admit`` would let the repository through and ``vet`` would find a remembered
+        approval. True is counted as those two count it; False counts nothing, and the
+        caller then takes the full path, where ``admit`` and ``vet`` decide and count.
+        """
+        allow = self._allow.get(target.registry)
+        if allow is not None and not self._allows(target.registry, target.repository):
+            return False
+        policy = self._verify.get(target.registry)
+        if policy is not None:
+            _, ring = policy.keyring.current()
+            verdict = policy.verdicts.get(target.registry, target.repository, str(digest), ring)
+            if verdict is None or not verdict.ok:
+                return False
+            self._count(target.registry, "cached")
+        if allow is not None:
+            self._metrics.policy_decisions_by(target.registry, "allowed").inc()
+        return True
+
     def verifies(self, registry: str) -> bool:
         """Whether manifests of ``registry`` must be signed (``verify`` is configured)."""
         return registry in self._verify

@@ -101,14 +101,21 @@ class Manifests:
             self._bodies.put(*item)
         return item
 
-    def held(self, reference: str, *, head: bool) -> ManifestAnswer | None:
+    def held(
+        self,
+        reference: str,
+        *,
+        head: bool,
+        passes: Callable[[Digest], bool] | None = None,
+    ) -> ManifestAnswer | None:
         """The hit answer for a digest reference held in memory, else None.
 
         Keyed by the digest's text, so a hit needs no parse: only digests that were
-        verified against their bytes are ever keys.
+        verified against their bytes are ever keys. With ``passes``, a held manifest
+        it refuses is None too (and not counted as a use).
         """
         held = self._bodies.get(reference)
-        if held is None:
+        if held is None or (passes is not None and not passes(held.record.digest)):
             return None
         self._store.touch(held.record.digest)  # a memory hit is a use: eviction must know
         return held.head if head else held.get

@@ -92,23 +92,30 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         if not audit.bytes and request.method != "HEAD" and isinstance(response, web.Response):
             audit.bytes = len(response.body) if isinstance(response.body, bytes) else 0
         access_log.write(
-            {
-                "client": request.remote,
-                "method": request.method,
-                "path": request.path[:512],
-                "registry": audit.registry,
-                "repository": audit.repository,
-                "reference": audit.reference,
-                "digest": audit.digest,
-                "status": status,
-                "bytes": audit.bytes,
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                "cache": audit.cache,
-                "upstream": audit.upstream,
-                "error": audit.error,
-                "policy": audit.policy,
-            }
+            access_record(request.remote, request.method, request.path, audit, status, started)
         )
+
+
+def access_record(
+    client: str | None, method: str, path: str, audit: Audit, status: int, started: float
+) -> dict[str, object]:
+    """One request's access-log fields (``started``: its ``time.monotonic()``)."""
+    return {
+        "client": client,
+        "method": method,
+        "path": path[:512],
+        "registry": audit.registry,
+        "repository": audit.repository,
+        "reference": audit.reference,
+        "digest": audit.digest,
+        "status": status,
+        "bytes": audit.bytes,
+        "duration_ms": round((time.monotonic() - started) * 1000, 2),
+        "cache": audit.cache,
+        "upstream": audit.upstream,
+        "error": audit.error,
+        "policy": audit.policy,
+    }
 
 
 async def api_root(request: web.Request) -> web.Response:
@@ -176,7 +183,19 @@ async def _manifest(
     digest = str(record.digest)
     audit = request[AUDIT_KEY]
     audit.cache, audit.upstream, audit.digest = answer.result, answer.upstream, digest
-    headers["Content-Type"] = record.media_type
+    manifest_headers(headers, answer)
+    if head:
+        return await _head(request, headers, record.size)
+    body = answer.body or b""
+    audit.bytes = len(body)
+    request.app[METRICS_KEY].served_bytes_by("cache").inc(len(body))
+    return web.Response(body=body, headers=headers)
+
+
+def manifest_headers(headers: dict[str, str], answer: ManifestAnswer) -> None:
+    """Add what describes a manifest answer (type, digest, validator, staleness)."""
+    digest = str(answer.record.digest)
+    headers["Content-Type"] = answer.record.media_type
     headers["Docker-Content-Digest"] = digest
     headers["ETag"] = f'"{digest}"'
     if answer.stale_age is not None:
@@ -184,12 +203,6 @@ async def _manifest(
             f'110 cachesvc "stale: upstream unavailable, tag last confirmed '
             f'{int(answer.stale_age)}s ago"'
         )
-    if head:
-        return await _head(request, headers, record.size)
-    body = answer.body or b""
-    audit.bytes = len(body)
-    request.app[METRICS_KEY].served_bytes_by("cache").inc(len(body))
-    return web.Response(body=body, headers=headers)
 
 
 async def _blob(

@@ -58,14 +58,16 @@ class RequestFrames:
         """The stream is not framed as HTTP/1.1 requests (aiohttp will refuse it)."""
         return self._state is _State.BROKEN
 
-    def feed(self, data: bytes) -> None:
-        """Account for ``data``, the next bytes the client sent."""
+    def feed(self, data: bytes) -> bool:
+        """Account for ``data``, the next bytes the client sent; True when ``data`` was
+        exactly one complete head that announces no body (nothing before or after it)."""
         if self._whole_bodiless_head(data):
             self.heads += 1
-            return
+            return True
         view = memoryview(data)
         while view and self._state is not _State.BROKEN:
             view = view[self._step(view) :]
+        return False
 
     def _whole_bodiless_head(self, data: bytes) -> bool:
         """The common case, decided without the general walk: ``data`` is exactly one
