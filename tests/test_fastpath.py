@@ -8,12 +8,10 @@ deadline kept, and anything it does not understand left to aiohttp unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import pytest
@@ -23,6 +21,7 @@ from cachesvc.server.fastpath import parse_head
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
+from tests.rawclient import connection
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -71,16 +70,12 @@ def test_anything_else_is_left_to_aiohttp(head: str) -> None:
     assert parse_head(head.encode("latin-1")) is None
 
 
-@asynccontextmanager
-async def raw(daemon: Daemon) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+def raw(
+    daemon: Daemon,
+) -> AbstractAsyncContextManager[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection to ``daemon``'s mirror listener."""
     assert daemon.mirror_address is not None
-    reader, writer = await asyncio.open_connection(*daemon.mirror_address)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    return connection(daemon.mirror_address)
 
 
 async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> tuple[bytes, bytes]:

@@ -87,7 +87,7 @@ class Follower:
             async with fill.read(0, fill.size) as pieces:
                 async for piece in pieces:
                     if isinstance(piece, FileSpan):
-                        for data in piece.read(limit=100):
+                        async for data in piece.read():
                             self.got += data
                     else:
                         self.got += piece

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -18,6 +16,7 @@ from cachesvc.app import Daemon
 from tests.conftest import StartDaemon
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
+from tests.rawclient import connection
 
 FAST = {
     "connect": "2s",
@@ -32,19 +31,6 @@ def _address(daemon: Daemon, listener: str) -> tuple[str, int]:
     address = daemon.mirror_address if listener == "mirror" else daemon.admin_address
     assert address is not None
     return address[0], address[1]
-
-
-@asynccontextmanager
-async def connection(
-    address: tuple[str, int],
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection(*address)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, guard: float = 8.0) -> bytes:

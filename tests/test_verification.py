@@ -62,8 +62,12 @@ async def test_the_scrub_finds_and_drops_a_damaged_file(
     digest = fake.add_blob(data)
     hexdigest = digest.split(":")[1]
     stored = storage / "blobs" / "sha256" / hexdigest[:2] / hexdigest
-    async with start_daemon({"fake.test": [fake.url]}) as d, http.get(blob_url(d, digest)) as got:
-        assert await got.read() == data
+    async with start_daemon({"fake.test": [fake.url]}) as d:
+        async with http.get(blob_url(d, digest)) as got:
+            assert await got.read() == data
+        # The commit follows the last byte; a stop before it would leave nothing to damage
+        # (and nothing in the index for the scrub to check).
+        assert await eventually(lambda: stored.exists())
     stored.write_bytes(data[:-1] + b"\0")
     config = make_config(storage, {"fake.test": [fake.url]})
     scrub = replace(config.storage, scrub_rate=1024 * 1024, scrub_interval=0.2)

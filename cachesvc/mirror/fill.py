@@ -28,7 +28,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +95,13 @@ class FileSpan:
     offset: int
     count: int
 
-    def read(self, limit: int = READ_CHUNK) -> Iterator[bytes]:
-        """The span's bytes, ``limit`` at a time (``pread``: page-cache reads)."""
+    async def read(self, limit: int = READ_CHUNK) -> AsyncIterator[bytes]:
+        """The span's bytes, ``limit`` at a time, each ``pread`` in a worker thread (off
+        the event loop, as ``cachesvc.server.blobsend`` reads stored files)."""
+        loop = asyncio.get_running_loop()
         pos, stop = self.offset, self.offset + self.count
         while pos < stop:
-            data = os.pread(self.fd, min(limit, stop - pos), pos)
+            data = await loop.run_in_executor(None, os.pread, self.fd, min(limit, stop - pos), pos)
             if not data:
                 raise FillFailed(UpstreamError("temp file shorter than released bytes"))
             pos += len(data)

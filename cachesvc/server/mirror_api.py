@@ -353,7 +353,7 @@ async def _send_fill(
                     continue
                 except NotImplementedError:  # no socket under the transport
                     zero_copy = False
-            for data in piece.read():
+            async for data in piece.read():
                 await response.write(data)
                 sent(len(data))
 
