@@ -8,6 +8,7 @@ deadline kept, and anything it does not understand left to aiohttp unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -252,3 +253,32 @@ async def test_a_client_that_does_not_read_stops_getting_fast_answers(
         assert _hits(mirror) - before == sent
     finally:
         writer.close()
+
+
+async def test_blank_lines_between_requests_do_not_keep_a_connection_open(
+    fake: FakeRegistry, start_daemon: StartDaemon, http: aiohttp.ClientSession
+) -> None:
+    # Empty lines before a request line are allowed (RFC 9112 2.2) but are no request:
+    # a client that sends one now and then is still idle.
+    async with start_daemon({"fake.test": [fake.url]}, timeouts=FAST_IDLE) as mirror:
+        path = await held_manifest(mirror, fake, http)
+        async with raw(mirror) as (reader, writer):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head, _ = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200")
+
+            async def blank_lines() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        writer.write(b"\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+
+            keep = asyncio.create_task(blank_lines())
+            try:
+                async with asyncio.timeout(5):
+                    assert await reader.read() == b""
+            finally:
+                keep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keep

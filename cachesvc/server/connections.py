@@ -94,7 +94,8 @@ class Guarded(asyncio.Protocol):
         frames = self._frames
         heads = frames.heads
         whole = frames.feed(data)
-        self._idle_since = None
+        if frames.heads != heads or not frames.in_head or frames.head_bytes:
+            self._idle_since = None  # a request began or came (blank lines between are idle)
         if frames.heads != heads:
             self._disarm()  # that head is in; a later one (if begun) gets its own clock
         if frames.broken or (frames.in_head and frames.head_bytes):
@@ -102,9 +103,12 @@ class Guarded(asyncio.Protocol):
         elif frames.heads:
             self._disarm()  # in a body, or between requests (the idle clock)
         if whole and not self._unanswered and not self._paused and self._fast is not None:
-            reply = self._fast.answer(data, self._client)
-            if reply is not None and self._transport is not None:
-                self._transport.write(reply)
+            transport = self._transport
+            reply = None
+            if transport is not None and not transport.is_closing():
+                reply = self._fast.answer(data, self._client)
+            if reply is not None and transport is not None:
+                transport.write(reply)
                 self._idle()
                 return
         self._unanswered += frames.heads - heads

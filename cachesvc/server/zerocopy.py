@@ -53,6 +53,14 @@ def _cork(sock: Any, on: bool) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
 
 
+async def _drained(transport: asyncio.BaseTransport, buffered: Callable[[], int]) -> None:
+    """Wait until the transport has written what it holds (the headers)."""
+    while buffered():
+        if transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await asyncio.sleep(_DRAIN_POLL)
+
+
 async def sendfile(
     transport: asyncio.BaseTransport,
     fd: int,
@@ -77,10 +85,7 @@ async def sendfile(
         # A TLS transport (either loop) reports the TCP socket under it: bytes sent
         # there would skip the encryption and break the TLS stream.
         raise NotImplementedError("a TLS transport: the file must be encrypted")
-    while buffered():
-        if transport.is_closing():
-            raise ConnectionResetError("client went away")
-        await asyncio.sleep(_DRAIN_POLL)
+    await _drained(transport, buffered)
     loop = asyncio.get_running_loop()
     out = os.dup(sock.fileno())
     first = True  # nothing sent yet: an unsupported sendfile can still fall back
