@@ -19,6 +19,7 @@ import pytest
 
 from cachesvc.app import Daemon
 from cachesvc.server.fastpath import parse_head
+from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
@@ -31,15 +32,19 @@ DIGEST = "sha256:" + "ab" * 32
     ("head", "parsed"),
     [
         (f"GET /v2/team/app/manifests/{DIGEST} HTTP/1.1\r\nHost: x\r\n\r\n",
-         ("GET", f"/v2/team/app/manifests/{DIGEST}", None)),
+         ("GET", f"/v2/team/app/manifests/{DIGEST}", None, [])),
         (f"HEAD /v2/a/manifests/{DIGEST}?ns=reg.example:5000 HTTP/1.1\r\n"
          "Accept: a/b, c/d;q=0.5\r\nConnection: keep-alive\r\nUser-Agent: containerd/2.0\r\n\r\n",
-         ("HEAD", f"/v2/a/manifests/{DIGEST}", "reg.example:5000")),
+         ("HEAD", f"/v2/a/manifests/{DIGEST}", "reg.example:5000", ["a/b, c/d;q=0.5"])),
         (f"GET /v2/a/manifests/{DIGEST}?ns=[::1]:5000 HTTP/1.1\r\n\r\n",
-         ("GET", f"/v2/a/manifests/{DIGEST}", "[::1]:5000")),
+         ("GET", f"/v2/a/manifests/{DIGEST}", "[::1]:5000", [])),
+        ("GET /v2/a/manifests/v1.2 HTTP/1.1\r\nAccept: x/y\r\nAccept:  z/w \r\n\r\n",
+         ("GET", "/v2/a/manifests/v1.2", None, ["x/y", "z/w"])),
     ],
 )  # fmt: skip
-def test_plain_manifest_heads_are_taken(head: str, parsed: tuple[str, str, str | None]) -> None:
+def test_plain_manifest_heads_are_taken(
+    head: str, parsed: tuple[str, str, str | None, list[str]]
+) -> None:
     assert parse_head(head.encode()) == parsed
 
 
@@ -92,11 +97,17 @@ async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> 
     return kept, body
 
 
-async def held_manifest(mirror: Daemon, fake: FakeRegistry, http: aiohttp.ClientSession) -> str:
-    """The path of a manifest by digest that the mirror now holds in memory."""
+ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+
+async def held_manifest(
+    mirror: Daemon, fake: FakeRegistry, http: aiohttp.ClientSession, *, by: str = "digest"
+) -> str:
+    """The path of a manifest the mirror now holds in memory, by digest or by tag (then
+    confirmed within tag_ttl for ``ACCEPT``)."""
     digest, _ = fake.add_image("team/app", "v1", [os.urandom(1000)])
-    path = f"/v2/team/app/manifests/{digest}?ns=fake.test"
-    async with http.get(f"{mirror.mirror_url}{path}") as resp:
+    path = f"/v2/team/app/manifests/{digest if by == 'digest' else 'v1'}?ns=fake.test"
+    async with http.get(f"{mirror.mirror_url}{path}", headers={"Accept": ACCEPT}) as resp:
         assert resp.status == 200
     return path
 
@@ -108,16 +119,19 @@ def _hits(mirror: Daemon) -> float:
     return value or 0.0
 
 
+@pytest.mark.parametrize("by", ["digest", "tag"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_the_fast_answer_is_the_handlers_answer(
     method: str,
+    by: str,
     fake: FakeRegistry,
     mirror: Daemon,
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    path = await held_manifest(mirror, fake, http)
-    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n".encode()
+    path = await held_manifest(mirror, fake, http, by=by)
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAccept: {ACCEPT}\r\n\r\n".encode()
+    upstream_before = fake.count("GET", "/manifests/") + fake.count("HEAD", "/manifests/")
     lines: list[dict[str, object]] = []
     with caplog.at_level(logging.INFO, logger="cachesvc.access"):
         async with raw(mirror) as (reader, writer):
@@ -142,6 +156,8 @@ async def test_the_fast_answer_is_the_handlers_answer(
                 lines.append(fields)
     assert fast == slow
     assert fast[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    upstream_after = fake.count("GET", "/manifests/") + fake.count("HEAD", "/manifests/")
+    assert upstream_after == upstream_before  # both hits: within tag_ttl, held
     if method == "GET":
         assert fast[1]
         assert fast[1][:1] == b"{"
@@ -282,3 +298,30 @@ async def test_blank_lines_between_requests_do_not_keep_a_connection_open(
                 keep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keep
+
+
+def _manifest_requests(fake: FakeRegistry) -> int:
+    return fake.count("GET", "/manifests/") + fake.count("HEAD", "/manifests/")
+
+
+async def test_a_tag_is_answered_fast_only_for_its_accept_set_and_within_tag_ttl(
+    fake: FakeRegistry, mirror: Daemon, http: aiohttp.ClientSession, clock: AdvancingClock
+) -> None:
+    path = await held_manifest(mirror, fake, http, by="tag")  # confirmed for ACCEPT
+    ttl = mirror.config.registries["fake.test"].tag_ttl
+    async with raw(mirror) as (reader, writer):
+
+        async def get(accept: str) -> bytes:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n".encode())
+            head, _ = await read_response(reader)
+            return head
+
+        before = _manifest_requests(fake)
+        assert (await get(ACCEPT)).startswith(b"HTTP/1.1 200")
+        assert _manifest_requests(fake) == before  # held, fresh: no upstream request
+        # Another Accept set is another cache key: the handler asks upstream.
+        await get("application/vnd.docker.distribution.manifest.v2+json")
+        assert _manifest_requests(fake) == before + 1
+        clock.advance(ttl + 1)  # past tag_ttl: revalidated, not answered from memory
+        assert (await get(ACCEPT)).startswith(b"HTTP/1.1 200")
+        assert _manifest_requests(fake) == before + 2

@@ -59,7 +59,7 @@ class Mirror:
         self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool
     ) -> ManifestAnswer:
         """A manifest by tag or digest (the policy's decisions first and last)."""
-        held = self.held_manifest(target, reference, head=head)
+        held = self.held_manifest(target, reference, accept, head=head)
         if held is not None:
             return held
         self.gate.admit(target)
@@ -72,14 +72,21 @@ class Mirror:
             await self.gate.vet(target, answer.record.digest, body)
         return answer
 
-    def held_manifest(self, target: Target, reference: str, *, head: bool) -> ManifestAnswer | None:
-        """A manifest by digest answered from memory with no await, policy included, or
-        None: then ``manifest`` decides (a miss, a tag, a verdict not yet remembered, a
-        refusal). The one place a held hit is decided, for aiohttp's handler and for
-        ``cachesvc.server.fastpath`` alike."""
-        return self.manifests.held(
-            reference, head=head, passes=lambda digest: self.gate.passes_held(target, digest)
-        )
+    def held_manifest(
+        self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool
+    ) -> ManifestAnswer | None:
+        """A manifest answered from memory with no await, policy included (by digest, or
+        a tag confirmed within its ``tag_ttl``), or None: then ``manifest`` decides (a
+        miss, a tag to revalidate, a verdict not yet remembered, a refusal). The one place
+        a held hit is decided, for aiohttp's handler and ``cachesvc.server.fastpath`` alike."""
+
+        def passes(digest: Digest) -> bool:
+            return self.gate.passes_held(target, digest)
+
+        if is_digest(reference):
+            return self.manifests.held(reference, head=head, passes=passes)
+        ttl = self._config.registries[target.registry].tag_ttl
+        return self.manifests.held_tag(target, reference, accept, head=head, ttl=ttl, passes=passes)
 
     async def _manifest(
         self, target: Target, reference: str, accept: tuple[str, ...], *, head: bool

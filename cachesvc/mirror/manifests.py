@@ -208,6 +208,27 @@ class Manifests:
 
     # -- by tag ----------------------------------------------------------------------
 
+    def held_tag(
+        self,
+        target: Target,
+        tag: str,
+        accept: tuple[str, ...],
+        *,
+        head: bool,
+        ttl: float,
+        passes: Callable[[Digest], bool] | None = None,
+    ) -> ManifestAnswer | None:
+        """The hit answer for a tag confirmed within ``ttl`` whose manifest is held, with
+        no await; else None, and ``by_tag`` decides (tag syntax, the negative cache, the
+        index, upstream). The answer ``by_tag`` gives for such a tag: it asks this first."""
+        key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
+        if key in self._missing:
+            return None
+        record = self._tags.get(key)  # only valid tags are ever keys
+        if record is None or self._clock.time() - record.checked_at >= ttl:
+            return None
+        return self.held(str(record.digest), head=head, passes=passes)
+
     async def by_tag(
         self, target: Target, tag: str, accept: tuple[str, ...], *, head: bool, ttl: float
     ) -> ManifestAnswer:

@@ -1,24 +1,26 @@
 """A held manifest answered straight from the connection, without aiohttp's request cycle.
 
-A manifest by digest that the mirror holds in memory is the most frequent request of a
-pull and the cheapest to answer, yet aiohttp's machinery around it (request and response
-objects, the router, middlewares, a task per request) cost more than everything cachesvc
-does for it: on this 2-core machine a bare ``web.Application`` returning a fixed body did
-28.4k requests/s (``wrk -t1 -c32``), the same through ``web.Server`` 38.0k, a plain
-``asyncio.Protocol`` writing the bytes 175k; cachesvc itself 12.7k. So ``Guarded`` (the
-connection's protocol) offers each complete request head to ``FastPath.answer`` first.
+A manifest the mirror holds in memory (by digest, or by a tag confirmed within its
+``tag_ttl``) is what every pull asks first and the cheapest thing to answer, yet
+aiohttp's machinery around it (request and response objects, the router, middlewares,
+a task per request) cost more than everything cachesvc does for it: on this 2-core
+machine a bare ``web.Application`` returning a fixed body did 28.4k requests/s (``wrk
+-t1 -c32``), the same through ``web.Server`` 38.0k, a plain ``asyncio.Protocol`` writing
+the bytes 175k; cachesvc itself 12.7k. So ``Guarded`` (the connection's protocol) offers
+each complete request head to ``FastPath.answer`` first.
 
 It answers only what it can answer exactly as the aiohttp handler would, with no await:
-``GET`` or ``HEAD`` over HTTP/1.1 of ``/v2/<name>/manifests/<digest>`` (optionally
+``GET`` or ``HEAD`` over HTTP/1.1 of ``/v2/<name>/manifests/<reference>`` (optionally
 ``?ns=<registry>``), a head that arrived whole in one read, with plain names and values
 and nothing that changes the exchange (``Connection: close``, ``Upgrade``, ``Expect``, a
-body). The decision is the mirror's (``Mirror.held_manifest``: held, admitted, a
-remembered approval under ``verify``); headers, metrics and the access line come from the
-same functions as the handler's (``mirror_api.manifest_headers``, ``access_record``).
-Anything else returns None and the bytes go to aiohttp unchanged, which then decides
-(and refuses, counts, logs) as before. ``Guarded`` asks only when aiohttp has answered
-every earlier request of the connection, so answers never overtake each other, and
-not while the transport is paused (a client that does not read gets no more bytes).
+body). The decision is the mirror's (``Mirror.held_manifest``: held by digest, or a tag
+confirmed within its ``tag_ttl`` for this ``Accept``; admitted; a remembered approval
+under ``verify``); headers, metrics and the access line come from the same functions as
+the handler's (``mirror_api.manifest_headers``, ``access_record``). Anything else
+returns None and the bytes go to aiohttp unchanged, which then decides (and refuses,
+counts, logs) as before. ``Guarded`` asks only when aiohttp has answered every earlier
+request of the connection, so answers never overtake each other, and not while the
+transport is paused (a client that does not read gets no more bytes).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from aiohttp import http as aiohttp_http
 from cachesvc.errors import RegistryError
 from cachesvc.metrics import Metrics
 from cachesvc.mirror.facade import Mirror
-from cachesvc.oci import parse_api_path
+from cachesvc.oci import is_digest, normalize_accept, parse_api_path
 from cachesvc.policy.clients import ClientAllowList
 from cachesvc.server.mirror_api import (
     API_HEADERS,
@@ -54,8 +56,9 @@ _FIELD = re.compile(
 _CHANGES_EXCHANGE = frozenset({b"upgrade", b"expect", b"content-length", b"transfer-encoding"})
 
 
-def parse_head(data: bytes) -> tuple[str, str, str | None] | None:
-    """``(method, path, ns)`` of a head this path may answer, else None.
+def parse_head(data: bytes) -> tuple[str, str, str | None, list[str]] | None:
+    """``(method, path, ns, accept)`` of a head this path may answer, else None; ``accept``
+    holds the ``Accept`` values in order (what aiohttp's ``headers.getall`` gives).
 
     ``data`` is one complete header block (``RequestFrames`` decided that it is).
     """
@@ -66,6 +69,7 @@ def parse_head(data: bytes) -> tuple[str, str, str | None] | None:
     path = line.group(2)
     if b"//" in path or b"/." in path:
         return None
+    accept: list[str] = []
     for field in lines[1:]:
         match = _FIELD.fullmatch(field)
         if match is None:
@@ -73,12 +77,14 @@ def parse_head(data: bytes) -> tuple[str, str, str | None] | None:
         name = match.group(1).lower()
         if name in _CHANGES_EXCHANGE:
             return None
-        if name == b"connection":
+        if name == b"accept":
+            accept.append(match.group(2).decode())
+        elif name == b"connection":
             options = {o.strip().lower() for o in match.group(2).split(b",")}
             if options - {b"keep-alive", b""}:
                 return None
     ns = line.group(3)
-    return line.group(1).decode(), path.decode(), None if ns is None else ns.decode()
+    return line.group(1).decode(), path.decode(), None if ns is None else ns.decode(), accept
 
 
 class FastPath:
@@ -93,11 +99,13 @@ class FastPath:
 
     def answer(self, data: bytes, client: str) -> bytes | None:
         """The whole HTTP response to the request head ``data``, or None (aiohttp's)."""
+        if b"/manifests/" not in data:
+            return None  # a blob, anything else: declined at the cost of one scan
         started = time.monotonic()
         head = parse_head(data)
         if head is None:
             return None
-        method, path, ns = head
+        method, path, ns, accept = head
         if self._allow is not None and not self._allow.allows(client):
             return None
         try:
@@ -108,7 +116,8 @@ class FastPath:
         except RegistryError:
             return None
         head_only = method == "HEAD"
-        answer = self._mirror.held_manifest(target, api.reference, head=head_only)
+        accepted = () if is_digest(api.reference) else normalize_accept(accept)
+        answer = self._mirror.held_manifest(target, api.reference, accepted, head=head_only)
         if answer is None:
             return None
         headers = dict(API_HEADERS)
