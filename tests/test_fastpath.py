@@ -23,7 +23,7 @@ from tests.clock import AdvancingClock
 from tests.conftest import StartDaemon, blob_url
 from tests.fakes.registry import FakeRegistry
 from tests.polling import eventually
-from tests.rawclient import connection
+from tests.rawclient import connection, read_response
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -82,19 +82,6 @@ def raw(
     """A raw connection to ``daemon``'s mirror listener."""
     assert daemon.mirror_address is not None
     return connection(daemon.mirror_address)
-
-
-async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> tuple[bytes, bytes]:
-    """One response: (status line and headers without Date, body)."""
-    async with asyncio.timeout(10):
-        block = await reader.readuntil(b"\r\n\r\n")
-        lines = block.split(b"\r\n")
-        length = next(
-            int(v) for k, _, v in (x.partition(b": ") for x in lines) if k == b"Content-Length"
-        )
-        body = b"" if head else await reader.readexactly(length)
-    kept = b"\r\n".join(line for line in lines if not line.startswith(b"Date: "))
-    return kept, body
 
 
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"

@@ -43,6 +43,7 @@ from cachesvc.errors import (
 )
 from cachesvc.metrics import Metrics
 from cachesvc.oci import Digest
+from cachesvc.store.chunks import read_chunks
 from cachesvc.store.ingest import Ingest
 from cachesvc.store.store import Store
 from cachesvc.upstream.body import BlobBody
@@ -96,16 +97,13 @@ class FileSpan:
     count: int
 
     async def read(self, limit: int = READ_CHUNK) -> AsyncIterator[bytes]:
-        """The span's bytes, ``limit`` at a time, each ``pread`` in a worker thread (off
-        the event loop, as ``cachesvc.server.blobsend`` reads stored files)."""
-        loop = asyncio.get_running_loop()
-        pos, stop = self.offset, self.offset + self.count
-        while pos < stop:
-            data = await loop.run_in_executor(None, os.pread, self.fd, min(limit, stop - pos), pos)
-            if not data:
-                raise FillFailed(UpstreamError("temp file shorter than released bytes"))
-            pos += len(data)
-            yield data
+        """The span's bytes, ``limit`` at a time, read off the event loop; a temp file that
+        cannot give them (short, or a read error) is ``FillFailed`` for this follower."""
+        try:
+            async for data in read_chunks(self.fd, self.offset, self.count, limit):
+                yield data
+        except OSError as exc:
+            raise FillFailed(UpstreamError(f"reading the temp file failed: {exc}")) from exc
 
 
 Piece = memoryview | FileSpan

@@ -221,7 +221,7 @@ class Manifests:
         """The hit answer for a tag confirmed within ``ttl`` whose manifest is held, with
         no await; else None, and ``by_tag`` decides (tag syntax, the negative cache, the
         index, upstream). The answer ``by_tag`` gives for such a tag: it asks this first."""
-        key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
+        key = _tag_key(target, tag, accept)
         if key in self._missing:
             return None
         record = self._tags.get(key)  # only valid tags are ever keys
@@ -242,7 +242,7 @@ class Manifests:
                 f"manifest unknown: {tag[:80]!r} is neither a digest nor a valid tag (up to 128 "
                 "of [A-Za-z0-9_.-], not starting with . or -)"
             ) from None
-        key = "\0".join((target.registry, target.repository, tag, ",".join(accept)))
+        key = _tag_key(target, tag, accept)
         self._check_missing(target, tag, key)
         record = self._tags.get(key)
         if record is None:  # not looked up since start-up: the index (SQLite) knows
@@ -399,3 +399,8 @@ class Manifests:
         except OSError as exc:  # kept in memory only: resolved again after a restart
             self._store.health.failed("write", exc)
             log.warning("tag mapping not stored: %s", exc.strerror or exc)
+
+
+def _tag_key(target: Target, tag: str, accept: tuple[str, ...]) -> str:
+    """The tag cache's key: a tag answers differently by the Accept set it was asked with."""
+    return "\0".join((target.registry, target.repository, tag, ",".join(accept)))

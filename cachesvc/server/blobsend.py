@@ -15,8 +15,6 @@ manager); this module only opens, sends and closes.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from aiohttp import web
 from cachesvc.errors import BlobUnknown
 from cachesvc.oci import Digest
 from cachesvc.server import zerocopy
+from cachesvc.store.chunks import read_chunks
 from cachesvc.store.verification import checked_spans
 
 READ_CHUNK = 256 * 1024  # bytes read per step when the file cannot be sent zero-copy
@@ -105,12 +104,6 @@ async def _copy(
     on_sent: Callable[[int], None],
 ) -> None:
     """Read + write in ``READ_CHUNK`` steps, the reads off the event loop."""
-    loop = asyncio.get_running_loop()
-    while count > 0:
-        data = await loop.run_in_executor(None, os.pread, fd, min(READ_CHUNK, count), offset)
-        if not data:
-            raise OSError(errno.EIO, "blob file shorter than its recorded size")
+    async for data in read_chunks(fd, offset, count, READ_CHUNK):
         await response.write(data)
         on_sent(len(data))
-        offset += len(data)
-        count -= len(data)

@@ -7,6 +7,7 @@ writes its access line (``policy: clients``) like any other answer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -15,16 +16,20 @@ from cachesvc.errors import PolicyDenied
 from cachesvc.metrics import Metrics
 from cachesvc.policy.clients import ClientAllowList
 
-__all__ = ["install", "peer_host"]
+__all__ = ["install", "peer_host", "transport_host"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def peer_host(request: web.Request) -> str:
+def transport_host(transport: asyncio.BaseTransport | None) -> str:
     """The connected socket's peer address ("" when the transport is already gone)."""
-    transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def peer_host(request: web.Request) -> str:
+    """The peer address of ``request``'s connection (see ``transport_host``)."""
+    return transport_host(request.transport)
 
 
 def install(app: web.Application, allow: ClientAllowList | None, metrics: Metrics) -> None:

@@ -34,6 +34,7 @@ from typing import cast
 
 from aiohttp import web
 
+from cachesvc.server.clients import transport_host
 from cachesvc.server.fastpath import FastPath
 from cachesvc.server.requestframe import RequestFrames
 
@@ -78,8 +79,7 @@ class Guarded(asyncio.Protocol):
             self._unstarted.cancel()
             self._unstarted = None
         self._transport = _stream(transport)
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._client = transport_host(transport)
         self._listener.answers.track(transport, self)
         self._inner = self._listener.server()
         self._inner.connection_made(transport)

@@ -3,11 +3,12 @@
 A manifest the mirror holds in memory (by digest, or by a tag confirmed within its
 ``tag_ttl``) is what every pull asks first and the cheapest thing to answer, yet
 aiohttp's machinery around it (request and response objects, the router, middlewares,
-a task per request) cost more than everything cachesvc does for it: on this 2-core
-machine a bare ``web.Application`` returning a fixed body did 28.4k requests/s (``wrk
--t1 -c32``), the same through ``web.Server`` 38.0k, a plain ``asyncio.Protocol`` writing
-the bytes 175k; cachesvc itself 12.7k. So ``Guarded`` (the connection's protocol) offers
-each complete request head to ``FastPath.answer`` first.
+a task per request) cost more than everything cachesvc does for it. A fixed answer on
+this 2-core machine (``python -m benchmarks.bare_http``): a bare ``web.Application``
+29.1k requests/s, the same handler on ``web.Server`` 41.3k, a plain ``asyncio.Protocol``
+188k (``--seconds 4``); cachesvc itself did 12.7k (``wrk -t1 -c32``, by hand). So
+``Guarded`` (the connection's protocol) offers each complete request head to
+``FastPath.answer`` first.
 
 It answers only what it can answer exactly as the aiohttp handler would, with no await:
 ``GET`` or ``HEAD`` over HTTP/1.1 of ``/v2/<name>/manifests/<reference>`` (optionally

@@ -71,7 +71,8 @@ def read_ahead(path: Path) -> None:
     A blob written with ``O_DIRECT`` is not in the page cache, and the next hit of a
     just-pulled layer (a peer's, in cluster mode) should be a memory hit. Reading the
     file sequentially into one reused buffer does two things the kernel's cheaper
-    ways did not (measured on this machine, a 2-core VM, 256 MiB blobs):
+    ways did not (measured by hand on this machine, a 2-core VM, 256 MiB blobs; the
+    setup is in benchmarks/README.md, "Warm hit"):
 
     - the pages come in large folios through the ordinary readahead (306-1,049 folios
       for 65,536 pages, counted from /proc/kpageflags); ``posix_fadvise(WILLNEED)``,
